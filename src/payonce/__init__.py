@@ -1,0 +1,80 @@
+"""payonce: make money-moving calls happen exactly once.
+
+``import payonce`` loads no third-party module; backends, gateways and integrations are optional
+extras imported on use.
+"""
+
+from payonce._clock import SystemClock
+from payonce._decide import OutcomeClass
+from payonce._errors import (
+    ConfigurationError,
+    ConflictError,
+    GatewayError,
+    GatewayRejectedError,
+    GatewayUnavailableError,
+    InProgressError,
+    IntentError,
+    KeyReuseError,
+    LeaseLostError,
+    LedgerCorruptedError,
+    LedgerError,
+    OutcomeUnknownError,
+    PaymentDeclinedError,
+    PayonceError,
+    PolicyDeniedError,
+    StoreError,
+    StoreUnavailableError,
+)
+from payonce._guard import AsyncGuard, Guard
+from payonce._intent import Intent, format_amount
+from payonce._ledger import LedgerReport, seal_checkpoint, verify_ledger
+from payonce._model import Attempt, Checkpoint, Entry, Event, Lease, Outcome, Record, Status
+from payonce._once import once
+from payonce._protocols import AsyncStore, Clock, Store
+from payonce.stores import MemoryStore, SQLiteStore, ThreadedAsyncStore
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncGuard",
+    "AsyncStore",
+    "Attempt",
+    "Checkpoint",
+    "Clock",
+    "ConfigurationError",
+    "ConflictError",
+    "Entry",
+    "Event",
+    "GatewayError",
+    "GatewayRejectedError",
+    "GatewayUnavailableError",
+    "Guard",
+    "InProgressError",
+    "Intent",
+    "IntentError",
+    "KeyReuseError",
+    "Lease",
+    "LeaseLostError",
+    "LedgerCorruptedError",
+    "LedgerError",
+    "LedgerReport",
+    "MemoryStore",
+    "Outcome",
+    "OutcomeClass",
+    "OutcomeUnknownError",
+    "PaymentDeclinedError",
+    "PayonceError",
+    "PolicyDeniedError",
+    "Record",
+    "SQLiteStore",
+    "Status",
+    "Store",
+    "StoreError",
+    "StoreUnavailableError",
+    "SystemClock",
+    "ThreadedAsyncStore",
+    "format_amount",
+    "once",
+    "seal_checkpoint",
+    "verify_ledger",
+]

@@ -1,0 +1,709 @@
+"""The guard (L3): key → claim or replay → execute → record.
+
+``Guard`` and ``AsyncGuard`` are thin twins over ``_GuardCore``: every decision comes from the
+pure ``decide``/``settle`` functions and every value is built by the core; only the store calls,
+the function call and the waiting are written twice.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Final, NoReturn
+
+from payonce._clock import SystemClock
+from payonce._decide import (
+    Complete,
+    MarkUnknown,
+    OutcomeClass,
+    Reject,
+    Release,
+    Replay,
+    Retry,
+    TakeOver,
+    Unresolved,
+    Wait,
+    decide,
+    settle,
+)
+from payonce._errors import (
+    ConfigurationError,
+    GatewayRejectedError,
+    GatewayUnavailableError,
+    InProgressError,
+    IntentError,
+    KeyReuseError,
+    LeaseLostError,
+    OutcomeUnknownError,
+    PaymentDeclinedError,
+    StoreError,
+)
+from payonce._intent import Intent
+from payonce._keys import Keys, canonical_json, fingerprint
+from payonce._model import Attempt, Lease, NewRecord, Outcome, Record, Status
+from payonce._protocols import AsyncStore, Clock, Store
+
+__all__ = ["AsyncGuard", "Guard"]
+
+_log = logging.getLogger("payonce.guard")
+
+_SCOPE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}")
+_FIRST_POLL: Final = timedelta(milliseconds=5)
+_MAX_POLL: Final = timedelta(milliseconds=100)
+_MAX_RETRY_HINT: Final = timedelta(seconds=1)
+
+Faults = Callable[[str], None]
+ExceptionTypes = tuple[type[BaseException], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """An intent with everything derived from it before any I/O."""
+
+    intent: Intent
+    canonical: dict[str, Any]
+    intent_json: str
+    fingerprint: str
+    key: str | None  # None for reference-less intents: the dedup window picks it
+    family: str | None
+
+
+class _GuardCore:
+    """Configuration and the pure parts shared by both twins."""
+
+    def __init__(
+        self,
+        *,
+        secret: bytes,
+        scope: str,
+        secret_version: int,
+        clock: Clock | None,
+        lease: timedelta,
+        wait: timedelta,
+        window: timedelta,
+        resumable: bool,
+        definite: ExceptionTypes,
+        not_executed: ExceptionTypes,
+        faults: Faults | None,
+    ) -> None:
+        if not isinstance(scope, str) or not _SCOPE.fullmatch(scope):
+            raise ConfigurationError(
+                "scope must be 1-128 characters: letters, digits and . _ : / @ - (e.g. "
+                "'tenant-a' or 'tenant-a/agent-7'), starting with a letter or digit"
+            )
+        for name, value in (("lease", lease), ("window", window)):
+            if not isinstance(value, timedelta) or value <= timedelta(0):
+                raise ConfigurationError(f"{name} must be a positive timedelta")
+        if not isinstance(wait, timedelta) or wait < timedelta(0):
+            raise ConfigurationError("wait must be a timedelta of zero or more")
+        for name, types in (("definite", definite), ("not_executed", not_executed)):
+            if not all(isinstance(t, type) and issubclass(t, BaseException) for t in types):
+                raise ConfigurationError(f"{name} must be a tuple of exception classes")
+        self.keys = Keys(secret, version=secret_version)
+        self.scope = scope
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.lease = lease
+        self.wait = wait
+        self.window = window
+        self.resumable = resumable
+        self.definite = definite
+        self.not_executed = not_executed
+        self._faults = faults
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(scope={self.scope!r}, keys={self.keys!r})"
+
+    def _fault(self, point: str) -> None:
+        if self._faults is not None:
+            self._faults(point)
+
+    def _prepare(self, intent: Intent) -> _Prepared:
+        if not isinstance(intent, Intent):
+            raise IntentError(
+                f"intent must be a payonce.Intent; got {type(intent).__name__}. Build one with "
+                "Intent(operation, amount, currency, ...) or Intent.from_dict(...).",
+                field="intent",
+            )
+        canonical = intent.canonical()
+        material = self.keys.material(self.scope, intent)
+        return _Prepared(
+            intent=intent,
+            canonical=canonical,
+            intent_json=canonical_json(canonical),
+            fingerprint=fingerprint(intent),
+            key=material.key,
+            family=material.family,
+        )
+
+    def _window_key(
+        self, prepared: _Prepared, newest: Record | None, now: datetime
+    ) -> tuple[str, int]:
+        """The key of a reference-less intent: the newest generation of its family while that is
+        unresolved or younger than the window, else the next generation (a sliding window from
+        the newest record's creation; no fixed buckets, so a retry never straddles one)."""
+        assert prepared.family is not None
+        if newest is not None and (
+            not newest.status.terminal or now - newest.created_at < self.window
+        ):
+            return newest.key, newest.generation
+        generation = 0 if newest is None else newest.generation + 1
+        return self.keys.window_key(prepared.family, generation), generation
+
+    def _new_record(self, prepared: _Prepared, key: str, generation: int) -> NewRecord:
+        intent = prepared.intent
+        return NewRecord(
+            scope=self.scope,
+            key=key,
+            fingerprint=prepared.fingerprint,
+            intent=prepared.intent_json,
+            provider_key=self.keys.provider_key(self.scope, key),
+            operation=intent.operation,
+            amount=intent.amount,
+            currency=intent.currency,
+            family=prepared.family,
+            generation=generation,
+        )
+
+    def _decide(self, record: Record, prepared: _Prepared, now: datetime, resumable: bool) -> Any:
+        recorded: dict[str, Any] | None = None
+        if record.fingerprint != prepared.fingerprint:
+            recorded = record.intent_fields()
+        return decide(
+            record,
+            prepared.fingerprint,
+            now,
+            resumable=resumable,
+            recorded_intent=recorded,
+            intent=prepared.canonical,
+        )
+
+    def _classify(self, exc: BaseException) -> OutcomeClass:
+        # Order matters: a type declared both ways is treated as the safer "definite" only if
+        # the caller said so first; unknown is the default for anything undeclared.
+        if self.definite and isinstance(exc, self.definite):
+            return OutcomeClass.DEFINITE
+        if self.not_executed and isinstance(exc, self.not_executed):
+            return OutcomeClass.NOT_EXECUTED
+        return OutcomeClass.UNKNOWN
+
+    @staticmethod
+    def _attempt(record: Record, lease: Lease) -> Attempt:
+        return Attempt(
+            key=record.key,
+            provider_key=record.provider_key,
+            number=record.attempt,
+            token=lease.token,
+        )
+
+    @staticmethod
+    def _outcome(record: Record, *, replayed: bool) -> Outcome:
+        """The outcome of a SUCCEEDED record; raises the recorded error of a FAILED one."""
+        assert record.outcome is not None
+        body = json.loads(record.outcome)
+        if record.status is Status.FAILED:
+            error = body.get("error", {})
+            code = error.get("code")
+            if error.get("kind") == "declined":
+                raise PaymentDeclinedError(key=record.key, code=code, replayed=replayed)
+            raise GatewayRejectedError(key=record.key, code=code, replayed=replayed)
+        return Outcome(
+            key=record.key,
+            status=record.status,
+            value=body["value"],
+            replayed=replayed,
+            attempt=record.attempt,
+            provider_key=record.provider_key,
+            body=record.outcome,
+        )
+
+    @staticmethod
+    def _failure_body(exc: BaseException) -> str:
+        # Only the exception's type: its message may carry anything, secrets included (I8).
+        return canonical_json({"error": {"code": type(exc).__name__, "kind": "definite"}})
+
+    def _in_progress(self, key: str, until: datetime, now: datetime) -> InProgressError:
+        remaining = max(until - now, timedelta(0))
+        return InProgressError(key=key, retry_after=min(remaining, _MAX_RETRY_HINT))
+
+    @staticmethod
+    def _next_poll(
+        poll: timedelta, now: datetime, until: datetime, waited: timedelta, wait: timedelta
+    ) -> timedelta:
+        # The wait is bounded by the time actually slept, not by a deadline on the clock: a
+        # clock that jumps back must not stretch it.
+        return max(min(poll, until - now, wait - waited), timedelta(0))
+
+    def _unknown_reason(self, exc: BaseException, record: Record) -> str:
+        if self._classify(exc) is OutcomeClass.NOT_EXECUTED:
+            return (
+                f"{type(exc).__name__}: attempt {record.attempt} was not sent, but an earlier "
+                "attempt may have moved money"
+            )
+        return f"{type(exc).__name__} raised by the call; it may have moved money"
+
+    @staticmethod
+    def _unserialisable(value: Any) -> str:
+        return (
+            f"the function returned a {type(value).__name__}, which is not JSON-serialisable, so "
+            "its outcome could not be recorded although the call ran; return plain JSON values"
+        )
+
+
+def _takeover_reason() -> str:
+    return (
+        "a previous attempt's lease expired while it was running; it may have called the "
+        "gateway, and this call is not declared resumable"
+    )
+
+
+class Guard(_GuardCore):
+    """Runs a money-moving function at most once per intent, and replays its outcome.
+
+    Args:
+        store: where records and the ledger live (``SQLiteStore("payonce.db")``).
+        secret: at least 32 random bytes; keys are HMACs under it. Keep it secret and stable.
+        scope: the namespace keys are unique in: a tenant, optionally with an agent.
+        secret_version: the secret's version (1, 2, … on rotation); prefixes keys.
+        clock: the time source; the system clock by default (tests inject a manual one).
+        lease: how long a claim is exclusive before another caller may take it over.
+        wait: how long a duplicate caller waits for an in-flight first call before
+            ``InProgressError``.
+        window: for intents without a reference: how long an identical intent counts as a
+            retry of the newest one.
+        resumable: whether calling again with the same provider key after a lost answer is
+            safe (the provider deduplicates on it). False for plain functions.
+        definite: exception types that mean "failed, no money moved" (recorded FAILED).
+        not_executed: exception types that mean "provably never sent" (the claim is released).
+        faults: a fault injector called at each named fault point (tests only).
+
+    Raises:
+        ConfigurationError: for a bad store, secret, scope or option.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        secret: bytes,
+        scope: str,
+        secret_version: int = 1,
+        clock: Clock | None = None,
+        lease: timedelta = timedelta(seconds=60),
+        wait: timedelta = timedelta(seconds=5),
+        window: timedelta = timedelta(minutes=10),
+        resumable: bool = False,
+        definite: ExceptionTypes = (),
+        not_executed: ExceptionTypes = (),
+        faults: Faults | None = None,
+    ) -> None:
+        if not isinstance(store, Store) or inspect.iscoroutinefunction(
+            getattr(store, "claim", None)
+        ):
+            raise ConfigurationError(
+                f"Guard needs a sync Store such as SQLiteStore; got {type(store).__name__}. Use "
+                "AsyncGuard for an AsyncStore."
+            )
+        super().__init__(
+            secret=secret,
+            scope=scope,
+            secret_version=secret_version,
+            clock=clock,
+            lease=lease,
+            wait=wait,
+            window=window,
+            resumable=resumable,
+            definite=definite,
+            not_executed=not_executed,
+            faults=faults,
+        )
+        self.store = store
+
+    def key_for(self, intent: Intent) -> str:
+        """The record key this intent maps to now (reads the store for reference-less intents).
+
+        Raises:
+            IntentError: if ``intent`` is not an Intent.
+        """
+        prepared = self._prepare(intent)
+        if prepared.key is not None:
+            return prepared.key
+        return self._resolve_key(prepared, self.clock.now())[0]
+
+    def _resolve_key(self, prepared: _Prepared, now: datetime) -> tuple[str, int]:
+        if prepared.key is not None:
+            return prepared.key, 0
+        assert prepared.family is not None
+        newest = self.store.newest(self.scope, prepared.family)
+        return self._window_key(prepared, newest, now)
+
+    def run(
+        self, intent: Intent, fn: Callable[[Attempt], Any], *, resumable: bool | None = None
+    ) -> Outcome:
+        """Run ``fn`` at most once for ``intent`` and return its recorded outcome.
+
+        ``fn(attempt)`` makes the money-moving call, sending ``attempt.provider_key`` as the
+        provider's idempotency key, and returns a JSON-serialisable value. A retry of a finished
+        intent returns the recorded value with ``replayed=True`` and does not call ``fn``.
+
+        Raises:
+            IntentError: ``intent`` is not an Intent (invalid values fail at construction).
+            KeyReuseError: the key holds an intent with other parameters; nothing was called.
+            InProgressError: the same intent is in flight elsewhere past the wait.
+            OutcomeUnknownError: money may have moved; retry later with the same intent.
+            GatewayRejectedError / PaymentDeclinedError: the recorded, definite failure.
+            GatewayUnavailableError: provably not executed; the key was released.
+            LeaseLostError: another worker took this call over; it records the outcome.
+            StoreUnavailableError: the store failed before anything was called.
+        """
+        if not callable(fn):
+            raise ConfigurationError("fn must be callable: fn(attempt) -> JSON value")
+        resume = self.resumable if resumable is None else resumable
+        prepared = self._prepare(intent)
+        self._fault("before_claim")
+        waited = timedelta(0)
+        poll = _FIRST_POLL
+        while True:
+            now = self.clock.now()
+            key, generation = self._resolve_key(prepared, now)
+            claimed = self.store.claim(
+                self._new_record(prepared, key, generation), now=now, lease_for=self.lease
+            )
+            if claimed.lease is not None:
+                return self._execute(claimed.record, claimed.lease, fn, resume)
+            action = self._decide(claimed.record, prepared, now, resume)
+            if isinstance(action, Replay):
+                return self._outcome(action.record, replayed=True)
+            if isinstance(action, Reject):
+                raise KeyReuseError(key=key, fields=action.fields)
+            if isinstance(action, Unresolved):
+                raise OutcomeUnknownError(key=key, reason=action.reason)
+            if isinstance(action, Wait):
+                if waited >= self.wait:
+                    raise self._in_progress(key, action.until, now)
+                step = self._next_poll(poll, now, action.until, waited, self.wait)
+                self.clock.sleep(step)
+                waited += step
+                poll = min(poll * 2, _MAX_POLL)
+                continue
+            assert isinstance(action, TakeOver)
+            try:
+                taken = self.store.takeover(
+                    self.scope, key, token=action.token, now=now, lease_for=self.lease
+                )
+            except LeaseLostError:
+                continue  # released or purged meanwhile: claim afresh
+            if taken.lease is None:
+                continue  # another caller took it over first: look again
+            if action.resend:
+                return self._execute(taken.record, taken.lease, fn, resume)
+            self._mark_unknown(taken.record, taken.lease, _takeover_reason())
+            raise OutcomeUnknownError(key=key, reason=_takeover_reason())
+
+    def _execute(
+        self, record: Record, lease: Lease, fn: Callable[[Attempt], Any], resumable: bool
+    ) -> Outcome:
+        self._fault("after_claim")
+        try:
+            value = fn(self._attempt(record, lease))
+        except Exception as exc:  # noqa: BLE001 - every exception of the call is classified
+            self._settle_error(record, lease, exc, resumable)
+        except BaseException:
+            # Interrupted mid-call (KeyboardInterrupt, SystemExit): the call may have happened.
+            self._mark_unknown(record, lease, "interrupted while the call was running")
+            raise
+        try:
+            body = canonical_json({"value": value})
+        except (TypeError, ValueError) as exc:
+            reason = self._unserialisable(value)
+            self._mark_unknown(record, lease, reason)
+            raise OutcomeUnknownError(key=record.key, reason=reason) from exc
+        self._fault("before_complete")
+        try:
+            done = self.store.complete(
+                self.scope,
+                record.key,
+                token=lease.token,
+                status=Status.SUCCEEDED,
+                outcome=body,
+                now=self.clock.now(),
+            )
+        except StoreError as exc:
+            raise OutcomeUnknownError(
+                key=record.key,
+                reason="the call returned but recording its outcome failed; retrying the same "
+                "intent later resolves it",
+            ) from exc
+        self._fault("after_complete")
+        return self._outcome(done, replayed=False)
+
+    def _settle_error(
+        self, record: Record, lease: Lease, exc: Exception, resumable: bool
+    ) -> NoReturn:
+        step = settle(
+            self._classify(exc),
+            attempts_left=False,
+            resumable=resumable,
+            earlier_attempts=record.attempt > 1,
+        )
+        if isinstance(step, Complete):
+            try:
+                self.store.complete(
+                    self.scope,
+                    record.key,
+                    token=lease.token,
+                    status=step.status,
+                    outcome=self._failure_body(exc),
+                    now=self.clock.now(),
+                )
+            except StoreError as store_exc:
+                # The failure itself is definite; the record stays CLAIMED and resolves later.
+                _log_store_failure("complete", record.key, store_exc)
+            raise GatewayRejectedError(key=record.key, code=type(exc).__name__) from exc
+        if isinstance(step, Release):
+            try:
+                self.store.release(
+                    self.scope,
+                    record.key,
+                    token=lease.token,
+                    reason=type(exc).__name__,
+                    now=self.clock.now(),
+                )
+            except StoreError as release_exc:
+                # The claim stays; after its lease it resolves as unknown, never as "free".
+                raise OutcomeUnknownError(
+                    key=record.key,
+                    reason="the call was not executed but releasing its claim "
+                    "failed; retry the same intent later",
+                ) from release_exc
+            raise GatewayUnavailableError(key=record.key, code=type(exc).__name__) from exc
+        assert isinstance(step, MarkUnknown | Retry)
+        reason = self._unknown_reason(exc, record)
+        self._mark_unknown(record, lease, reason)
+        raise OutcomeUnknownError(key=record.key, reason=reason) from exc
+
+    def _mark_unknown(self, record: Record, lease: Lease, reason: str) -> None:
+        # Best effort: if the store is down the record stays CLAIMED and becomes due for the
+        # Reconciler when its lease expires, which is the same state of knowledge.
+        try:
+            self.store.mark_unknown(
+                self.scope, record.key, token=lease.token, reason=reason, now=self.clock.now()
+            )
+        except StoreError as exc:
+            _log_store_failure("mark_unknown", record.key, exc)
+
+
+class AsyncGuard(_GuardCore):
+    """The async twin of ``Guard``: the same options, decisions and errors, awaited.
+
+    ``store`` may be an ``AsyncStore`` or a sync ``Store`` (run in a worker thread).
+    ``fn(attempt)`` may be a coroutine function or a plain function.
+    """
+
+    def __init__(
+        self,
+        store: AsyncStore | Store,
+        *,
+        secret: bytes,
+        scope: str,
+        secret_version: int = 1,
+        clock: Clock | None = None,
+        lease: timedelta = timedelta(seconds=60),
+        wait: timedelta = timedelta(seconds=5),
+        window: timedelta = timedelta(minutes=10),
+        resumable: bool = False,
+        definite: ExceptionTypes = (),
+        not_executed: ExceptionTypes = (),
+        faults: Faults | None = None,
+    ) -> None:
+        from payonce.stores._threaded import ThreadedAsyncStore  # noqa: PLC0415 - L4 adapter
+
+        if inspect.iscoroutinefunction(getattr(store, "claim", None)):
+            astore: AsyncStore = store  # type: ignore[assignment]
+        elif isinstance(store, Store):
+            astore = ThreadedAsyncStore(store)
+        else:
+            raise ConfigurationError(
+                f"AsyncGuard needs an AsyncStore or a Store; got {type(store).__name__}"
+            )
+        super().__init__(
+            secret=secret,
+            scope=scope,
+            secret_version=secret_version,
+            clock=clock,
+            lease=lease,
+            wait=wait,
+            window=window,
+            resumable=resumable,
+            definite=definite,
+            not_executed=not_executed,
+            faults=faults,
+        )
+        self.store = astore
+
+    async def key_for(self, intent: Intent) -> str:
+        """See ``Guard.key_for``."""
+        prepared = self._prepare(intent)
+        if prepared.key is not None:
+            return prepared.key
+        return (await self._resolve_key(prepared, self.clock.now()))[0]
+
+    async def _resolve_key(self, prepared: _Prepared, now: datetime) -> tuple[str, int]:
+        if prepared.key is not None:
+            return prepared.key, 0
+        assert prepared.family is not None
+        newest = await self.store.newest(self.scope, prepared.family)
+        return self._window_key(prepared, newest, now)
+
+    async def run(
+        self, intent: Intent, fn: Callable[[Attempt], Any], *, resumable: bool | None = None
+    ) -> Outcome:
+        """See ``Guard.run``; ``fn`` may return an awaitable."""
+        if not callable(fn):
+            raise ConfigurationError("fn must be callable: fn(attempt) -> JSON value")
+        resume = self.resumable if resumable is None else resumable
+        prepared = self._prepare(intent)
+        self._fault("before_claim")
+        waited = timedelta(0)
+        poll = _FIRST_POLL
+        while True:
+            now = self.clock.now()
+            key, generation = await self._resolve_key(prepared, now)
+            claimed = await self.store.claim(
+                self._new_record(prepared, key, generation), now=now, lease_for=self.lease
+            )
+            if claimed.lease is not None:
+                return await self._execute(claimed.record, claimed.lease, fn, resume)
+            action = self._decide(claimed.record, prepared, now, resume)
+            if isinstance(action, Replay):
+                return self._outcome(action.record, replayed=True)
+            if isinstance(action, Reject):
+                raise KeyReuseError(key=key, fields=action.fields)
+            if isinstance(action, Unresolved):
+                raise OutcomeUnknownError(key=key, reason=action.reason)
+            if isinstance(action, Wait):
+                if waited >= self.wait:
+                    raise self._in_progress(key, action.until, now)
+                step = self._next_poll(poll, now, action.until, waited, self.wait)
+                await self.clock.asleep(step)
+                waited += step
+                poll = min(poll * 2, _MAX_POLL)
+                continue
+            assert isinstance(action, TakeOver)
+            try:
+                taken = await self.store.takeover(
+                    self.scope, key, token=action.token, now=now, lease_for=self.lease
+                )
+            except LeaseLostError:
+                continue
+            if taken.lease is None:
+                continue
+            if action.resend:
+                return await self._execute(taken.record, taken.lease, fn, resume)
+            await self._mark_unknown(taken.record, taken.lease, _takeover_reason())
+            raise OutcomeUnknownError(key=key, reason=_takeover_reason())
+
+    async def _execute(
+        self, record: Record, lease: Lease, fn: Callable[[Attempt], Any], resumable: bool
+    ) -> Outcome:
+        self._fault("after_claim")
+        try:
+            value = fn(self._attempt(record, lease))
+            if inspect.isawaitable(value):
+                value = await value
+        except Exception as exc:  # noqa: BLE001 - every exception of the call is classified
+            await self._settle_error(record, lease, exc, resumable)
+        except BaseException:
+            # Cancelled or interrupted mid-call: the call may have happened.
+            await self._mark_unknown(record, lease, "interrupted while the call was running")
+            raise
+        try:
+            body = canonical_json({"value": value})
+        except (TypeError, ValueError) as exc:
+            reason = self._unserialisable(value)
+            await self._mark_unknown(record, lease, reason)
+            raise OutcomeUnknownError(key=record.key, reason=reason) from exc
+        self._fault("before_complete")
+        try:
+            done = await self.store.complete(
+                self.scope,
+                record.key,
+                token=lease.token,
+                status=Status.SUCCEEDED,
+                outcome=body,
+                now=self.clock.now(),
+            )
+        except StoreError as exc:
+            raise OutcomeUnknownError(
+                key=record.key,
+                reason="the call returned but recording its outcome failed; retrying the same "
+                "intent later resolves it",
+            ) from exc
+        self._fault("after_complete")
+        return self._outcome(done, replayed=False)
+
+    async def _settle_error(
+        self, record: Record, lease: Lease, exc: Exception, resumable: bool
+    ) -> NoReturn:
+        step = settle(
+            self._classify(exc),
+            attempts_left=False,
+            resumable=resumable,
+            earlier_attempts=record.attempt > 1,
+        )
+        if isinstance(step, Complete):
+            try:
+                await self.store.complete(
+                    self.scope,
+                    record.key,
+                    token=lease.token,
+                    status=step.status,
+                    outcome=self._failure_body(exc),
+                    now=self.clock.now(),
+                )
+            except StoreError as store_exc:
+                # The failure itself is definite; the record stays CLAIMED and resolves later.
+                _log_store_failure("complete", record.key, store_exc)
+            raise GatewayRejectedError(key=record.key, code=type(exc).__name__) from exc
+        if isinstance(step, Release):
+            try:
+                await self.store.release(
+                    self.scope,
+                    record.key,
+                    token=lease.token,
+                    reason=type(exc).__name__,
+                    now=self.clock.now(),
+                )
+            except StoreError as release_exc:
+                raise OutcomeUnknownError(
+                    key=record.key,
+                    reason="the call was not executed but releasing its claim "
+                    "failed; retry the same intent later",
+                ) from release_exc
+            raise GatewayUnavailableError(key=record.key, code=type(exc).__name__) from exc
+        assert isinstance(step, MarkUnknown | Retry)
+        reason = self._unknown_reason(exc, record)
+        await self._mark_unknown(record, lease, reason)
+        raise OutcomeUnknownError(key=record.key, reason=reason) from exc
+
+    async def _mark_unknown(self, record: Record, lease: Lease, reason: str) -> None:
+        try:
+            await self.store.mark_unknown(
+                self.scope, record.key, token=lease.token, reason=reason, now=self.clock.now()
+            )
+        except StoreError as exc:
+            _log_store_failure("mark_unknown", record.key, exc)
+
+
+def _log_store_failure(operation: str, key: str, exc: StoreError) -> None:
+    # Only the key digest and the error type: never intent fields or secrets (I8).
+    _log.warning(
+        "payonce could not %s key %s (%s); the record resolves after its lease",
+        operation,
+        key,
+        type(exc).__name__,
+    )

@@ -1,0 +1,156 @@
+"""Keys, provider keys and fingerprints (L1: pure; DESIGN §4).
+
+Every key is ``HMAC-SHA256(secret, domain ‖ len-prefixed fields)``. Each field is UTF-8 with a
+4-byte big-endian length in front, so ``("ab", "c")`` and ``("a", "bc")`` never meet, and the
+first field is a domain string, so a key can never equal a provider key or a family digest.
+Only digests leave this module: raw references and customer ids never appear in a key (I8).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+from typing import Any, Final
+
+from payonce._errors import ConfigurationError
+from payonce._intent import Intent
+
+__all__ = [
+    "MAX_PROVIDER_KEY",
+    "KeyMaterial",
+    "Keys",
+    "canonical_json",
+    "fingerprint",
+    "length_prefixed",
+]
+
+MAX_PROVIDER_KEY: Final = 255  # Stripe's limit on Idempotency-Key
+MIN_SECRET_BYTES: Final = 32
+_DOMAIN_KEY: Final = "payonce/key/v1"
+_DOMAIN_FAMILY: Final = "payonce/family/v1"
+_DOMAIN_WINDOW_KEY: Final = "payonce/window-key/v1"
+_DOMAIN_PROVIDER: Final = "payonce/provider-key/v1"
+
+
+def canonical_json(value: Any) -> str:
+    """Canonical JSON: sorted keys, no whitespace, strings unchanged (no Unicode normalisation).
+
+    Raises:
+        TypeError: for floats or anything JSON cannot represent exactly; money is integers.
+    """
+    _reject_floats(value)
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+def _reject_floats(value: Any) -> None:
+    if isinstance(value, float):
+        raise TypeError("floats are not allowed in canonical JSON; use integers (minor units)")
+    if isinstance(value, dict):
+        for item in value.values():
+            _reject_floats(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _reject_floats(item)
+
+
+def length_prefixed(*fields: str) -> bytes:
+    """Encode fields unambiguously: a 4-byte big-endian length, then the UTF-8 bytes, per field."""
+    out = bytearray()
+    for item in fields:
+        data = item.encode("utf-8")
+        out += len(data).to_bytes(4, "big")
+        out += data
+    return bytes(out)
+
+
+def fingerprint(intent: Intent) -> str:
+    """SHA-256 over the canonical full intent: detects reuse of a key with other parameters."""
+    return hashlib.sha256(canonical_json(intent.canonical()).encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class KeyMaterial:
+    """What the guard needs to claim an intent.
+
+    ``key`` is set for an intent with a reference. A reference-less intent has a ``family`` (the
+    digest of its dedup material) instead; its key depends on the generation the dedup window
+    picks, see ``Keys.window_key``.
+    """
+
+    key: str | None
+    family: str | None
+
+
+class Keys:
+    """Derives keys for one deployment secret.
+
+    Args:
+        secret: at least 32 random bytes, e.g. ``secrets.token_bytes(32)``.
+        version: the secret's version, a small integer. It prefixes every key (``k1_…``) and
+            provider key (``po1_…``) so that a rotated secret is recognisable.
+
+    Raises:
+        ConfigurationError: for a secret that is not bytes or too short, or a bad version.
+    """
+
+    __slots__ = ("_secret", "version")
+
+    def __init__(self, secret: bytes, *, version: int = 1) -> None:
+        if not isinstance(secret, bytes | bytearray):
+            raise ConfigurationError(
+                "secret must be bytes (at least 32 random bytes, e.g. secrets.token_bytes(32)); "
+                f"got {type(secret).__name__}"
+            )
+        if len(secret) < MIN_SECRET_BYTES:
+            raise ConfigurationError(
+                f"secret must be at least {MIN_SECRET_BYTES} bytes; got {len(secret)}. Generate "
+                "one with secrets.token_bytes(32) and keep it in your secret manager."
+            )
+        if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= 999:
+            raise ConfigurationError("secret version must be an integer from 1 to 999")
+        self._secret = bytes(secret)
+        self.version = version
+
+    def __repr__(self) -> str:
+        return f"Keys(secret=<{len(self._secret)} bytes, hidden>, version={self.version})"
+
+    def _digest(self, *fields: str) -> str:
+        return hmac.new(self._secret, length_prefixed(*fields), hashlib.sha256).hexdigest()
+
+    def material(self, scope: str, intent: Intent) -> KeyMaterial:
+        """The key (intent with a reference) or the dedup family (intent without one)."""
+        if intent.reference is not None:
+            digest = self._digest(
+                _DOMAIN_KEY, scope, intent.operation, intent.reference, str(intent.sequence)
+            )
+            return KeyMaterial(key=f"k{self.version}_{digest}", family=None)
+        counterparty = intent.counterparty
+        assert counterparty is not None  # Intent refuses reference-less intents without one
+        digest = self._digest(
+            _DOMAIN_FAMILY,
+            scope,
+            intent.operation,
+            counterparty,
+            str(intent.amount),
+            intent.currency,
+            str(intent.sequence),
+        )
+        return KeyMaterial(key=None, family=f"f{self.version}_{digest}")
+
+    def window_key(self, family: str, generation: int) -> str:
+        """The key of generation ``generation`` of a reference-less family."""
+        return f"k{self.version}_{self._digest(_DOMAIN_WINDOW_KEY, family, str(generation))}"
+
+    def provider_key(self, scope: str, key: str) -> str:
+        """The idempotency key sent to the provider; fixed at claim, reused by every retry."""
+        out = f"po{self.version}_{self._digest(_DOMAIN_PROVIDER, scope, key)}"
+        assert len(out) <= MAX_PROVIDER_KEY
+        return out
+
+    def same_secret(self, other: Keys) -> bool:
+        """Constant-time comparison of two deployments' secrets."""
+        return hmac.compare_digest(self._secret, other._secret)

@@ -1,0 +1,211 @@
+"""Frozen, slotted values shared by every layer (L0). Stdlib only.
+
+Timestamps are aware UTC datetimes; durations are timedeltas.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+__all__ = [
+    "Attempt",
+    "Checkpoint",
+    "Claimed",
+    "Entry",
+    "Event",
+    "Lease",
+    "NewRecord",
+    "Outcome",
+    "Record",
+    "Status",
+]
+
+
+class Status(enum.StrEnum):
+    """Where a record is in its life cycle (DESIGN §5)."""
+
+    CLAIMED = "CLAIMED"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    UNKNOWN = "UNKNOWN"
+
+    @property
+    def terminal(self) -> bool:
+        """True for SUCCEEDED and FAILED: replayed until retention, never re-executed."""
+        return self in (Status.SUCCEEDED, Status.FAILED)
+
+
+class Event(enum.StrEnum):
+    """The transition a ledger entry records."""
+
+    CLAIMED = "claimed"
+    TAKEN_OVER = "taken_over"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    MARKED_UNKNOWN = "marked_unknown"
+    RELEASED = "released"
+    PURGED = "purged"
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """The time-bounded right to act on a record.
+
+    Attributes:
+        token: the fencing token; every write after claim must present it.
+        expires_at: after this instant another caller may take the record over.
+    """
+
+    token: int
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NewRecord:
+    """What a claim writes when the key is free. Built by the guard, stored as given."""
+
+    scope: str
+    key: str
+    fingerprint: str
+    intent: str  # canonical JSON of the full intent; recovery and KeyReuseError need it
+    provider_key: str
+    operation: str
+    amount: int
+    currency: str
+    family: str | None = None  # reference-less intents: HMAC of the dedup material
+    generation: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A stored record for one (scope, key)."""
+
+    scope: str
+    key: str
+    status: Status
+    fingerprint: str
+    intent: str
+    provider_key: str
+    operation: str
+    amount: int
+    currency: str
+    token: int
+    attempt: int
+    lease_expires_at: datetime | None
+    outcome: str | None  # canonical JSON of the recorded outcome body
+    reason: str | None  # why the record is UNKNOWN, if it is
+    ledger_head: str  # hash of the newest ledger entry of this key
+    created_at: datetime
+    updated_at: datetime
+    family: str | None = None
+    generation: int = 0
+
+    @property
+    def lease(self) -> Lease | None:
+        """The current lease, if the record is CLAIMED."""
+        if self.status is Status.CLAIMED and self.lease_expires_at is not None:
+            return Lease(self.token, self.lease_expires_at)
+        return None
+
+    def intent_fields(self) -> dict[str, Any]:
+        """The recorded intent as a dict."""
+        loaded: dict[str, Any] = json.loads(self.intent)
+        return loaded
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """The answer of ``Store.claim`` and ``Store.takeover``.
+
+    ``lease`` is set when this caller won and now holds the record; otherwise ``record`` is the
+    record someone else holds or finished, and ``lease`` is None.
+    """
+
+    record: Record
+    lease: Lease | None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One call under a lease, handed to the guarded function.
+
+    Attributes:
+        key: the record key.
+        provider_key: the idempotency key to send to the provider; the same on every retry,
+            takeover and Reconciler pass.
+        number: the attempt number, from 1.
+        token: the fencing token of the lease this attempt runs under.
+    """
+
+    key: str
+    provider_key: str
+    number: int
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The recorded outcome of an intent, as the guard returns it.
+
+    Attributes:
+        key: the record key.
+        status: SUCCEEDED (``run`` raises for the others).
+        value: the JSON value the guarded function returned.
+        replayed: True when this outcome was recorded earlier and is being replayed.
+        attempt: the attempt number that produced it.
+        provider_key: the idempotency key sent to the provider.
+        body: the canonical JSON the store holds; replays return it byte for byte.
+    """
+
+    key: str
+    status: Status
+    value: Any
+    replayed: bool
+    attempt: int
+    provider_key: str
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One ledger entry: a transition of one record, hash-chained per (scope, key)."""
+
+    seq: int
+    at: datetime
+    scope: str
+    key: str
+    event: Event
+    status_from: Status | None
+    status_to: Status | None
+    token: int
+    attempt: int
+    amount: int
+    currency: str
+    detail: str  # canonical JSON, never secrets
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A sealed range of ledger entries: detects deletion and truncation inside the range.
+
+    Attributes:
+        number: 1, 2, ... in order; each checkpoint chains to the previous one.
+        first_seq / last_seq: the range of entry sequence numbers it covers (inclusive).
+        count: how many entries the range held when sealed.
+        digest: SHA-256 over the entry hashes of the range, in sequence order.
+    """
+
+    number: int
+    at: datetime
+    first_seq: int
+    last_seq: int
+    count: int
+    digest: str
+    prev_hash: str
+    hash: str

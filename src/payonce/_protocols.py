@@ -1,0 +1,197 @@
+"""Extension points (L2): the store contract and the clock.
+
+A store never reads a clock: every operation that compares or stamps time takes ``now`` from the
+guard's injected clock, so leases, windows and retention run on the same time everywhere and
+tests move time without sleeping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Protocol, runtime_checkable
+
+from payonce._model import Checkpoint, Claimed, Entry, NewRecord, Record, Status
+
+__all__ = ["AsyncStore", "Clock", "Store"]
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """An injected time source. ``now`` returns an aware UTC datetime."""
+
+    def now(self) -> datetime:
+        """The current time, aware UTC."""
+        ...
+
+    def sleep(self, duration: timedelta) -> None:
+        """Block for ``duration`` (a test clock advances instead)."""
+        ...
+
+    async def asleep(self, duration: timedelta) -> None:
+        """Await for ``duration`` (a test clock advances instead)."""
+        ...
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Persistence of records and ledger entries. Every backend passes ``StoreContract``.
+
+    Every method that changes a record appends exactly one ledger entry per changed record in the
+    same transaction (I5), chained to the key's previous entry. Writes after claim are fenced:
+    they take the lease token and raise ``LeaseLostError`` (changing nothing) when the record no
+    longer carries it. Driver errors never escape: they become ``StoreUnavailableError``.
+
+    A store whose ledger sequence numbers have no gaps may set a class attribute
+    ``gapless_ledger = True``; ``verify_ledger`` then treats a gap as a deleted entry.
+    """
+
+    def claim(self, new: NewRecord, *, now: datetime, lease_for: timedelta) -> Claimed:
+        """Create the record for ``(new.scope, new.key)`` as CLAIMED, first writer wins.
+
+        Returns ``Claimed(record, lease)`` with the new lease (token 1, attempt 1, expiring at
+        ``now + lease_for``) when this caller created it; otherwise ``Claimed(existing, None)``
+        with the record as stored, whatever its status or fingerprint. Never check-then-insert:
+        the uniqueness of (scope, key) arbitrates. A key released or purged earlier may be
+        claimed again; its ledger chain continues.
+        """
+        ...
+
+    def takeover(
+        self, scope: str, key: str, *, token: int, now: datetime, lease_for: timedelta
+    ) -> Claimed:
+        """Take the record over from the holder of ``token``.
+
+        Succeeds only when the record still carries ``token`` and is UNKNOWN, or CLAIMED with a
+        lease that expired at ``now``: the record becomes CLAIMED with token + 1, attempt + 1 and
+        a lease until ``now + lease_for``. Otherwise returns ``Claimed(current, None)``. If the
+        record no longer exists (released or purged meanwhile) it raises ``LeaseLostError``.
+        """
+        ...
+
+    def complete(
+        self, scope: str, key: str, *, token: int, status: Status, outcome: str, now: datetime
+    ) -> Record:
+        """CLAIMED → SUCCEEDED or FAILED with ``outcome`` (canonical JSON), fenced on ``token``."""
+        ...
+
+    def mark_unknown(
+        self, scope: str, key: str, *, token: int, reason: str, now: datetime
+    ) -> Record:
+        """CLAIMED → UNKNOWN with ``reason``, fenced on ``token``."""
+        ...
+
+    def release(self, scope: str, key: str, *, token: int, reason: str, now: datetime) -> None:
+        """CLAIMED → (none): the call provably never ran; the key may be claimed again."""
+        ...
+
+    def get(self, scope: str, key: str) -> Record | None:
+        """The record, or None. Never writes."""
+        ...
+
+    def newest(self, scope: str, family: str) -> Record | None:
+        """The record of ``family`` with the highest generation, or None (the dedup window)."""
+        ...
+
+    def scan(self, *, now: datetime, limit: int) -> Sequence[Record]:
+        """Up to ``limit`` records needing recovery, oldest first (by ``created_at``): UNKNOWN,
+        and CLAIMED whose lease expired at ``now``. All scopes."""
+        ...
+
+    def purge(self, *, now: datetime, retention: timedelta, limit: int) -> int:
+        """Delete up to ``limit`` SUCCEEDED/FAILED records last updated at or before
+        ``now - retention``, each with a ``purged`` ledger entry. Never touches CLAIMED or
+        UNKNOWN. Returns how many were purged."""
+        ...
+
+    def entries(self, *, after: int, limit: int) -> Sequence[Entry]:
+        """Up to ``limit`` ledger entries with ``seq > after``, in sequence order."""
+        ...
+
+    def heads(self, *, after: tuple[str, str] | None, limit: int) -> Sequence[tuple[str, str, str]]:
+        """``(scope, key, ledger_head)`` of up to ``limit`` records ordered by (scope, key),
+        starting after ``after``: lets the verifier detect a deleted chain tail."""
+        ...
+
+    def checkpoints(self) -> Sequence[Checkpoint]:
+        """Every sealed checkpoint, in order."""
+        ...
+
+    def append_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Store a checkpoint; a concurrent one with the same number raises ``ConflictError``."""
+        ...
+
+    def close(self) -> None:
+        """Release connections. The store is unusable afterwards."""
+        ...
+
+
+@runtime_checkable
+class AsyncStore(Protocol):
+    """The async twin of ``Store``: the same methods and semantics, awaited."""
+
+    async def claim(self, new: NewRecord, *, now: datetime, lease_for: timedelta) -> Claimed:
+        """See ``Store.claim``."""
+        ...
+
+    async def takeover(
+        self, scope: str, key: str, *, token: int, now: datetime, lease_for: timedelta
+    ) -> Claimed:
+        """See ``Store.takeover``."""
+        ...
+
+    async def complete(
+        self, scope: str, key: str, *, token: int, status: Status, outcome: str, now: datetime
+    ) -> Record:
+        """See ``Store.complete``."""
+        ...
+
+    async def mark_unknown(
+        self, scope: str, key: str, *, token: int, reason: str, now: datetime
+    ) -> Record:
+        """See ``Store.mark_unknown``."""
+        ...
+
+    async def release(
+        self, scope: str, key: str, *, token: int, reason: str, now: datetime
+    ) -> None:
+        """See ``Store.release``."""
+        ...
+
+    async def get(self, scope: str, key: str) -> Record | None:
+        """See ``Store.get``."""
+        ...
+
+    async def newest(self, scope: str, family: str) -> Record | None:
+        """See ``Store.newest``."""
+        ...
+
+    async def scan(self, *, now: datetime, limit: int) -> Sequence[Record]:
+        """See ``Store.scan``."""
+        ...
+
+    async def purge(self, *, now: datetime, retention: timedelta, limit: int) -> int:
+        """See ``Store.purge``."""
+        ...
+
+    async def entries(self, *, after: int, limit: int) -> Sequence[Entry]:
+        """See ``Store.entries``."""
+        ...
+
+    async def heads(
+        self, *, after: tuple[str, str] | None, limit: int
+    ) -> Sequence[tuple[str, str, str]]:
+        """See ``Store.heads``."""
+        ...
+
+    async def checkpoints(self) -> Sequence[Checkpoint]:
+        """See ``Store.checkpoints``."""
+        ...
+
+    async def append_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """See ``Store.append_checkpoint``."""
+        ...
+
+    async def close(self) -> None:
+        """See ``Store.close``."""
+        ...

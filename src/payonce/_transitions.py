@@ -1,0 +1,263 @@
+"""Record transitions as pure functions (L1), shared by every store.
+
+A store reads the current record inside its transaction (or script), asks one of these for the
+next record and its ledger entry, and writes both in that same transaction. The rules of DESIGN §5
+(fencing, takeover eligibility, what each entry says) live here once, not once per backend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+from payonce._chain import GENESIS, make_entry
+from payonce._errors import LeaseLostError
+from payonce._keys import canonical_json
+from payonce._model import Entry, Event, NewRecord, Record, Status
+
+__all__ = [
+    "claim_transition",
+    "complete_transition",
+    "fence",
+    "purge_transition",
+    "release_transition",
+    "takeover_eligible",
+    "takeover_transition",
+    "unknown_transition",
+]
+
+_COMPLETE_EVENTS = {Status.SUCCEEDED: Event.SUCCEEDED, Status.FAILED: Event.FAILED}
+
+
+def _entry(
+    record: Record,
+    *,
+    seq: int,
+    now: datetime,
+    event: Event,
+    status_from: Status | None,
+    status_to: Status | None,
+    token: int,
+    attempt: int,
+    detail: dict[str, object],
+    prev_hash: str,
+) -> Entry:
+    return make_entry(
+        seq=seq,
+        at=now,
+        scope=record.scope,
+        key=record.key,
+        event=event,
+        status_from=status_from,
+        status_to=status_to,
+        token=token,
+        attempt=attempt,
+        amount=record.amount,
+        currency=record.currency,
+        detail=canonical_json(detail),
+        prev_hash=prev_hash,
+    )
+
+
+def claim_transition(
+    new: NewRecord, *, now: datetime, lease_for: timedelta, seq: int, prev_hash: str | None
+) -> tuple[Record, Entry]:
+    """The CLAIMED record a winning claim writes, and its ``claimed`` entry.
+
+    ``prev_hash`` is the hash of the key's newest ledger entry (a key released or purged earlier
+    keeps its chain), or None for a key never seen.
+    """
+    record = Record(
+        scope=new.scope,
+        key=new.key,
+        status=Status.CLAIMED,
+        fingerprint=new.fingerprint,
+        intent=new.intent,
+        provider_key=new.provider_key,
+        operation=new.operation,
+        amount=new.amount,
+        currency=new.currency,
+        token=1,
+        attempt=1,
+        lease_expires_at=now + lease_for,
+        outcome=None,
+        reason=None,
+        ledger_head=GENESIS,
+        created_at=now,
+        updated_at=now,
+        family=new.family,
+        generation=new.generation,
+    )
+    entry = _entry(
+        record,
+        seq=seq,
+        now=now,
+        event=Event.CLAIMED,
+        status_from=None,
+        status_to=Status.CLAIMED,
+        token=1,
+        attempt=1,
+        detail={
+            "fingerprint": new.fingerprint,
+            "operation": new.operation,
+            "provider_key": new.provider_key,
+        },
+        prev_hash=prev_hash or GENESIS,
+    )
+    return replace(record, ledger_head=entry.hash), entry
+
+
+def fence(record: Record | None, *, key: str, token: int) -> Record:
+    """The record, if it is CLAIMED under ``token``; otherwise ``LeaseLostError``."""
+    if record is None or record.token != token or record.status is not Status.CLAIMED:
+        raise LeaseLostError(key=key, token=token)
+    return record
+
+
+def takeover_eligible(record: Record, *, token: int, now: datetime) -> bool:
+    """True when ``record`` still carries ``token`` and is UNKNOWN or CLAIMED past its lease."""
+    if record.token != token:
+        return False
+    if record.status is Status.UNKNOWN:
+        return True
+    return (
+        record.status is Status.CLAIMED
+        and record.lease_expires_at is not None
+        and record.lease_expires_at <= now
+    )
+
+
+def takeover_transition(
+    record: Record, *, now: datetime, lease_for: timedelta, seq: int
+) -> tuple[Record, Entry]:
+    """The record after a takeover (token + 1, attempt + 1, new lease) and its entry.
+
+    The caller has checked ``takeover_eligible``.
+    """
+    token, attempt = record.token + 1, record.attempt + 1
+    entry = _entry(
+        record,
+        seq=seq,
+        now=now,
+        event=Event.TAKEN_OVER,
+        status_from=record.status,
+        status_to=Status.CLAIMED,
+        token=token,
+        attempt=attempt,
+        detail={"previous_token": record.token},
+        prev_hash=record.ledger_head,
+    )
+    updated = replace(
+        record,
+        status=Status.CLAIMED,
+        token=token,
+        attempt=attempt,
+        lease_expires_at=now + lease_for,
+        updated_at=now,
+        ledger_head=entry.hash,
+    )
+    return updated, entry
+
+
+def complete_transition(
+    record: Record | None,
+    *,
+    key: str,
+    token: int,
+    status: Status,
+    outcome: str,
+    now: datetime,
+    seq: int,
+) -> tuple[Record, Entry]:
+    """CLAIMED → SUCCEEDED/FAILED, fenced on ``token``."""
+    current = fence(record, key=key, token=token)
+    if status not in _COMPLETE_EVENTS:
+        raise ValueError(f"complete() records SUCCEEDED or FAILED, not {status}")
+
+    entry = _entry(
+        current,
+        seq=seq,
+        now=now,
+        event=_COMPLETE_EVENTS[status],
+        status_from=Status.CLAIMED,
+        status_to=status,
+        token=token,
+        attempt=current.attempt,
+        detail={"outcome_sha256": hashlib.sha256(outcome.encode("utf-8")).hexdigest()},
+        prev_hash=current.ledger_head,
+    )
+    updated = replace(
+        current,
+        status=status,
+        outcome=outcome,
+        lease_expires_at=None,
+        updated_at=now,
+        ledger_head=entry.hash,
+    )
+    return updated, entry
+
+
+def unknown_transition(
+    record: Record | None, *, key: str, token: int, reason: str, now: datetime, seq: int
+) -> tuple[Record, Entry]:
+    """CLAIMED → UNKNOWN, fenced on ``token``."""
+    current = fence(record, key=key, token=token)
+    entry = _entry(
+        current,
+        seq=seq,
+        now=now,
+        event=Event.MARKED_UNKNOWN,
+        status_from=Status.CLAIMED,
+        status_to=Status.UNKNOWN,
+        token=token,
+        attempt=current.attempt,
+        detail={"reason": reason},
+        prev_hash=current.ledger_head,
+    )
+    updated = replace(
+        current,
+        status=Status.UNKNOWN,
+        reason=reason,
+        lease_expires_at=None,
+        updated_at=now,
+        ledger_head=entry.hash,
+    )
+    return updated, entry
+
+
+def release_transition(
+    record: Record | None, *, key: str, token: int, reason: str, now: datetime, seq: int
+) -> Entry:
+    """CLAIMED → (none), fenced on ``token``: the entry the release appends."""
+    current = fence(record, key=key, token=token)
+    return _entry(
+        current,
+        seq=seq,
+        now=now,
+        event=Event.RELEASED,
+        status_from=Status.CLAIMED,
+        status_to=None,
+        token=token,
+        attempt=current.attempt,
+        detail={"reason": reason},
+        prev_hash=current.ledger_head,
+    )
+
+
+def purge_transition(record: Record, *, now: datetime, seq: int) -> Entry:
+    """SUCCEEDED/FAILED → (none) past retention: the entry the purge appends."""
+    if not record.status.terminal:
+        raise ValueError("only SUCCEEDED and FAILED records are purged")
+    return _entry(
+        record,
+        seq=seq,
+        now=now,
+        event=Event.PURGED,
+        status_from=record.status,
+        status_to=None,
+        token=record.token,
+        attempt=record.attempt,
+        detail={},
+        prev_hash=record.ledger_head,
+    )

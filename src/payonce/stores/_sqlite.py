@@ -1,0 +1,744 @@
+"""The SQLite store (L4): the embedded default, stdlib only (DESIGN §7).
+
+Concurrency model: every transition is one ``BEGIN IMMEDIATE`` transaction that reads the record,
+asks ``payonce._transitions`` for the next record and its ledger entry, and writes both. SQLite
+has one writer at a time, so the write lock taken at ``BEGIN IMMEDIATE`` serialises transitions
+across threads and processes; readers (replays, ``get``, the verifier) never wait for it in WAL
+mode. Timestamps are stored as microseconds since the epoch (``payonce._chain.to_micros``), the
+same encoding the ledger hashes use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from payonce._chain import from_micros, to_micros
+from payonce._errors import (
+    ConfigurationError,
+    ConflictError,
+    LeaseLostError,
+    StoreError,
+    StoreUnavailableError,
+)
+from payonce._model import Checkpoint, Claimed, Entry, Event, NewRecord, Record, Status
+from payonce._transitions import (
+    claim_transition,
+    complete_transition,
+    purge_transition,
+    release_transition,
+    takeover_eligible,
+    takeover_transition,
+    unknown_transition,
+)
+
+__all__ = ["MIGRATIONS", "SQLiteStore"]
+
+# OFF is refused: a claim that is not durable before the gateway call breaks I4.
+_SYNCHRONOUS: Final = ("FULL", "NORMAL", "EXTRA")
+_IN_MEMORY: Final = (":memory:", "")
+_PRIMARY_KEY_VIOLATION: Final = sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY
+_WAL_RETRY: Final = timedelta(milliseconds=5)
+
+# Numbered, append-only: never edit a shipped migration, add the next number.
+MIGRATIONS: Final[tuple[tuple[int, str], ...]] = (
+    (
+        1,
+        """
+        CREATE TABLE payonce_records (
+            scope TEXT NOT NULL, key TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('CLAIMED', 'SUCCEEDED', 'FAILED', 'UNKNOWN')),
+            fingerprint TEXT NOT NULL, intent TEXT NOT NULL, provider_key TEXT NOT NULL,
+            operation TEXT NOT NULL, amount INTEGER NOT NULL, currency TEXT NOT NULL,
+            family TEXT, generation INTEGER NOT NULL,
+            token INTEGER NOT NULL, attempt INTEGER NOT NULL, lease_expires_at INTEGER,
+            outcome TEXT, reason TEXT, ledger_head TEXT NOT NULL,
+            created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+            PRIMARY KEY (scope, key)
+        ) WITHOUT ROWID;
+        CREATE INDEX payonce_records_newest ON payonce_records (scope, family, generation)
+            WHERE family IS NOT NULL;
+        CREATE INDEX payonce_records_scan ON payonce_records (created_at)
+            WHERE status IN ('CLAIMED', 'UNKNOWN');
+        CREATE INDEX payonce_records_purge ON payonce_records (updated_at)
+            WHERE status IN ('SUCCEEDED', 'FAILED');
+
+        CREATE TABLE payonce_ledger (
+            seq INTEGER PRIMARY KEY, at INTEGER NOT NULL,
+            scope TEXT NOT NULL, key TEXT NOT NULL, event TEXT NOT NULL,
+            status_from TEXT, status_to TEXT, token INTEGER NOT NULL, attempt INTEGER NOT NULL,
+            amount INTEGER NOT NULL, currency TEXT NOT NULL, detail TEXT NOT NULL,
+            prev_hash TEXT NOT NULL, hash TEXT NOT NULL
+        );
+        CREATE INDEX payonce_ledger_key ON payonce_ledger (scope, key, seq);
+        CREATE TRIGGER payonce_ledger_no_update BEFORE UPDATE ON payonce_ledger
+        BEGIN SELECT RAISE(ABORT, 'payonce_ledger is append-only'); END;
+        CREATE TRIGGER payonce_ledger_no_delete BEFORE DELETE ON payonce_ledger
+        BEGIN SELECT RAISE(ABORT, 'payonce_ledger is append-only'); END;
+
+        CREATE TABLE payonce_checkpoints (
+            number INTEGER PRIMARY KEY, at INTEGER NOT NULL,
+            first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, count INTEGER NOT NULL,
+            digest TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL
+        );
+        CREATE TRIGGER payonce_checkpoints_no_update BEFORE UPDATE ON payonce_checkpoints
+        BEGIN SELECT RAISE(ABORT, 'payonce_checkpoints is append-only'); END;
+        CREATE TRIGGER payonce_checkpoints_no_delete BEFORE DELETE ON payonce_checkpoints
+        BEGIN SELECT RAISE(ABORT, 'payonce_checkpoints is append-only'); END;
+        """,
+    ),
+)
+
+# Column names equal the dataclass field names, and the statements are generated from the
+# dataclasses: SELECT, INSERT, UPDATE and the row conversion cannot drift apart, and a field added
+# without a migration fails loudly at the first query. Nothing in the generated SQL is input.
+_Row = TypeVar("_Row", Record, Entry, Checkpoint)
+_FIELDS: Final[dict[type[Any], tuple[str, ...]]] = {
+    cls: tuple(field.name for field in dataclasses.fields(cls))
+    for cls in (Record, Entry, Checkpoint)
+}
+_TIMES: Final = frozenset({"at", "lease_expires_at", "created_at", "updated_at"})
+_ENUMS: Final[dict[str, type[enum.Enum]]] = {
+    "status": Status, "status_from": Status, "status_to": Status, "event": Event,
+}  # fmt: skip
+
+
+def _select_sql(table: str, cls: type[Any]) -> str:
+    return f"SELECT {', '.join(_FIELDS[cls])} FROM {table}"  # noqa: S608 (constants only)
+
+
+def _insert_sql(table: str, cls: type[Any]) -> str:
+    names = _FIELDS[cls]
+    values = ", ".join(f":{name}" for name in names)
+    return f"INSERT INTO {table} ({', '.join(names)}) VALUES ({values})"  # noqa: S608 (constants)
+
+
+_SELECT_RECORDS: Final = _select_sql("payonce_records", Record)
+_SELECT_ONE: Final = _SELECT_RECORDS + " WHERE scope = ? AND key = ?"
+_INSERT_RECORD: Final = _insert_sql("payonce_records", Record)
+_UPDATE_RECORD: Final = (
+    "UPDATE payonce_records SET "  # noqa: S608 (constants only)
+    + ", ".join(f"{name} = :{name}" for name in _FIELDS[Record] if name not in ("scope", "key"))
+    + " WHERE scope = :scope AND key = :key"
+)
+_DELETE_RECORD: Final = "DELETE FROM payonce_records WHERE scope = ? AND key = ?"
+_SELECT_ENTRIES: Final = (
+    _select_sql("payonce_ledger", Entry) + " WHERE seq > ? ORDER BY seq LIMIT ?"
+)
+_INSERT_ENTRY: Final = _insert_sql("payonce_ledger", Entry)
+_SELECT_CHECKPOINTS: Final = _select_sql("payonce_checkpoints", Checkpoint) + " ORDER BY number"
+_INSERT_CHECKPOINT: Final = _insert_sql("payonce_checkpoints", Checkpoint)
+# The newest entry of a key, through the (scope, key, seq) index; outlives released records.
+_CHAIN_HEAD: Final = (
+    "SELECT hash FROM payonce_ledger WHERE scope = ? AND key = ? ORDER BY seq DESC LIMIT 1"
+)
+# The write lock held since BEGIN IMMEDIATE makes MAX(seq) + 1 race-free: no other writer can
+# append between this read and our INSERT.
+_NEXT_SEQ: Final = "SELECT COALESCE(MAX(seq), 0) + 1 FROM payonce_ledger"
+
+
+class _KeyTakenError(Exception):
+    """Internal: the primary key refused our claim; carries the winner's record."""
+
+    def __init__(self, record: Record) -> None:
+        super().__init__(record.key)
+        self.record = record
+
+
+class _Slot:
+    """One thread's connection: held by the thread's ``threading.local``, weakly by the store."""
+
+    __slots__ = ("__weakref__", "conn")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+
+class SQLiteStore:
+    """Records and ledger in one SQLite file (or ``":memory:"``); safe across threads and
+    processes that open the same file.
+
+    Args:
+        path: the database file; its directory must exist. ``":memory:"`` keeps everything in
+            this process (one shared connection).
+        synchronous: ``"FULL"`` (default), ``"EXTRA"`` or ``"NORMAL"``. NORMAL is faster in WAL
+            mode but a power loss may drop the newest transitions.
+        busy_timeout: how long a writer queues for the write lock before failing with
+            ``StoreUnavailableError``.
+        faults: a fault injector called with named points (``"mid_record"``), for crash tests.
+
+    Raises:
+        ConfigurationError: a bad option, a missing directory, or a database whose schema is
+            newer than this version of payonce.
+        StoreUnavailableError: the database could not be opened or migrated.
+        StoreError: the file is not an SQLite database, or is damaged.
+    """
+
+    # seq is MAX(seq) + 1 under the write lock and a rolled-back transition leaves no row, so
+    # verify_ledger may read a gap as a deleted entry.
+    gapless_ledger = True
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "FULL",
+        busy_timeout: timedelta = timedelta(seconds=30),
+        faults: Callable[[str], None] | None = None,
+    ) -> None:
+        self._path = os.fspath(path)
+        mode = synchronous.upper() if isinstance(synchronous, str) else ""
+        if mode not in _SYNCHRONOUS:
+            raise ConfigurationError(
+                f"SQLiteStore(synchronous={synchronous!r}) is not supported: pass 'FULL' (the "
+                "default, durable on power loss), 'EXTRA', or 'NORMAL' (faster; a power loss may "
+                "drop the newest transitions). OFF is refused because a claim must be durable "
+                "before the gateway is called.",
+                option="synchronous",
+            )
+        if not isinstance(busy_timeout, timedelta) or busy_timeout < timedelta(0):
+            raise ConfigurationError(
+                f"SQLiteStore(busy_timeout={busy_timeout!r}) must be a non-negative timedelta, "
+                "for example timedelta(seconds=30).",
+                option="busy_timeout",
+            )
+        self._in_memory = self._path in _IN_MEMORY
+        if not self._in_memory and not Path(self._path).parent.is_dir():
+            raise ConfigurationError(
+                f"SQLiteStore cannot create {self._path!r}: its directory does not exist. Create "
+                "the directory first or pass a path inside an existing one.",
+                option="path",
+            )
+        self._synchronous = mode
+        self._busy_timeout = busy_timeout
+        self._faults = faults
+        self._closed = False
+        # Each connection to ":memory:" is a separate database, so an in-memory store shares one
+        # connection behind a lock; a file store gives each thread its own connection, because
+        # a sqlite3 connection runs one transaction at a time.
+        self._shared_lock = threading.Lock()
+        self._shared: sqlite3.Connection | None = None
+        self._local = threading.local()
+        self._registry_lock = threading.Lock()
+        self._slots: weakref.WeakSet[_Slot] = weakref.WeakSet()
+        try:
+            with self._write("open") as conn:
+                _migrate(conn)
+        except BaseException:
+            self.close()
+            raise
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self._path!r}, synchronous={self._synchronous!r})"
+
+    # -- connections and transactions ----------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        # isolation_level=None: the module never opens transactions behind our back, so each
+        # BEGIN IMMEDIATE / COMMIT below is exactly what SQLite sees.
+        conn = sqlite3.connect(
+            self._path,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=self._busy_timeout.total_seconds(),
+        )
+        try:
+            self._configure(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _thread_connection(self, operation: str) -> sqlite3.Connection:
+        slot: _Slot | None = getattr(self._local, "slot", None)
+        if slot is None:
+            slot = _Slot(self._open())
+            # The connection closes when its thread ends and threading.local drops the slot, so
+            # short-lived threads do not pile up open files; close() reaches the live ones.
+            weakref.finalize(slot, _close_quietly, slot.conn)
+            with self._registry_lock:
+                if self._closed:
+                    _close_quietly(slot.conn)
+                    raise _closed_error(operation)
+                self._slots.add(slot)
+            self._local.slot = slot
+        return slot.conn
+
+    def _configure(self, conn: sqlite3.Connection) -> None:
+        # The busy timeout makes a writer queue for the write lock instead of failing at once.
+        millis = int(self._busy_timeout / timedelta(milliseconds=1))
+        conn.execute(f"PRAGMA busy_timeout = {millis}")
+        if not self._in_memory:
+            # WAL lets replays and the verifier read while a claim writes.
+            journal = self._enable_wal(conn)
+            if journal.lower() != "wal":
+                raise ConfigurationError(
+                    f"SQLite kept {self._path!r} in journal mode {journal!r} instead of WAL; put "
+                    "the database on a local filesystem that supports WAL.",
+                    option="path",
+                )
+        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        conn.execute("PRAGMA foreign_keys = ON")
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> str:
+        # Switching a new file to WAL takes an exclusive lock that SQLite requests once, without
+        # the busy handler, so another opener's brief shared lock fails it at once (16 processes
+        # opening one new file hit this). Retry as the busy handler would, within busy_timeout.
+        remaining = max(1, int(self._busy_timeout / _WAL_RETRY))
+        while True:
+            remaining -= 1
+            try:
+                return str(conn.execute("PRAGMA journal_mode = WAL").fetchall()[0][0])
+            except sqlite3.OperationalError as exc:
+                if remaining <= 0 or exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                    raise
+            time.sleep(_WAL_RETRY.total_seconds())
+
+    @contextmanager
+    def _connection(self, operation: str) -> Iterator[sqlite3.Connection]:
+        # Driver errors are mapped here, once, for every method (DESIGN §9).
+        if self._closed:
+            raise _closed_error(operation)
+        try:
+            if self._in_memory:
+                with self._shared_lock:
+                    if self._closed:
+                        raise _closed_error(operation)
+                    if self._shared is None:
+                        self._shared = self._open()
+                    yield self._shared
+            else:
+                yield self._thread_connection(operation)
+        except sqlite3.Error as exc:
+            raise _translate(exc, operation) from exc
+
+    @contextmanager
+    def _write(self, operation: str) -> Iterator[sqlite3.Connection]:
+        with self._connection(operation) as conn:
+            # BEGIN IMMEDIATE takes the write lock before the first read. With a plain BEGIN two
+            # claimers could both read "absent" and then both try to upgrade to a write lock,
+            # which SQLite answers with SQLITE_BUSY at once instead of queueing on the timeout.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                # An I/O or full-disk error may have rolled back already; a failed ROLLBACK must
+                # not hide the error that caused it.
+                if conn.in_transaction:
+                    with suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+
+    # -- transitions -----------------------------------------------------------------------------
+
+    def claim(self, new: NewRecord, *, now: datetime, lease_for: timedelta) -> Claimed:
+        """Create the record as CLAIMED, first writer wins; see ``Store.claim``.
+
+        Raises:
+            StoreUnavailableError: the database could not be read or written.
+        """
+        # The replay path: one point read in its own WAL snapshot, no write lock, no write, so
+        # retries of finished intents never queue behind claimers.
+        with self._connection("claim") as conn:
+            existing = _select_record(conn, new.scope, new.key)
+        if existing is not None:
+            return Claimed(existing, None)
+        try:
+            with self._write("claim") as conn:
+                # Another writer may have inserted between the read above and our write lock.
+                existing = _select_record(conn, new.scope, new.key)
+                if existing is not None:
+                    return Claimed(existing, None)
+                # A released or purged key keeps its chain: continue from its newest entry.
+                head = conn.execute(_CHAIN_HEAD, (new.scope, new.key)).fetchall()
+                record, entry = claim_transition(
+                    new,
+                    now=now,
+                    lease_for=lease_for,
+                    seq=_next_seq(conn),
+                    prev_hash=head[0][0] if head else None,
+                )
+                _insert_entry(conn, entry)
+                try:
+                    conn.execute(_INSERT_RECORD, _params(record))
+                except sqlite3.IntegrityError as exc:
+                    # The primary key arbitrates, not the check above: if it refuses, someone
+                    # else holds the key and our ledger entry must roll back with the claim.
+                    winner = _select_record(conn, new.scope, new.key)
+                    if winner is None or exc.sqlite_errorcode != _PRIMARY_KEY_VIOLATION:
+                        raise
+                    raise _KeyTakenError(winner) from exc
+        except _KeyTakenError as taken:
+            return Claimed(taken.record, None)
+        return Claimed(record, record.lease)
+
+    def takeover(
+        self, scope: str, key: str, *, token: int, now: datetime, lease_for: timedelta
+    ) -> Claimed:
+        """Take an UNKNOWN or lease-expired CLAIMED record over; see ``Store.takeover``.
+
+        Raises:
+            LeaseLostError: the record no longer exists (released or purged meanwhile).
+            StoreUnavailableError: the database could not be read or written.
+        """
+        with self._write("takeover") as conn:
+            current = _select_record(conn, scope, key)
+            if current is None:
+                raise LeaseLostError(key=key, token=token)
+            if not takeover_eligible(current, token=token, now=now):
+                return Claimed(current, None)
+            record, entry = takeover_transition(
+                current, now=now, lease_for=lease_for, seq=_next_seq(conn)
+            )
+            _insert_entry(conn, entry)
+            _update_record(conn, record)
+        return Claimed(record, record.lease)
+
+    def complete(
+        self, scope: str, key: str, *, token: int, status: Status, outcome: str, now: datetime
+    ) -> Record:
+        """CLAIMED → SUCCEEDED or FAILED, fenced on ``token``; see ``Store.complete``.
+
+        Raises:
+            LeaseLostError: the record is gone or no longer CLAIMED under ``token``.
+            ValueError: ``status`` is neither SUCCEEDED nor FAILED.
+            StoreUnavailableError: the database could not be read or written.
+        """
+        with self._write("complete") as conn:
+            record, entry = complete_transition(
+                _select_record(conn, scope, key),
+                key=key,
+                token=token,
+                status=status,
+                outcome=outcome,
+                now=now,
+                seq=_next_seq(conn),
+            )
+            _insert_entry(conn, entry)
+            if self._faults is not None:
+                self._faults("mid_record")
+            _update_record(conn, record)
+        return record
+
+    def mark_unknown(
+        self, scope: str, key: str, *, token: int, reason: str, now: datetime
+    ) -> Record:
+        """CLAIMED → UNKNOWN, fenced on ``token``; see ``Store.mark_unknown``.
+
+        Raises:
+            LeaseLostError: the record is gone or no longer CLAIMED under ``token``.
+            StoreUnavailableError: the database could not be read or written.
+        """
+        with self._write("mark_unknown") as conn:
+            record, entry = unknown_transition(
+                _select_record(conn, scope, key),
+                key=key,
+                token=token,
+                reason=reason,
+                now=now,
+                seq=_next_seq(conn),
+            )
+            _insert_entry(conn, entry)
+            _update_record(conn, record)
+        return record
+
+    def release(self, scope: str, key: str, *, token: int, reason: str, now: datetime) -> None:
+        """CLAIMED → (none), fenced on ``token``; see ``Store.release``.
+
+        Raises:
+            LeaseLostError: the record is gone or no longer CLAIMED under ``token``.
+            StoreUnavailableError: the database could not be read or written.
+        """
+        with self._write("release") as conn:
+            entry = release_transition(
+                _select_record(conn, scope, key),
+                key=key,
+                token=token,
+                reason=reason,
+                now=now,
+                seq=_next_seq(conn),
+            )
+            _insert_entry(conn, entry)
+            conn.execute(_DELETE_RECORD, (scope, key))
+
+    def purge(self, *, now: datetime, retention: timedelta, limit: int) -> int:
+        """Delete terminal records past retention, one ``purged`` entry each; see ``Store.purge``.
+
+        Raises:
+            StoreUnavailableError: the database could not be read or written.
+        """
+        cutoff = to_micros(now - retention)
+        with self._write("purge") as conn:
+            # Each status filter repeats its partial index's WHERE so the planner can use it; the
+            # index's implicit (scope, key) suffix already gives the tie-break order.
+            rows = conn.execute(
+                _SELECT_RECORDS + " WHERE status IN ('SUCCEEDED', 'FAILED') AND updated_at <= ?"
+                " ORDER BY updated_at, scope, key LIMIT ?",
+                (cutoff, limit),
+            ).fetchall()
+            seq = _next_seq(conn)
+            for offset, row in enumerate(rows):
+                record = _load(Record, row)
+                _insert_entry(conn, purge_transition(record, now=now, seq=seq + offset))
+                conn.execute(_DELETE_RECORD, (record.scope, record.key))
+        return len(rows)
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def get(self, scope: str, key: str) -> Record | None:
+        """The record, or None. Never writes.
+
+        Raises:
+            StoreUnavailableError: the database could not be read.
+        """
+        with self._connection("get") as conn:
+            return _select_record(conn, scope, key)
+
+    def newest(self, scope: str, family: str) -> Record | None:
+        """The record of ``family`` with the highest generation, or None.
+
+        Raises:
+            StoreUnavailableError: the database could not be read.
+        """
+        with self._connection("newest") as conn:
+            # Generations are unique per family; a tie goes to the oldest, as in MemoryStore.
+            # INDEXED BY pins the plan: for that tie-break the planner would otherwise sort the
+            # whole scope, read through the primary key, instead of the top generation only.
+            rows = conn.execute(
+                _SELECT_RECORDS + " INDEXED BY payonce_records_newest WHERE scope = ?"
+                " AND family = ? ORDER BY generation DESC, created_at, key LIMIT 1",
+                (scope, family),
+            ).fetchall()
+        return _load(Record, rows[0]) if rows else None
+
+    def scan(self, *, now: datetime, limit: int) -> Sequence[Record]:
+        """UNKNOWN records and CLAIMED ones whose lease expired at ``now``, oldest first.
+
+        Raises:
+            StoreUnavailableError: the database could not be read.
+        """
+        with self._connection("scan") as conn:
+            rows = conn.execute(
+                _SELECT_RECORDS + " WHERE status IN ('CLAIMED', 'UNKNOWN')"
+                " AND (status = 'UNKNOWN' OR lease_expires_at <= ?)"
+                " ORDER BY created_at, scope, key LIMIT ?",
+                (to_micros(now), limit),
+            ).fetchall()
+        return [_load(Record, row) for row in rows]
+
+    def entries(self, *, after: int, limit: int) -> Sequence[Entry]:
+        """Up to ``limit`` ledger entries with ``seq > after``, in sequence order.
+
+        Raises:
+            StoreUnavailableError: the database could not be read.
+        """
+        with self._connection("entries") as conn:
+            rows = conn.execute(_SELECT_ENTRIES, (after, limit)).fetchall()
+        return [_load(Entry, row) for row in rows]
+
+    def heads(self, *, after: tuple[str, str] | None, limit: int) -> Sequence[tuple[str, str, str]]:
+        """``(scope, key, ledger_head)`` of records in (scope, key) order, after ``after``.
+
+        Raises:
+            StoreUnavailableError: the database could not be read.
+        """
+        with self._connection("heads") as conn:
+            if after is None:
+                rows = conn.execute(
+                    "SELECT scope, key, ledger_head FROM payonce_records "
+                    "ORDER BY scope, key LIMIT ?",
+                    (limit,),
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT scope, key, ledger_head FROM payonce_records "
+                    "WHERE (scope, key) > (?, ?) ORDER BY scope, key LIMIT ?",
+                    (after[0], after[1], limit),
+                ).fetchall()
+        return [(scope, key, head) for scope, key, head in rows]
+
+    def checkpoints(self) -> Sequence[Checkpoint]:
+        """Every sealed checkpoint, in order.
+
+        Raises:
+            StoreUnavailableError: the database could not be read.
+        """
+        with self._connection("checkpoints") as conn:
+            rows = conn.execute(_SELECT_CHECKPOINTS).fetchall()
+        return [_load(Checkpoint, row) for row in rows]
+
+    def append_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Store the next checkpoint.
+
+        Raises:
+            ConflictError: its number is not the next one (another worker sealed it first).
+            StoreUnavailableError: the database could not be written.
+        """
+        with self._write("append_checkpoint") as conn:
+            # Numbers stay contiguous, as in the reference store: a gap would read as truncation.
+            (expected,) = conn.execute(
+                "SELECT COALESCE(MAX(number), 0) + 1 FROM payonce_checkpoints"
+            ).fetchall()[0]
+            if checkpoint.number != expected:
+                raise _checkpoint_conflict(checkpoint.number)
+            try:
+                conn.execute(_INSERT_CHECKPOINT, _params(checkpoint))
+            except sqlite3.IntegrityError as exc:
+                raise _checkpoint_conflict(checkpoint.number) from exc
+
+    def close(self) -> None:
+        """Close every connection this store opened; the store is unusable afterwards.
+
+        Call it when no other thread is inside a store method.
+        """
+        with self._shared_lock, self._registry_lock:
+            self._closed = True
+            connections = [slot.conn for slot in self._slots]
+            if self._shared is not None:
+                connections.append(self._shared)
+            self._slots.clear()
+            self._shared = None
+        for conn in connections:
+            _close_quietly(conn)
+
+
+# -- module helpers ------------------------------------------------------------------------------
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Apply the missing migrations; ``conn`` holds the write lock (BEGIN IMMEDIATE).
+
+    Processes opening the same new file at once queue on that lock, and each re-reads the applied
+    versions under it, so every migration runs exactly once.
+    """
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS payonce_migrations "
+        "(version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)"
+    )
+    applied = {version for (version,) in conn.execute("SELECT version FROM payonce_migrations")}
+    known = MIGRATIONS[-1][0]
+    if applied and max(applied) > known:
+        raise ConfigurationError(
+            f"this SQLite database has schema version {max(applied)} but this payonce knows only "
+            f"up to {known}: upgrade payonce, or point it at another file.",
+            option="path",
+        )
+    for version, script in MIGRATIONS:
+        if version in applied:
+            continue
+        # executescript() would COMMIT first and drop the write lock, letting two openers both
+        # apply the migration; the statements run one by one inside our transaction instead.
+        for statement in _statements(script):
+            conn.execute(statement)
+        # applied_at is bookkeeping for operators, never compared with a lease or window, so
+        # SQLite's own clock is acceptable here (microseconds, like every time column).
+        conn.execute(
+            "INSERT INTO payonce_migrations (version, applied_at) "
+            "VALUES (?, CAST(strftime('%s', 'now') AS INTEGER) * 1000000)",
+            (version,),
+        )
+
+
+def _statements(script: str) -> Iterator[str]:
+    # complete_statement() keeps a trigger body (with its inner ';') together.
+    buffer = ""
+    for piece in script.split(";"):
+        buffer += piece + ";"
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip(" \n;"):
+                yield buffer.strip()
+            buffer = ""
+    if buffer.strip(" \n;"):
+        raise ValueError(f"a migration ends in an incomplete statement: {buffer.strip()[:80]!r}")
+
+
+def _next_seq(conn: sqlite3.Connection) -> int:
+    (seq,) = conn.execute(_NEXT_SEQ).fetchall()[0]
+    return int(seq)
+
+
+def _select_record(conn: sqlite3.Connection, scope: str, key: str) -> Record | None:
+    # fetchall() runs the statement to completion, so no read snapshot outlives the call: a
+    # lingering one would make the next BEGIN IMMEDIATE fail with SQLITE_BUSY_SNAPSHOT.
+    rows = conn.execute(_SELECT_ONE, (scope, key)).fetchall()
+    return _load(Record, rows[0]) if rows else None
+
+
+def _load(cls: type[_Row], row: Sequence[Any]) -> _Row:
+    """A row of a ``_select_sql`` statement as the dataclass it was generated from."""
+    values: dict[str, Any] = {}
+    for name, stored in zip(_FIELDS[cls], row, strict=True):
+        if stored is not None and name in _TIMES:
+            values[name] = from_micros(stored)
+        elif stored is not None and name in _ENUMS:
+            values[name] = _ENUMS[name](stored)
+        else:
+            values[name] = stored
+    return cls(**values)
+
+
+def _params(value: Record | Entry | Checkpoint) -> dict[str, Any]:
+    """A dataclass as named SQL parameters: times in microseconds, enums as their text."""
+    params: dict[str, Any] = {}
+    for name in _FIELDS[type(value)]:
+        item = getattr(value, name)
+        if isinstance(item, datetime):
+            item = to_micros(item)
+        elif isinstance(item, enum.Enum):
+            item = item.value
+        params[name] = item
+    return params
+
+
+def _update_record(conn: sqlite3.Connection, record: Record) -> None:
+    conn.execute(_UPDATE_RECORD, _params(record))
+
+
+def _insert_entry(conn: sqlite3.Connection, entry: Entry) -> None:
+    conn.execute(_INSERT_ENTRY, _params(entry))
+
+
+def _close_quietly(conn: sqlite3.Connection) -> None:
+    with suppress(sqlite3.Error):
+        conn.close()
+
+
+def _checkpoint_conflict(number: int) -> ConflictError:
+    # The same message as the reference store: the caller's remedy is identical.
+    return ConflictError(
+        f"checkpoint {number} was sealed concurrently by another worker; "
+        "read the checkpoints again and seal from the newest one.",
+        number=number,
+    )
+
+
+def _closed_error(operation: str) -> StoreUnavailableError:
+    return StoreUnavailableError(
+        "this SQLiteStore was closed; create a new one to keep using the database",
+        operation=operation,
+    )
+
+
+def _translate(exc: sqlite3.Error, operation: str) -> StoreError:
+    name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+    if isinstance(exc, sqlite3.OperationalError):
+        # Busy/locked after the timeout, I/O, full disk, unopenable or read-only file:
+        # conditions that pass or that an operator fixes, after which the same intent is retried.
+        return StoreUnavailableError(f"SQLite reported {name} ({exc})", operation=operation)
+    return StoreError(
+        f"the payonce store failed during {operation}: SQLite reported {name} ({exc}). This is "
+        "not transient: the database file may be damaged or its schema changed outside payonce; "
+        "stop writing to it and check it before retrying.",
+        operation=operation,
+    )
