@@ -1,0 +1,63 @@
+"""Shared fixtures: a manual clock, every embedded backend, a guard over each.
+
+With CI=true a skipped test fails the run: a backend that did not run is not a pass.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from payonce import Guard, MemoryStore, SQLiteStore, Store
+from payonce.testing import ManualClock
+
+SECRET = b"payonce-test-secret-0123456789abcdef"
+SCOPE = "tenant-a"
+BACKENDS = ("memory", "sqlite")
+
+
+def make_store(backend: str, path: Path) -> Store:
+    """A fresh, empty store of ``backend``; SQLite lives in ``path``."""
+    if backend == "memory":
+        return MemoryStore()
+    if backend == "sqlite":
+        return SQLiteStore(path / "payonce.db")
+    raise ValueError(backend)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def store(backend: str, tmp_path: Path) -> Iterator[Store]:
+    s = make_store(backend, tmp_path)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def guard(store: Store, clock: ManualClock) -> Guard:
+    return Guard(store, secret=SECRET, scope=SCOPE, clock=clock)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if os.environ.get("CI", "").lower() != "true":
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = len(reporter.stats.get("skipped", [])) if reporter is not None else 0
+    if skipped:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if reporter is not None:
+            reporter.write_line(
+                f"CI=true: {skipped} test(s) were skipped; in CI every backend must run.", red=True
+            )
