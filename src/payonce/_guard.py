@@ -11,10 +11,10 @@ import inspect
 import json
 import logging
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Final, NoReturn
+from typing import Any, Final, TypeAlias
 
 from payonce._clock import SystemClock
 from payonce._decide import (
@@ -230,14 +230,6 @@ class _GuardCore:
         remaining = max(until - now, timedelta(0))
         return InProgressError(key=key, retry_after=min(remaining, _MAX_RETRY_HINT))
 
-    @staticmethod
-    def _next_poll(
-        poll: timedelta, now: datetime, until: datetime, waited: timedelta, wait: timedelta
-    ) -> timedelta:
-        # The wait is bounded by the time actually slept, not by a deadline on the clock: a
-        # clock that jumps back must not stretch it.
-        return max(min(poll, until - now, wait - waited), timedelta(0))
-
     def _unknown_reason(self, exc: BaseException, record: Record) -> str:
         if self._classify(exc) is OutcomeClass.NOT_EXECUTED:
             return (
@@ -261,7 +253,175 @@ def _takeover_reason() -> str:
     )
 
 
-class Guard(_GuardCore):
+@dataclass(frozen=True, slots=True)
+class _StoreOp:
+    """Effect: call ``store.<name>(*args, **kwargs)``; the driver sends back the result."""
+
+    name: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Sleep:
+    """Effect: wait ``duration`` on the guard's clock."""
+
+    duration: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """Effect: call the guarded function with ``attempt``; the driver sends back its value."""
+
+    attempt: Attempt
+
+
+_Effect: TypeAlias = _StoreOp | _Sleep | _Call
+# The guard's logic is written once, as generators that yield effects and receive their
+# results (or have their exceptions thrown in). Guard and AsyncGuard only perform the effects,
+# blocking or awaited, so the twins cannot drift apart.
+_Flow: TypeAlias = Generator[_Effect, Any, Any]
+
+
+class _Flows(_GuardCore):
+    """The guard's control flow over effects (DESIGN §5, §6, §10)."""
+
+    def _key_flow(self, prepared: _Prepared, now: datetime) -> _Flow:
+        if prepared.key is not None:
+            return prepared.key, 0
+        newest = yield _StoreOp("newest", (self.scope, prepared.family))
+        return self._window_key(prepared, newest, now)
+
+    def _run_flow(self, prepared: _Prepared, resumable: bool) -> _Flow:
+        self._fault("before_claim")
+        waited, poll = timedelta(0), _FIRST_POLL
+        while True:
+            now = self.clock.now()
+            key, generation = yield from self._key_flow(prepared, now)
+            new = self._new_record(prepared, key, generation)
+            claimed = yield _StoreOp("claim", (new,), {"now": now, "lease_for": self.lease})
+            if claimed.lease is not None:
+                return (yield from self._execute_flow(claimed.record, claimed.lease, resumable))
+            action = self._decide(claimed.record, prepared, now, resumable)
+            if isinstance(action, Replay):
+                return self._outcome(action.record, replayed=True)
+            if isinstance(action, Reject):
+                raise KeyReuseError(key=key, fields=action.fields)
+            if isinstance(action, Unresolved):
+                raise OutcomeUnknownError(key=key, reason=action.reason)
+            if isinstance(action, Wait):
+                # Bounded by the time actually slept, not by a deadline on the clock: a clock
+                # that jumps back must not stretch the wait.
+                if waited >= self.wait:
+                    raise self._in_progress(key, action.until, now)
+                step = max(min(poll, action.until - now, self.wait - waited), timedelta(0))
+                yield _Sleep(step)
+                waited, poll = waited + step, min(poll * 2, _MAX_POLL)
+                continue
+            assert isinstance(action, TakeOver)
+            try:
+                taken = yield _StoreOp(
+                    "takeover",
+                    (self.scope, key),
+                    {"token": action.token, "now": now, "lease_for": self.lease},
+                )
+            except LeaseLostError:
+                continue  # released or purged meanwhile: claim afresh
+            if taken.lease is None:
+                continue  # another caller took it over first: look again
+            if action.resend:
+                return (yield from self._execute_flow(taken.record, taken.lease, resumable))
+            yield from self._mark_unknown_flow(taken.record, taken.lease, _takeover_reason())
+            raise OutcomeUnknownError(key=key, reason=_takeover_reason())
+
+    def _execute_flow(self, record: Record, lease: Lease, resumable: bool) -> _Flow:
+        self._fault("after_claim")
+        try:
+            value = yield _Call(self._attempt(record, lease))
+        except Exception as exc:
+            yield from self._settle_error_flow(record, lease, exc, resumable)
+            raise AssertionError("unreachable: settling an error always raises") from exc
+        except BaseException:
+            # Interrupted or cancelled mid-call: the call may have happened.
+            yield from self._mark_unknown_flow(
+                record, lease, "interrupted while the call was running"
+            )
+            raise
+        try:
+            body = canonical_json({"value": value})
+        except (TypeError, ValueError) as exc:
+            reason = self._unserialisable(value)
+            yield from self._mark_unknown_flow(record, lease, reason)
+            raise OutcomeUnknownError(key=record.key, reason=reason) from exc
+        self._fault("before_complete")
+        try:
+            done = yield self._complete(record, lease, Status.SUCCEEDED, body)
+        except StoreError as exc:
+            raise OutcomeUnknownError(
+                key=record.key,
+                reason="the call returned but recording its outcome failed; retrying the same "
+                "intent later resolves it",
+            ) from exc
+        self._fault("after_complete")
+        return self._outcome(done, replayed=False)
+
+    def _complete(self, record: Record, lease: Lease, status: Status, body: str) -> _StoreOp:
+        return _StoreOp(
+            "complete",
+            (self.scope, record.key),
+            {"token": lease.token, "status": status, "outcome": body, "now": self.clock.now()},
+        )
+
+    def _settle_error_flow(
+        self, record: Record, lease: Lease, exc: Exception, resumable: bool
+    ) -> _Flow:
+        step = settle(
+            self._classify(exc),
+            attempts_left=False,
+            resumable=resumable,
+            earlier_attempts=record.attempt > 1,
+        )
+        if isinstance(step, Complete):
+            try:
+                yield self._complete(record, lease, step.status, self._failure_body(exc))
+            except StoreError as store_exc:
+                # The failure itself is definite; the record stays CLAIMED and resolves later.
+                _log_store_failure("complete", record.key, store_exc)
+            raise GatewayRejectedError(key=record.key, code=type(exc).__name__) from exc
+        if isinstance(step, Release):
+            try:
+                yield _StoreOp(
+                    "release",
+                    (self.scope, record.key),
+                    {"token": lease.token, "reason": type(exc).__name__, "now": self.clock.now()},
+                )
+            except StoreError as release_exc:
+                # The claim stays; after its lease it resolves as unknown, never as "free".
+                raise OutcomeUnknownError(
+                    key=record.key,
+                    reason="the call was not executed but releasing its claim failed; retry "
+                    "the same intent later",
+                ) from release_exc
+            raise GatewayUnavailableError(key=record.key, code=type(exc).__name__) from exc
+        assert isinstance(step, MarkUnknown | Retry)
+        reason = self._unknown_reason(exc, record)
+        yield from self._mark_unknown_flow(record, lease, reason)
+        raise OutcomeUnknownError(key=record.key, reason=reason) from exc
+
+    def _mark_unknown_flow(self, record: Record, lease: Lease, reason: str) -> _Flow:
+        # Best effort: if the store is down the record stays CLAIMED and becomes due for the
+        # Reconciler when its lease expires, which is the same state of knowledge.
+        try:
+            yield _StoreOp(
+                "mark_unknown",
+                (self.scope, record.key),
+                {"token": lease.token, "reason": reason, "now": self.clock.now()},
+            )
+        except StoreError as exc:
+            _log_store_failure("mark_unknown", record.key, exc)
+
+
+class Guard(_Flows):
     """Runs a money-moving function at most once per intent, and replays its outcome.
 
     Args:
@@ -329,17 +489,8 @@ class Guard(_GuardCore):
         Raises:
             IntentError: if ``intent`` is not an Intent.
         """
-        prepared = self._prepare(intent)
-        if prepared.key is not None:
-            return prepared.key
-        return self._resolve_key(prepared, self.clock.now())[0]
-
-    def _resolve_key(self, prepared: _Prepared, now: datetime) -> tuple[str, int]:
-        if prepared.key is not None:
-            return prepared.key, 0
-        assert prepared.family is not None
-        newest = self.store.newest(self.scope, prepared.family)
-        return self._window_key(prepared, newest, now)
+        key: str = self._drive(self._key_flow(self._prepare(intent), self.clock.now()), None)[0]
+        return key
 
     def run(
         self, intent: Intent, fn: Callable[[Attempt], Any], *, resumable: bool | None = None
@@ -355,7 +506,7 @@ class Guard(_GuardCore):
             KeyReuseError: the key holds an intent with other parameters; nothing was called.
             InProgressError: the same intent is in flight elsewhere past the wait.
             OutcomeUnknownError: money may have moved; retry later with the same intent.
-            GatewayRejectedError / PaymentDeclinedError: the recorded, definite failure.
+            GatewayRejectedError: the recorded, definite failure.
             GatewayUnavailableError: provably not executed; the key was released.
             LeaseLostError: another worker took this call over; it records the outcome.
             StoreUnavailableError: the store failed before anything was called.
@@ -363,145 +514,38 @@ class Guard(_GuardCore):
         if not callable(fn):
             raise ConfigurationError("fn must be callable: fn(attempt) -> JSON value")
         resume = self.resumable if resumable is None else resumable
-        prepared = self._prepare(intent)
-        self._fault("before_claim")
-        waited = timedelta(0)
-        poll = _FIRST_POLL
+        outcome: Outcome = self._drive(self._run_flow(self._prepare(intent), resume), fn)
+        return outcome
+
+    def _drive(self, flow: _Flow, fn: Callable[[Attempt], Any] | None) -> Any:
+        result: Any = None
+        error: BaseException | None = None
         while True:
-            now = self.clock.now()
-            key, generation = self._resolve_key(prepared, now)
-            claimed = self.store.claim(
-                self._new_record(prepared, key, generation), now=now, lease_for=self.lease
-            )
-            if claimed.lease is not None:
-                return self._execute(claimed.record, claimed.lease, fn, resume)
-            action = self._decide(claimed.record, prepared, now, resume)
-            if isinstance(action, Replay):
-                return self._outcome(action.record, replayed=True)
-            if isinstance(action, Reject):
-                raise KeyReuseError(key=key, fields=action.fields)
-            if isinstance(action, Unresolved):
-                raise OutcomeUnknownError(key=key, reason=action.reason)
-            if isinstance(action, Wait):
-                if waited >= self.wait:
-                    raise self._in_progress(key, action.until, now)
-                step = self._next_poll(poll, now, action.until, waited, self.wait)
-                self.clock.sleep(step)
-                waited += step
-                poll = min(poll * 2, _MAX_POLL)
-                continue
-            assert isinstance(action, TakeOver)
             try:
-                taken = self.store.takeover(
-                    self.scope, key, token=action.token, now=now, lease_for=self.lease
-                )
-            except LeaseLostError:
-                continue  # released or purged meanwhile: claim afresh
-            if taken.lease is None:
-                continue  # another caller took it over first: look again
-            if action.resend:
-                return self._execute(taken.record, taken.lease, fn, resume)
-            self._mark_unknown(taken.record, taken.lease, _takeover_reason())
-            raise OutcomeUnknownError(key=key, reason=_takeover_reason())
-
-    def _execute(
-        self, record: Record, lease: Lease, fn: Callable[[Attempt], Any], resumable: bool
-    ) -> Outcome:
-        self._fault("after_claim")
-        try:
-            value = fn(self._attempt(record, lease))
-        except Exception as exc:  # noqa: BLE001 - every exception of the call is classified
-            self._settle_error(record, lease, exc, resumable)
-        except BaseException:
-            # Interrupted mid-call (KeyboardInterrupt, SystemExit): the call may have happened.
-            self._mark_unknown(record, lease, "interrupted while the call was running")
-            raise
-        try:
-            body = canonical_json({"value": value})
-        except (TypeError, ValueError) as exc:
-            reason = self._unserialisable(value)
-            self._mark_unknown(record, lease, reason)
-            raise OutcomeUnknownError(key=record.key, reason=reason) from exc
-        self._fault("before_complete")
-        try:
-            done = self.store.complete(
-                self.scope,
-                record.key,
-                token=lease.token,
-                status=Status.SUCCEEDED,
-                outcome=body,
-                now=self.clock.now(),
-            )
-        except StoreError as exc:
-            raise OutcomeUnknownError(
-                key=record.key,
-                reason="the call returned but recording its outcome failed; retrying the same "
-                "intent later resolves it",
-            ) from exc
-        self._fault("after_complete")
-        return self._outcome(done, replayed=False)
-
-    def _settle_error(
-        self, record: Record, lease: Lease, exc: Exception, resumable: bool
-    ) -> NoReturn:
-        step = settle(
-            self._classify(exc),
-            attempts_left=False,
-            resumable=resumable,
-            earlier_attempts=record.attempt > 1,
-        )
-        if isinstance(step, Complete):
+                effect = flow.send(result) if error is None else flow.throw(error)
+            except StopIteration as stop:
+                return stop.value
+            result, error = None, None
             try:
-                self.store.complete(
-                    self.scope,
-                    record.key,
-                    token=lease.token,
-                    status=step.status,
-                    outcome=self._failure_body(exc),
-                    now=self.clock.now(),
-                )
-            except StoreError as store_exc:
-                # The failure itself is definite; the record stays CLAIMED and resolves later.
-                _log_store_failure("complete", record.key, store_exc)
-            raise GatewayRejectedError(key=record.key, code=type(exc).__name__) from exc
-        if isinstance(step, Release):
-            try:
-                self.store.release(
-                    self.scope,
-                    record.key,
-                    token=lease.token,
-                    reason=type(exc).__name__,
-                    now=self.clock.now(),
-                )
-            except StoreError as release_exc:
-                # The claim stays; after its lease it resolves as unknown, never as "free".
-                raise OutcomeUnknownError(
-                    key=record.key,
-                    reason="the call was not executed but releasing its claim "
-                    "failed; retry the same intent later",
-                ) from release_exc
-            raise GatewayUnavailableError(key=record.key, code=type(exc).__name__) from exc
-        assert isinstance(step, MarkUnknown | Retry)
-        reason = self._unknown_reason(exc, record)
-        self._mark_unknown(record, lease, reason)
-        raise OutcomeUnknownError(key=record.key, reason=reason) from exc
-
-    def _mark_unknown(self, record: Record, lease: Lease, reason: str) -> None:
-        # Best effort: if the store is down the record stays CLAIMED and becomes due for the
-        # Reconciler when its lease expires, which is the same state of knowledge.
-        try:
-            self.store.mark_unknown(
-                self.scope, record.key, token=lease.token, reason=reason, now=self.clock.now()
-            )
-        except StoreError as exc:
-            _log_store_failure("mark_unknown", record.key, exc)
+                if isinstance(effect, _StoreOp):
+                    result = getattr(self.store, effect.name)(*effect.args, **effect.kwargs)
+                elif isinstance(effect, _Sleep):
+                    self.clock.sleep(effect.duration)
+                else:
+                    assert fn is not None
+                    result = fn(effect.attempt)
+            except BaseException as exc:  # noqa: BLE001 - handed to the flow, which decides
+                error = exc
 
 
-class AsyncGuard(_GuardCore):
-    """The async twin of ``Guard``: the same options, decisions and errors, awaited.
+class AsyncGuard(_Flows):
+    """The async twin of ``Guard``: the same options (see ``Guard``), decisions and errors.
 
     ``store`` may be an ``AsyncStore`` or a sync ``Store`` (run in a worker thread).
     ``fn(attempt)`` may be a coroutine function or a plain function.
+
+    Raises:
+        ConfigurationError: for a bad store, secret, scope or option.
     """
 
     def __init__(
@@ -547,17 +591,9 @@ class AsyncGuard(_GuardCore):
 
     async def key_for(self, intent: Intent) -> str:
         """See ``Guard.key_for``."""
-        prepared = self._prepare(intent)
-        if prepared.key is not None:
-            return prepared.key
-        return (await self._resolve_key(prepared, self.clock.now()))[0]
-
-    async def _resolve_key(self, prepared: _Prepared, now: datetime) -> tuple[str, int]:
-        if prepared.key is not None:
-            return prepared.key, 0
-        assert prepared.family is not None
-        newest = await self.store.newest(self.scope, prepared.family)
-        return self._window_key(prepared, newest, now)
+        flow = self._key_flow(self._prepare(intent), self.clock.now())
+        key: str = (await self._drive(flow, None))[0]
+        return key
 
     async def run(
         self, intent: Intent, fn: Callable[[Attempt], Any], *, resumable: bool | None = None
@@ -566,137 +602,30 @@ class AsyncGuard(_GuardCore):
         if not callable(fn):
             raise ConfigurationError("fn must be callable: fn(attempt) -> JSON value")
         resume = self.resumable if resumable is None else resumable
-        prepared = self._prepare(intent)
-        self._fault("before_claim")
-        waited = timedelta(0)
-        poll = _FIRST_POLL
+        outcome: Outcome = await self._drive(self._run_flow(self._prepare(intent), resume), fn)
+        return outcome
+
+    async def _drive(self, flow: _Flow, fn: Callable[[Attempt], Any] | None) -> Any:
+        result: Any = None
+        error: BaseException | None = None
         while True:
-            now = self.clock.now()
-            key, generation = await self._resolve_key(prepared, now)
-            claimed = await self.store.claim(
-                self._new_record(prepared, key, generation), now=now, lease_for=self.lease
-            )
-            if claimed.lease is not None:
-                return await self._execute(claimed.record, claimed.lease, fn, resume)
-            action = self._decide(claimed.record, prepared, now, resume)
-            if isinstance(action, Replay):
-                return self._outcome(action.record, replayed=True)
-            if isinstance(action, Reject):
-                raise KeyReuseError(key=key, fields=action.fields)
-            if isinstance(action, Unresolved):
-                raise OutcomeUnknownError(key=key, reason=action.reason)
-            if isinstance(action, Wait):
-                if waited >= self.wait:
-                    raise self._in_progress(key, action.until, now)
-                step = self._next_poll(poll, now, action.until, waited, self.wait)
-                await self.clock.asleep(step)
-                waited += step
-                poll = min(poll * 2, _MAX_POLL)
-                continue
-            assert isinstance(action, TakeOver)
             try:
-                taken = await self.store.takeover(
-                    self.scope, key, token=action.token, now=now, lease_for=self.lease
-                )
-            except LeaseLostError:
-                continue
-            if taken.lease is None:
-                continue
-            if action.resend:
-                return await self._execute(taken.record, taken.lease, fn, resume)
-            await self._mark_unknown(taken.record, taken.lease, _takeover_reason())
-            raise OutcomeUnknownError(key=key, reason=_takeover_reason())
-
-    async def _execute(
-        self, record: Record, lease: Lease, fn: Callable[[Attempt], Any], resumable: bool
-    ) -> Outcome:
-        self._fault("after_claim")
-        try:
-            value = fn(self._attempt(record, lease))
-            if inspect.isawaitable(value):
-                value = await value
-        except Exception as exc:  # noqa: BLE001 - every exception of the call is classified
-            await self._settle_error(record, lease, exc, resumable)
-        except BaseException:
-            # Cancelled or interrupted mid-call: the call may have happened.
-            await self._mark_unknown(record, lease, "interrupted while the call was running")
-            raise
-        try:
-            body = canonical_json({"value": value})
-        except (TypeError, ValueError) as exc:
-            reason = self._unserialisable(value)
-            await self._mark_unknown(record, lease, reason)
-            raise OutcomeUnknownError(key=record.key, reason=reason) from exc
-        self._fault("before_complete")
-        try:
-            done = await self.store.complete(
-                self.scope,
-                record.key,
-                token=lease.token,
-                status=Status.SUCCEEDED,
-                outcome=body,
-                now=self.clock.now(),
-            )
-        except StoreError as exc:
-            raise OutcomeUnknownError(
-                key=record.key,
-                reason="the call returned but recording its outcome failed; retrying the same "
-                "intent later resolves it",
-            ) from exc
-        self._fault("after_complete")
-        return self._outcome(done, replayed=False)
-
-    async def _settle_error(
-        self, record: Record, lease: Lease, exc: Exception, resumable: bool
-    ) -> NoReturn:
-        step = settle(
-            self._classify(exc),
-            attempts_left=False,
-            resumable=resumable,
-            earlier_attempts=record.attempt > 1,
-        )
-        if isinstance(step, Complete):
+                effect = flow.send(result) if error is None else flow.throw(error)
+            except StopIteration as stop:
+                return stop.value
+            result, error = None, None
             try:
-                await self.store.complete(
-                    self.scope,
-                    record.key,
-                    token=lease.token,
-                    status=step.status,
-                    outcome=self._failure_body(exc),
-                    now=self.clock.now(),
-                )
-            except StoreError as store_exc:
-                # The failure itself is definite; the record stays CLAIMED and resolves later.
-                _log_store_failure("complete", record.key, store_exc)
-            raise GatewayRejectedError(key=record.key, code=type(exc).__name__) from exc
-        if isinstance(step, Release):
-            try:
-                await self.store.release(
-                    self.scope,
-                    record.key,
-                    token=lease.token,
-                    reason=type(exc).__name__,
-                    now=self.clock.now(),
-                )
-            except StoreError as release_exc:
-                raise OutcomeUnknownError(
-                    key=record.key,
-                    reason="the call was not executed but releasing its claim "
-                    "failed; retry the same intent later",
-                ) from release_exc
-            raise GatewayUnavailableError(key=record.key, code=type(exc).__name__) from exc
-        assert isinstance(step, MarkUnknown | Retry)
-        reason = self._unknown_reason(exc, record)
-        await self._mark_unknown(record, lease, reason)
-        raise OutcomeUnknownError(key=record.key, reason=reason) from exc
-
-    async def _mark_unknown(self, record: Record, lease: Lease, reason: str) -> None:
-        try:
-            await self.store.mark_unknown(
-                self.scope, record.key, token=lease.token, reason=reason, now=self.clock.now()
-            )
-        except StoreError as exc:
-            _log_store_failure("mark_unknown", record.key, exc)
+                if isinstance(effect, _StoreOp):
+                    result = await getattr(self.store, effect.name)(*effect.args, **effect.kwargs)
+                elif isinstance(effect, _Sleep):
+                    await self.clock.asleep(effect.duration)
+                else:
+                    assert fn is not None
+                    result = fn(effect.attempt)
+                    if inspect.isawaitable(result):
+                        result = await result
+            except BaseException as exc:  # noqa: BLE001 - handed to the flow, which decides
+                error = exc
 
 
 def _log_store_failure(operation: str, key: str, exc: StoreError) -> None:
