@@ -78,19 +78,21 @@ class _GuardCore:
 
     def __init__(
         self,
+        store: Store | AsyncStore,
         *,
         secret: bytes,
         scope: str,
-        secret_version: int,
-        clock: Clock | None,
-        lease: timedelta,
-        wait: timedelta,
-        window: timedelta,
-        resumable: bool,
-        definite: ExceptionTypes,
-        not_executed: ExceptionTypes,
-        faults: Faults | None,
+        secret_version: int = 1,
+        clock: Clock | None = None,
+        lease: timedelta = timedelta(seconds=60),
+        wait: timedelta = timedelta(seconds=5),
+        window: timedelta = timedelta(minutes=10),
+        resumable: bool = False,
+        definite: ExceptionTypes = (),
+        not_executed: ExceptionTypes = (),
+        faults: Faults | None = None,
     ) -> None:
+        self._adopt_store(store)
         if not isinstance(scope, str) or not _SCOPE.fullmatch(scope):
             raise ConfigurationError(
                 "scope must be 1-128 characters: letters, digits and . _ : / @ - (e.g. "
@@ -117,6 +119,10 @@ class _GuardCore:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(scope={self.scope!r}, keys={self.keys!r})"
+
+    def _adopt_store(self, store: Store | AsyncStore) -> None:
+        """Check and keep the store; each twin accepts its own kind."""
+        raise NotImplementedError
 
     def _fault(self, point: str) -> None:
         if self._faults is not None:
@@ -445,22 +451,9 @@ class Guard(_Flows):
         ConfigurationError: for a bad store, secret, scope or option.
     """
 
-    def __init__(
-        self,
-        store: Store,
-        *,
-        secret: bytes,
-        scope: str,
-        secret_version: int = 1,
-        clock: Clock | None = None,
-        lease: timedelta = timedelta(seconds=60),
-        wait: timedelta = timedelta(seconds=5),
-        window: timedelta = timedelta(minutes=10),
-        resumable: bool = False,
-        definite: ExceptionTypes = (),
-        not_executed: ExceptionTypes = (),
-        faults: Faults | None = None,
-    ) -> None:
+    store: Store
+
+    def _adopt_store(self, store: Store | AsyncStore) -> None:
         if not isinstance(store, Store) or inspect.iscoroutinefunction(
             getattr(store, "claim", None)
         ):
@@ -468,19 +461,6 @@ class Guard(_Flows):
                 f"Guard needs a sync Store such as SQLiteStore; got {type(store).__name__}. Use "
                 "AsyncGuard for an AsyncStore."
             )
-        super().__init__(
-            secret=secret,
-            scope=scope,
-            secret_version=secret_version,
-            clock=clock,
-            lease=lease,
-            wait=wait,
-            window=window,
-            resumable=resumable,
-            definite=definite,
-            not_executed=not_executed,
-            faults=faults,
-        )
         self.store = store
 
     def key_for(self, intent: Intent) -> str:
@@ -548,46 +528,19 @@ class AsyncGuard(_Flows):
         ConfigurationError: for a bad store, secret, scope or option.
     """
 
-    def __init__(
-        self,
-        store: AsyncStore | Store,
-        *,
-        secret: bytes,
-        scope: str,
-        secret_version: int = 1,
-        clock: Clock | None = None,
-        lease: timedelta = timedelta(seconds=60),
-        wait: timedelta = timedelta(seconds=5),
-        window: timedelta = timedelta(minutes=10),
-        resumable: bool = False,
-        definite: ExceptionTypes = (),
-        not_executed: ExceptionTypes = (),
-        faults: Faults | None = None,
-    ) -> None:
+    store: AsyncStore
+
+    def _adopt_store(self, store: Store | AsyncStore) -> None:
         from payonce.stores._threaded import ThreadedAsyncStore  # noqa: PLC0415 - L4 adapter
 
         if inspect.iscoroutinefunction(getattr(store, "claim", None)):
-            astore: AsyncStore = store  # type: ignore[assignment]
+            self.store = store  # type: ignore[assignment]
         elif isinstance(store, Store):
-            astore = ThreadedAsyncStore(store)
+            self.store = ThreadedAsyncStore(store)
         else:
             raise ConfigurationError(
                 f"AsyncGuard needs an AsyncStore or a Store; got {type(store).__name__}"
             )
-        super().__init__(
-            secret=secret,
-            scope=scope,
-            secret_version=secret_version,
-            clock=clock,
-            lease=lease,
-            wait=wait,
-            window=window,
-            resumable=resumable,
-            definite=definite,
-            not_executed=not_executed,
-            faults=faults,
-        )
-        self.store = astore
 
     async def key_for(self, intent: Intent) -> str:
         """See ``Guard.key_for``."""
