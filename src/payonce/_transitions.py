@@ -61,13 +61,22 @@ def _entry(
 
 
 def claim_transition(
-    new: NewRecord, *, now: datetime, lease_for: timedelta, seq: int, prev_hash: str | None
+    new: NewRecord,
+    *,
+    now: datetime,
+    lease_for: timedelta,
+    seq: int,
+    prev_hash: str | None,
+    prev_token: int = 0,
 ) -> tuple[Record, Entry]:
     """The CLAIMED record a winning claim writes, and its ``claimed`` entry.
 
-    ``prev_hash`` is the hash of the key's newest ledger entry (a key released or purged earlier
-    keeps its chain), or None for a key never seen.
+    ``prev_hash`` and ``prev_token`` come from the key's newest ledger entry (a key released or
+    purged earlier keeps its chain), or None and 0 for a key never seen. The token continues
+    from the previous life of the key, so a zombie of that life still holds a stale token and
+    its late write is refused: fencing tokens only ever grow per key.
     """
+    token = prev_token + 1
     record = Record(
         scope=new.scope,
         key=new.key,
@@ -78,7 +87,7 @@ def claim_transition(
         operation=new.operation,
         amount=new.amount,
         currency=new.currency,
-        token=1,
+        token=token,
         attempt=1,
         lease_expires_at=now + lease_for,
         outcome=None,
@@ -96,7 +105,7 @@ def claim_transition(
         event=Event.CLAIMED,
         status_from=None,
         status_to=Status.CLAIMED,
-        token=1,
+        token=token,
         attempt=1,
         detail={
             "fingerprint": new.fingerprint,
@@ -154,6 +163,7 @@ def takeover_transition(
         token=token,
         attempt=attempt,
         lease_expires_at=now + lease_for,
+        reason=None,  # the ledger keeps why it was UNKNOWN; the record says why it is now
         updated_at=now,
         ledger_head=entry.hash,
     )

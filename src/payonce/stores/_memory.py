@@ -37,8 +37,8 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._records: dict[tuple[str, str], Record] = {}
         self._ledger: list[Entry] = []
-        # The newest entry hash of every key ever seen; outlives released and purged records.
-        self._chain_heads: dict[tuple[str, str], str] = {}
+        # The newest entry of every key ever seen; outlives released and purged records.
+        self._chain_heads: dict[tuple[str, str], Entry] = {}
         self._checkpoints: list[Checkpoint] = []
 
     def __repr__(self) -> str:
@@ -46,7 +46,7 @@ class MemoryStore:
 
     def _append(self, entry: Entry) -> None:
         self._ledger.append(entry)
-        self._chain_heads[(entry.scope, entry.key)] = entry.hash
+        self._chain_heads[(entry.scope, entry.key)] = entry
 
     def _seq(self) -> int:
         return len(self._ledger) + 1
@@ -57,12 +57,14 @@ class MemoryStore:
             existing = self._records.get(ident)
             if existing is not None:
                 return Claimed(existing, None)
+            head = self._chain_heads.get(ident)
             record, entry = claim_transition(
                 new,
                 now=now,
                 lease_for=lease_for,
                 seq=self._seq(),
-                prev_hash=self._chain_heads.get(ident),
+                prev_hash=head.hash if head else None,
+                prev_token=head.token if head else 0,
             )
             self._append(entry)
             self._records[ident] = record

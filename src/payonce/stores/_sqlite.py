@@ -140,7 +140,7 @@ _SELECT_CHECKPOINTS: Final = _select_sql("payonce_checkpoints", Checkpoint) + " 
 _INSERT_CHECKPOINT: Final = _insert_sql("payonce_checkpoints", Checkpoint)
 # The newest entry of a key, through the (scope, key, seq) index; outlives released records.
 _CHAIN_HEAD: Final = (
-    "SELECT hash FROM payonce_ledger WHERE scope = ? AND key = ? ORDER BY seq DESC LIMIT 1"
+    "SELECT hash, token FROM payonce_ledger WHERE scope = ? AND key = ? ORDER BY seq DESC LIMIT 1"
 )
 # The write lock held since BEGIN IMMEDIATE makes MAX(seq) + 1 race-free: no other writer can
 # append between this read and our INSERT.
@@ -368,6 +368,7 @@ class SQLiteStore:
                     lease_for=lease_for,
                     seq=_next_seq(conn),
                     prev_hash=head[0][0] if head else None,
+                    prev_token=head[0][1] if head else 0,
                 )
                 _insert_entry(conn, entry)
                 try:

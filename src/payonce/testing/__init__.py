@@ -9,8 +9,22 @@ import asyncio
 import os
 import threading
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
-__all__ = ["CrashAt", "ManualClock"]
+if TYPE_CHECKING:
+    from payonce.testing._contract import AsyncStoreContract, StoreContract
+
+__all__ = ["AsyncStoreContract", "CrashAt", "ManualClock", "StoreContract"]
+
+
+def __getattr__(name: str) -> object:
+    # The contract imports pytest: load it on first use, so that a crash-test worker that only
+    # needs CrashAt or ManualClock runs without pytest.
+    if name in {"AsyncStoreContract", "StoreContract"}:
+        from payonce.testing import _contract  # noqa: PLC0415
+
+        return getattr(_contract, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ManualClock:

@@ -221,7 +221,8 @@ def _exercise(store: Store) -> list[_Step]:
     store.release(c.scope, c.key, token=1, reason="connection refused", now=at[5])
     expected.append((c.key, Event.RELEASED, Status.CLAIMED, None, 1, at[5]))
     _claim(store, c, now=at[6])
-    expected.append((c.key, *claimed, at[6]))
+    # The re-claimed key continues its tokens after the released life's token 1.
+    expected.append((c.key, Event.CLAIMED, None, Status.CLAIMED, 2, at[6]))
     store.takeover(a.scope, a.key, token=1, now=_T0 + _LEASE, lease_for=_LEASE)
     expected.append((a.key, Event.TAKEN_OVER, Status.CLAIMED, Status.CLAIMED, 2, _T0 + _LEASE))
     done = _T0 + _LEASE + _SECOND
@@ -666,6 +667,23 @@ class _StoreChecks:
         events = [e.event for e in _entries(store)]
         assert events == [Event.CLAIMED, Event.TAKEN_OVER, Event.SUCCEEDED]
 
+    def test_zombie_of_an_earlier_life_cannot_write_after_reclaim(self, store: Store) -> None:
+        # A takes the key (token 1), loses it to B (token 2), B releases it, C claims it again:
+        # A's late write must still be refused, so C's token must not restart at 1.
+        new = _new("reclaimed-zombie")
+        _claim(store, new)
+        b = store.takeover(new.scope, new.key, token=1, now=_T0 + _LEASE, lease_for=_LEASE)
+        assert b.lease is not None
+        store.release(new.scope, new.key, token=b.lease.token, reason="refused", now=_T0 + _LEASE)
+        c = store.claim(new, now=_T0 + _LEASE + _SECOND, lease_for=_LEASE)
+        assert c.lease is not None
+        assert c.lease.token > b.lease.token
+
+        for op in _FENCED_WRITES:
+            with pytest.raises(LeaseLostError):
+                _fenced_write(store, op, new.scope, new.key, token=1, now=_T0 + 2 * _LEASE)
+        assert store.get(new.scope, new.key) == c.record
+
     def test_complete_after_expiry_without_takeover_succeeds(self, store: Store) -> None:
         # Fencing is by token, not by time: until someone takes over, the holder may still record
         # what the gateway answered, which beats leaving it to the Reconciler.
@@ -690,10 +708,11 @@ class _StoreChecks:
         assert released.prev_hash == claimed.hash
         now = _T0 + _SECOND
         again = store.claim(replace(new, fingerprint="fp_second"), now=now, lease_for=_LEASE)
-        assert again.lease == Lease(token=1, expires_at=now + _LEASE)
+        # Tokens only grow per key: the new life starts after the released one's token.
+        assert again.lease == Lease(token=2, expires_at=now + _LEASE)
         assert (again.record.fingerprint, again.record.created_at) == ("fp_second", now)
         reclaimed = _entries(store)[-1]
-        assert _shape(reclaimed) == (Event.CLAIMED, None, Status.CLAIMED, 1, 1)
+        assert _shape(reclaimed) == (Event.CLAIMED, None, Status.CLAIMED, 2, 1)
         assert reclaimed.prev_hash == released.hash
         assert again.record.ledger_head == reclaimed.hash
 
@@ -861,9 +880,9 @@ class _StoreChecks:
 
         again = store.claim(new, now=now, lease_for=_LEASE)
 
-        assert again.lease == Lease(token=1, expires_at=now + _LEASE)
+        assert again.lease == Lease(token=2, expires_at=now + _LEASE)
         reclaimed = _entries(store)[-1]
-        assert _shape(reclaimed) == (Event.CLAIMED, None, Status.CLAIMED, 1, 1)
+        assert _shape(reclaimed) == (Event.CLAIMED, None, Status.CLAIMED, 2, 1)
         assert reclaimed.prev_hash == purged.hash
         assert again.record.ledger_head == reclaimed.hash
 
@@ -917,7 +936,9 @@ class _StoreChecks:
 
         pages: list[list[Entry]] = []
         after = 0
-        while page := list(store.entries(after=after, limit=5)):
+        for _ in range(len(ledger) + 1):  # bounded: a store that repeats a page must not hang
+            if not (page := list(store.entries(after=after, limit=5))):
+                break
             pages.append(page)
             after = page[-1].seq
 
@@ -943,7 +964,9 @@ class _StoreChecks:
         assert [tuple(row) for row in store.heads(after=None, limit=100)] == expected
         pages: list[tuple[str, ...]] = []
         after: tuple[str, str] | None = None
-        while page := [tuple(row) for row in store.heads(after=after, limit=2)]:
+        for _ in range(len(expected) + 1):  # bounded, as above
+            if not (page := [tuple(row) for row in store.heads(after=after, limit=2)]):
+                break
             pages.extend(page)
             after = (page[-1][0], page[-1][1])
         assert pages == expected
