@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
@@ -48,38 +49,23 @@ def from_micros(value: int) -> datetime:
     return _EPOCH + timedelta(microseconds=value)
 
 
-def entry_hash(
-    *,
-    seq: int,
-    at: datetime,
-    scope: str,
-    key: str,
-    event: Event,
-    status_from: Status | None,
-    status_to: Status | None,
-    token: int,
-    attempt: int,
-    amount: int,
-    currency: str,
-    detail: str,
-    prev_hash: str,
-) -> str:
-    """SHA-256 of an entry's fields and its predecessor's hash."""
+def entry_hash(entry: Entry) -> str:
+    """SHA-256 of an entry's fields and its predecessor's hash (its own ``hash`` excluded)."""
     material = [
         "payonce/ledger/v1",
-        seq,
-        to_micros(at),
-        scope,
-        key,
-        str(event),
-        None if status_from is None else str(status_from),
-        None if status_to is None else str(status_to),
-        token,
-        attempt,
-        amount,
-        currency,
-        detail,
-        prev_hash,
+        entry.seq,
+        to_micros(entry.at),
+        entry.scope,
+        entry.key,
+        str(entry.event),
+        None if entry.status_from is None else str(entry.status_from),
+        None if entry.status_to is None else str(entry.status_to),
+        entry.token,
+        entry.attempt,
+        entry.amount,
+        entry.currency,
+        entry.detail,
+        entry.prev_hash,
     ]
     return hashlib.sha256(canonical_json(material).encode("utf-8")).hexdigest()
 
@@ -101,7 +87,7 @@ def make_entry(
     prev_hash: str,
 ) -> Entry:
     """Build an entry with its hash; stores call this inside the transition's transaction."""
-    digest = entry_hash(
+    unsealed = Entry(
         seq=seq,
         at=at,
         scope=scope,
@@ -115,23 +101,9 @@ def make_entry(
         currency=currency,
         detail=detail,
         prev_hash=prev_hash,
+        hash="",
     )
-    return Entry(
-        seq=seq,
-        at=at,
-        scope=scope,
-        key=key,
-        event=event,
-        status_from=status_from,
-        status_to=status_to,
-        token=token,
-        attempt=attempt,
-        amount=amount,
-        currency=currency,
-        detail=detail,
-        prev_hash=prev_hash,
-        hash=digest,
-    )
+    return replace(unsealed, hash=entry_hash(unsealed))
 
 
 def checkpoint_digest(hashes: Iterable[str]) -> str:
@@ -142,26 +114,17 @@ def checkpoint_digest(hashes: Iterable[str]) -> str:
     return h.hexdigest()
 
 
-def checkpoint_hash(
-    *,
-    number: int,
-    at: datetime,
-    first_seq: int,
-    last_seq: int,
-    count: int,
-    digest: str,
-    prev_hash: str,
-) -> str:
-    """SHA-256 of a checkpoint's fields and its predecessor's hash."""
+def checkpoint_hash(checkpoint: Checkpoint) -> str:
+    """SHA-256 of a checkpoint's fields and its predecessor's hash (its own ``hash`` excluded)."""
     material = [
         "payonce/checkpoint/v1",
-        number,
-        to_micros(at),
-        first_seq,
-        last_seq,
-        count,
-        digest,
-        prev_hash,
+        checkpoint.number,
+        to_micros(checkpoint.at),
+        checkpoint.first_seq,
+        checkpoint.last_seq,
+        checkpoint.count,
+        checkpoint.digest,
+        checkpoint.prev_hash,
     ]
     return hashlib.sha256(canonical_json(material).encode("utf-8")).hexdigest()
 
@@ -177,7 +140,7 @@ def make_checkpoint(
     prev_hash: str,
 ) -> Checkpoint:
     """Build a sealed checkpoint with its hash."""
-    return Checkpoint(
+    unsealed = Checkpoint(
         number=number,
         at=at,
         first_seq=first_seq,
@@ -185,13 +148,6 @@ def make_checkpoint(
         count=count,
         digest=digest,
         prev_hash=prev_hash,
-        hash=checkpoint_hash(
-            number=number,
-            at=at,
-            first_seq=first_seq,
-            last_seq=last_seq,
-            count=count,
-            digest=digest,
-            prev_hash=prev_hash,
-        ),
+        hash="",
     )
+    return replace(unsealed, hash=checkpoint_hash(unsealed))

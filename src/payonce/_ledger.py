@@ -36,24 +36,6 @@ class LedgerReport:
     last_seq: int
 
 
-def _recompute(entry: Entry) -> str:
-    return entry_hash(
-        seq=entry.seq,
-        at=entry.at,
-        scope=entry.scope,
-        key=entry.key,
-        event=entry.event,
-        status_from=entry.status_from,
-        status_to=entry.status_to,
-        token=entry.token,
-        attempt=entry.attempt,
-        amount=entry.amount,
-        currency=entry.currency,
-        detail=entry.detail,
-        prev_hash=entry.prev_hash,
-    )
-
-
 def _verify_checkpoints(checkpoints: list[Checkpoint], anchor: str | None) -> None:
     prev_hash, next_first = GENESIS, 1
     for number, cp in enumerate(checkpoints, start=1):
@@ -64,15 +46,7 @@ def _verify_checkpoints(checkpoints: list[Checkpoint], anchor: str | None) -> No
             problem = f"checkpoint {number} does not chain to checkpoint {number - 1}"
         elif cp.first_seq != next_first or cp.last_seq < cp.first_seq:
             problem = f"checkpoint {number} covers a range that does not follow the previous one"
-        elif cp.hash != checkpoint_hash(
-            number=cp.number,
-            at=cp.at,
-            first_seq=cp.first_seq,
-            last_seq=cp.last_seq,
-            count=cp.count,
-            digest=cp.digest,
-            prev_hash=cp.prev_hash,
-        ):
+        elif cp.hash != checkpoint_hash(cp):
             problem = f"checkpoint {number}'s hash does not match its fields"
         if problem is not None:
             raise LedgerCorruptedError(seq=cp.last_seq, key=None, reason=problem)
@@ -153,7 +127,7 @@ def verify_ledger(store: Store, *, anchor: str | None = None) -> LedgerReport:
             problem = None
             if entry.seq <= last_seq:
                 problem = "its sequence number is out of order"
-            elif _recompute(entry) != entry.hash:
+            elif entry_hash(entry) != entry.hash:
                 problem = "its hash does not match its fields (the entry was edited)"
             elif entry.prev_hash != chain_heads.get(ident, GENESIS):
                 problem = (

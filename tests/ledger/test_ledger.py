@@ -472,7 +472,7 @@ def test_tamper_insert_forged_row(base: Base, tmp_path: Path) -> None:
         "detail": "{}",
         "prev_hash": GENESIS,
     }
-    forged = Entry(**fields, hash=entry_hash(**fields))
+    forged = Entry(**fields, hash=entry_hash(Entry(**fields, hash="")))
     error = _corruption(base, tmp_path, (_INSERT, _row(forged)))
     assert error.seq == seq
     assert error.key == victim.key

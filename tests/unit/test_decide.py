@@ -277,9 +277,7 @@ def test_an_unknown_result_is_never_released(attempts_left: bool, resumable: boo
 @pytest.mark.parametrize("resumable", BOTH)
 def test_not_executed_after_a_takeover_is_never_released(resumable: bool) -> None:
     # Attempt 2+ not being sent says nothing about attempt 1, which may have moved money.
-    action = settle(
-        S.NOT_EXECUTED, attempts_left=False, resumable=resumable, earlier_attempts=True
-    )
+    action = settle(S.NOT_EXECUTED, attempts_left=False, resumable=resumable, earlier_attempts=True)
     assert action == MarkUnknown()
     retry = settle(S.NOT_EXECUTED, attempts_left=True, resumable=resumable, earlier_attempts=True)
     assert isinstance(retry, Retry)

@@ -206,7 +206,9 @@ def _is_stdlib(target: str) -> bool:
 def test_the_parser_sees_the_known_imports() -> None:
     # Guards the collector itself: a broken one would make every rule below pass vacuously.
     assert Import("payonce._keys", "", "payonce._intent") in IMPORTS
-    assert Import("payonce._guard", "AsyncGuard._adopt_store", "payonce.stores._threaded") in IMPORTS
+    assert (
+        Import("payonce._guard", "AsyncGuard._adopt_store", "payonce.stores._threaded") in IMPORTS
+    )
     assert Import("payonce._errors", "", "datetime") in IMPORTS
 
 

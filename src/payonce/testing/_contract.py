@@ -157,21 +157,7 @@ def _assert_utc(value: datetime | None) -> None:
 
 
 def _recomputed(entry: Entry) -> str:
-    return entry_hash(
-        seq=entry.seq,
-        at=entry.at,
-        scope=entry.scope,
-        key=entry.key,
-        event=entry.event,
-        status_from=entry.status_from,
-        status_to=entry.status_to,
-        token=entry.token,
-        attempt=entry.attempt,
-        amount=entry.amount,
-        currency=entry.currency,
-        detail=entry.detail,
-        prev_hash=entry.prev_hash,
-    )
+    return entry_hash(entry)
 
 
 def _race(n: int, call: Callable[[int], _T]) -> list[_T]:
