@@ -44,7 +44,7 @@ from payonce._errors import (
     StoreError,
 )
 from payonce._intent import Intent
-from payonce._keys import Keys, canonical_json, fingerprint
+from payonce._keys import Keys, canonical_json, fingerprint_of
 from payonce._model import Attempt, Lease, NewRecord, Outcome, Record, Status
 from payonce._protocols import AsyncStore, Clock, Store
 
@@ -136,12 +136,13 @@ class _GuardCore:
                 field="intent",
             )
         canonical = intent.canonical()
+        intent_json = canonical_json(canonical)
         material = self.keys.material(self.scope, intent)
         return _Prepared(
             intent=intent,
             canonical=canonical,
-            intent_json=canonical_json(canonical),
-            fingerprint=fingerprint(intent),
+            intent_json=intent_json,
+            fingerprint=fingerprint_of(intent_json),
             key=material.key,
             family=material.family,
         )

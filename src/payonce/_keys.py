@@ -23,6 +23,7 @@ __all__ = [
     "Keys",
     "canonical_json",
     "fingerprint",
+    "fingerprint_of",
     "length_prefixed",
 ]
 
@@ -37,24 +38,19 @@ _DOMAIN_PROVIDER: Final = "payonce/provider-key/v1"
 def canonical_json(value: Any) -> str:
     """Canonical JSON: sorted keys, no whitespace, strings unchanged (no Unicode normalisation).
 
+    Intents reach it validated, so their money is integers; outcome bodies may hold finite
+    floats, which Python's ``repr`` round-trips exactly.
+
     Raises:
-        TypeError: for floats or anything JSON cannot represent exactly; money is integers.
+        TypeError: for values JSON cannot represent.
+        ValueError: for NaN and infinities.
     """
-    _reject_floats(value)
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
+    return _CANONICAL.encode(value)
 
 
-def _reject_floats(value: Any) -> None:
-    if isinstance(value, float):
-        raise TypeError("floats are not allowed in canonical JSON; use integers (minor units)")
-    if isinstance(value, dict):
-        for item in value.values():
-            _reject_floats(item)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            _reject_floats(item)
+_CANONICAL: Final = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
 
 
 def length_prefixed(*fields: str) -> bytes:
@@ -69,7 +65,12 @@ def length_prefixed(*fields: str) -> bytes:
 
 def fingerprint(intent: Intent) -> str:
     """SHA-256 over the canonical full intent: detects reuse of a key with other parameters."""
-    return hashlib.sha256(canonical_json(intent.canonical()).encode("utf-8")).hexdigest()
+    return fingerprint_of(canonical_json(intent.canonical()))
+
+
+def fingerprint_of(intent_json: str) -> str:
+    """The fingerprint of an intent already in canonical JSON (saves serialising it twice)."""
+    return hashlib.sha256(intent_json.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +98,7 @@ class Keys:
         ConfigurationError: for a secret that is not bytes or too short, or a bad version.
     """
 
-    __slots__ = ("_secret", "version")
+    __slots__ = ("_mac", "_secret", "version")
 
     def __init__(self, secret: bytes, *, version: int = 1) -> None:
         if not isinstance(secret, bytes | bytearray):
@@ -113,13 +114,17 @@ class Keys:
         if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= 999:
             raise ConfigurationError("secret version must be an integer from 1 to 999")
         self._secret = bytes(secret)
+        # The keyed inner and outer states, computed once; each digest copies them.
+        self._mac = hmac.new(self._secret, digestmod=hashlib.sha256)
         self.version = version
 
     def __repr__(self) -> str:
         return f"Keys(secret=<{len(self._secret)} bytes, hidden>, version={self.version})"
 
     def _digest(self, *fields: str) -> str:
-        return hmac.new(self._secret, length_prefixed(*fields), hashlib.sha256).hexdigest()
+        mac = self._mac.copy()
+        mac.update(length_prefixed(*fields))
+        return mac.hexdigest()
 
     def material(self, scope: str, intent: Intent) -> KeyMaterial:
         """The key (intent with a reference) or the dedup family (intent without one)."""

@@ -393,7 +393,7 @@ def test_not_executed_exception_releases_key(store: Store, clock: ManualClock) -
     ]
 
 
-@pytest.mark.parametrize("value", [object(), {1.5}, 1.5], ids=["object", "set", "float"])
+@pytest.mark.parametrize("value", [object(), {1.5}, float("nan")], ids=["object", "set", "nan"])
 def test_unserialisable_return_is_unknown(guard: Guard, store: Store, value: Any) -> None:
     fn = Recorder(value)
     with pytest.raises(OutcomeUnknownError) as caught:
@@ -403,6 +403,17 @@ def test_unserialisable_return_is_unknown(guard: Guard, store: Store, value: Any
     record = store.get(SCOPE, guard.key_for(INTENT))
     assert record is not None
     assert record.status is Status.UNKNOWN
+
+
+def test_float_values_in_the_outcome_replay_exactly(guard: Guard) -> None:
+    # Money in intents is integers; an outcome may still carry a provider's float.
+    fn = Recorder({"id": "ch_1", "fee_rate": 0.029, "score": 1e-7})
+    first = guard.run(INTENT, fn)
+    again = guard.run(INTENT, fn)
+    assert fn.calls == 1
+    assert again.replayed
+    assert again.value == first.value == {"id": "ch_1", "fee_rate": 0.029, "score": 1e-7}
+    assert again.body == first.body
 
 
 def test_interrupt_mid_call_marks_unknown(guard: Guard, store: Store) -> None:
