@@ -138,13 +138,21 @@ _SELECT_ENTRIES: Final = (
 _INSERT_ENTRY: Final = _insert_sql("payonce_ledger", Entry)
 _SELECT_CHECKPOINTS: Final = _select_sql("payonce_checkpoints", Checkpoint) + " ORDER BY number"
 _INSERT_CHECKPOINT: Final = _insert_sql("payonce_checkpoints", Checkpoint)
-# The newest entry of a key, through the (scope, key, seq) index; outlives released records.
-_CHAIN_HEAD: Final = (
-    "SELECT hash, token FROM payonce_ledger WHERE scope = ? AND key = ? ORDER BY seq DESC LIMIT 1"
-)
 # The write lock held since BEGIN IMMEDIATE makes MAX(seq) + 1 race-free: no other writer can
-# append between this read and our INSERT.
-_NEXT_SEQ: Final = "SELECT COALESCE(MAX(seq), 0) + 1 FROM payonce_ledger"
+# append between this read and our INSERT. Each transition reads it in the same statement as
+# the row it changes, to keep every transaction at one read.
+_NEXT_SEQ: Final = "(SELECT COALESCE(MAX(seq), 0) + 1 FROM payonce_ledger)"
+_SELECT_FOR_WRITE: Final = (
+    _SELECT_RECORDS.replace(" FROM ", f", {_NEXT_SEQ} FROM ", 1) + " WHERE scope = ? AND key = ?"
+)
+# For a claim: the next seq and the key's newest entry (a released or purged key keeps its
+# chain and its tokens), through the (scope, key, seq) index.
+_CLAIM_HEAD: Final = (
+    f"SELECT {_NEXT_SEQ}, "  # noqa: S608 (constants only)
+    "(SELECT hash FROM payonce_ledger WHERE scope = ?1 AND key = ?2 ORDER BY seq DESC LIMIT 1), "
+    "(SELECT token FROM payonce_ledger WHERE scope = ?1 AND key = ?2 ORDER BY seq DESC LIMIT 1)"
+)
+_NEXT_SEQ_ONLY: Final = f"SELECT {_NEXT_SEQ}"
 
 
 class _KeyTakenError(Exception):
@@ -356,26 +364,24 @@ class SQLiteStore:
             return Claimed(existing, None)
         try:
             with self._write("claim") as conn:
-                # Another writer may have inserted between the read above and our write lock.
-                existing = _select_record(conn, new.scope, new.key)
-                if existing is not None:
-                    return Claimed(existing, None)
-                # A released or purged key keeps its chain: continue from its newest entry.
-                head = conn.execute(_CHAIN_HEAD, (new.scope, new.key)).fetchall()
+                # Another writer may have inserted since the read above: the primary key below
+                # arbitrates, and its refusal rolls our ledger entry back.
+                ((seq, prev_hash, prev_token),) = conn.execute(
+                    _CLAIM_HEAD, (new.scope, new.key)
+                ).fetchall()
                 record, entry = claim_transition(
                     new,
                     now=now,
                     lease_for=lease_for,
-                    seq=_next_seq(conn),
-                    prev_hash=head[0][0] if head else None,
-                    prev_token=head[0][1] if head else 0,
+                    seq=seq,
+                    prev_hash=prev_hash,
+                    prev_token=prev_token or 0,
                 )
                 _insert_entry(conn, entry)
                 try:
                     conn.execute(_INSERT_RECORD, _params(record))
                 except sqlite3.IntegrityError as exc:
-                    # The primary key arbitrates, not the check above: if it refuses, someone
-                    # else holds the key and our ledger entry must roll back with the claim.
+                    # Someone else holds the key; our ledger entry rolls back with the claim.
                     winner = _select_record(conn, new.scope, new.key)
                     if winner is None or exc.sqlite_errorcode != _PRIMARY_KEY_VIOLATION:
                         raise
@@ -394,14 +400,12 @@ class SQLiteStore:
             StoreUnavailableError: the database could not be read or written.
         """
         with self._write("takeover") as conn:
-            current = _select_record(conn, scope, key)
+            current, seq = _select_for_write(conn, scope, key)
             if current is None:
                 raise LeaseLostError(key=key, token=token)
             if not takeover_eligible(current, token=token, now=now):
                 return Claimed(current, None)
-            record, entry = takeover_transition(
-                current, now=now, lease_for=lease_for, seq=_next_seq(conn)
-            )
+            record, entry = takeover_transition(current, now=now, lease_for=lease_for, seq=seq)
             _insert_entry(conn, entry)
             _update_record(conn, record)
         return Claimed(record, record.lease)
@@ -417,14 +421,15 @@ class SQLiteStore:
             StoreUnavailableError: the database could not be read or written.
         """
         with self._write("complete") as conn:
+            current, seq = _select_for_write(conn, scope, key)
             record, entry = complete_transition(
-                _select_record(conn, scope, key),
+                current,
                 key=key,
                 token=token,
                 status=status,
                 outcome=outcome,
                 now=now,
-                seq=_next_seq(conn),
+                seq=seq,
             )
             _insert_entry(conn, entry)
             if self._faults is not None:
@@ -442,13 +447,14 @@ class SQLiteStore:
             StoreUnavailableError: the database could not be read or written.
         """
         with self._write("mark_unknown") as conn:
+            current, seq = _select_for_write(conn, scope, key)
             record, entry = unknown_transition(
-                _select_record(conn, scope, key),
+                current,
                 key=key,
                 token=token,
                 reason=reason,
                 now=now,
-                seq=_next_seq(conn),
+                seq=seq,
             )
             _insert_entry(conn, entry)
             _update_record(conn, record)
@@ -462,13 +468,14 @@ class SQLiteStore:
             StoreUnavailableError: the database could not be read or written.
         """
         with self._write("release") as conn:
+            current, seq = _select_for_write(conn, scope, key)
             entry = release_transition(
-                _select_record(conn, scope, key),
+                current,
                 key=key,
                 token=token,
                 reason=reason,
                 now=now,
-                seq=_next_seq(conn),
+                seq=seq,
             )
             _insert_entry(conn, entry)
             conn.execute(_DELETE_RECORD, (scope, key))
@@ -665,8 +672,17 @@ def _statements(script: str) -> Iterator[str]:
 
 
 def _next_seq(conn: sqlite3.Connection) -> int:
-    (seq,) = conn.execute(_NEXT_SEQ).fetchall()[0]
+    (seq,) = conn.execute(_NEXT_SEQ_ONLY).fetchall()[0]
     return int(seq)
+
+
+def _select_for_write(conn: sqlite3.Connection, scope: str, key: str) -> tuple[Record | None, int]:
+    """The record and the next ledger seq, in one statement; (None, 0) if there is no record
+    (every transition then refuses before it would need a seq)."""
+    rows = conn.execute(_SELECT_FOR_WRITE, (scope, key)).fetchall()
+    if not rows:
+        return None, 0
+    return _load(Record, rows[0][:-1]), int(rows[0][-1])
 
 
 def _select_record(conn: sqlite3.Connection, scope: str, key: str) -> Record | None:
@@ -676,17 +692,26 @@ def _select_record(conn: sqlite3.Connection, scope: str, key: str) -> Record | N
     return _load(Record, rows[0]) if rows else None
 
 
+def _converter(name: str) -> Callable[[Any], Any] | None:
+    if name in _TIMES:
+        return from_micros
+    return _ENUMS.get(name)
+
+
+# Per column of each dataclass: how a stored value becomes a field value (None: unchanged).
+_CONVERTERS: Final = {
+    cls: tuple(_converter(name) for name in names) for cls, names in _FIELDS.items()
+}
+
+
 def _load(cls: type[_Row], row: Sequence[Any]) -> _Row:
     """A row of a ``_select_sql`` statement as the dataclass it was generated from."""
-    values: dict[str, Any] = {}
-    for name, stored in zip(_FIELDS[cls], row, strict=True):
-        if stored is not None and name in _TIMES:
-            values[name] = from_micros(stored)
-        elif stored is not None and name in _ENUMS:
-            values[name] = _ENUMS[name](stored)
-        else:
-            values[name] = stored
-    return cls(**values)
+    return cls(
+        *[
+            stored if convert is None or stored is None else convert(stored)
+            for convert, stored in zip(_CONVERTERS[cls], row, strict=True)
+        ]
+    )
 
 
 def _params(value: Record | Entry | Checkpoint) -> dict[str, Any]:
