@@ -45,7 +45,7 @@ from payonce._errors import (
 )
 from payonce._intent import Intent
 from payonce._keys import Keys, canonical_json, fingerprint_of
-from payonce._model import Attempt, Lease, NewRecord, Outcome, Record, Status
+from payonce._model import Attempt, Claimed, Lease, NewRecord, Outcome, Record, Status
 from payonce._protocols import AsyncStore, Clock, Store
 
 __all__ = ["AsyncGuard", "Guard"]
@@ -93,6 +93,10 @@ class _GuardCore:
         faults: Faults | None = None,
     ) -> None:
         self._adopt_store(store)
+        # A store whose point read is much cheaper than a claim (SQLite: no write lock) asks
+        # the guard to read first, so a replay never builds or writes a claim; a store that
+        # answers a claim with the existing record in one round trip (PostgreSQL) does not.
+        self._read_before_claim = bool(getattr(store, "read_before_claim", False))
         if not isinstance(scope, str) or not _SCOPE.fullmatch(scope):
             raise ConfigurationError(
                 "scope must be 1-128 characters: letters, digits and . _ : / @ - (e.g. "
@@ -305,8 +309,14 @@ class _Flows(_GuardCore):
         while True:
             now = self.clock.now()
             key, generation = yield from self._key_flow(prepared, now)
-            new = self._new_record(prepared, key, generation)
-            claimed = yield _StoreOp("claim", (new,), {"now": now, "lease_for": self.lease})
+            existing = None
+            if self._read_before_claim:
+                existing = yield _StoreOp("get", (self.scope, key))
+            if existing is None:
+                new = self._new_record(prepared, key, generation)
+                claimed = yield _StoreOp("claim", (new,), {"now": now, "lease_for": self.lease})
+            else:
+                claimed = Claimed(existing, None)
             if claimed.lease is not None:
                 return (yield from self._execute_flow(claimed.record, claimed.lease, resumable))
             action = self._decide(claimed.record, prepared, now, resumable)

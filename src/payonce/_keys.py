@@ -29,6 +29,7 @@ __all__ = [
 
 MAX_PROVIDER_KEY: Final = 255  # Stripe's limit on Idempotency-Key
 MIN_SECRET_BYTES: Final = 32
+_PREFIX_CACHE: Final = 64
 _DOMAIN_KEY: Final = "payonce/key/v1"
 _DOMAIN_FAMILY: Final = "payonce/family/v1"
 _DOMAIN_WINDOW_KEY: Final = "payonce/window-key/v1"
@@ -98,7 +99,7 @@ class Keys:
         ConfigurationError: for a secret that is not bytes or too short, or a bad version.
     """
 
-    __slots__ = ("_mac", "_secret", "version")
+    __slots__ = ("_mac", "_prefixed", "_secret", "version")
 
     def __init__(self, secret: bytes, *, version: int = 1) -> None:
         if not isinstance(secret, bytes | bytearray):
@@ -116,13 +117,23 @@ class Keys:
         self._secret = bytes(secret)
         # The keyed inner and outer states, computed once; each digest copies them.
         self._mac = hmac.new(self._secret, digestmod=hashlib.sha256)
+        # The same states with (domain, scope) already fed in: a guard derives every key of
+        # one scope, so the shared prefix is hashed once. Bounded: cleared when full.
+        self._prefixed: dict[tuple[str, str], Any] = {}
         self.version = version
 
     def __repr__(self) -> str:
         return f"Keys(secret=<{len(self._secret)} bytes, hidden>, version={self.version})"
 
-    def _digest(self, *fields: str) -> str:
-        mac = self._mac.copy()
+    def _digest(self, domain: str, scope: str, *fields: str) -> str:
+        base = self._prefixed.get((domain, scope))
+        if base is None:
+            if len(self._prefixed) >= _PREFIX_CACHE:
+                self._prefixed.clear()
+            base = self._mac.copy()
+            base.update(length_prefixed(domain, scope))
+            self._prefixed[(domain, scope)] = base
+        mac = base.copy()
         mac.update(length_prefixed(*fields))
         return mac.hexdigest()
 

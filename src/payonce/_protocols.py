@@ -42,8 +42,10 @@ class Store(Protocol):
     they take the lease token and raise ``LeaseLostError`` (changing nothing) when the record no
     longer carries it. Driver errors never escape: they become ``StoreUnavailableError``.
 
-    A store whose ledger sequence numbers have no gaps may set a class attribute
-    ``gapless_ledger = True``; ``verify_ledger`` then treats a gap as a deleted entry.
+    Optional class attributes: ``gapless_ledger = True`` when ledger sequence numbers have no
+    gaps (``verify_ledger`` then treats a gap as a deleted entry); ``read_before_claim = True``
+    when a point read is much cheaper than a claim (the guard then ``get``s first and claims only
+    an absent key, so a replay never touches the write path).
     """
 
     def claim(self, new: NewRecord, *, now: datetime, lease_for: timedelta) -> Claimed:

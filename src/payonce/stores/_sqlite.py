@@ -126,9 +126,14 @@ def _insert_sql(table: str, cls: type[Any]) -> str:
 _SELECT_RECORDS: Final = _select_sql("payonce_records", Record)
 _SELECT_ONE: Final = _SELECT_RECORDS + " WHERE scope = ? AND key = ?"
 _INSERT_RECORD: Final = _insert_sql("payonce_records", Record)
+# Transitions change only these columns; the intent and its digests are written once, at claim.
+_MUTABLE: Final = (
+    "status", "token", "attempt", "lease_expires_at", "outcome", "reason", "ledger_head",
+    "updated_at",
+)  # fmt: skip
 _UPDATE_RECORD: Final = (
     "UPDATE payonce_records SET "  # noqa: S608 (constants only)
-    + ", ".join(f"{name} = :{name}" for name in _FIELDS[Record] if name not in ("scope", "key"))
+    + ", ".join(f"{name} = :{name}" for name in _MUTABLE)
     + " WHERE scope = :scope AND key = :key"
 )
 _DELETE_RECORD: Final = "DELETE FROM payonce_records WHERE scope = ? AND key = ?"
@@ -195,6 +200,9 @@ class SQLiteStore:
     # seq is MAX(seq) + 1 under the write lock and a rolled-back transition leaves no row, so
     # verify_ledger may read a gap as a deleted entry.
     gapless_ledger = True
+    # A point read runs in its own WAL snapshot without the write lock: the guard reads first
+    # and replays never queue behind claimers.
+    read_before_claim = True
 
     def __init__(
         self,
@@ -356,16 +364,11 @@ class SQLiteStore:
         Raises:
             StoreUnavailableError: the database could not be read or written.
         """
-        # The replay path: one point read in its own WAL snapshot, no write lock, no write, so
-        # retries of finished intents never queue behind claimers.
-        with self._connection("claim") as conn:
-            existing = _select_record(conn, new.scope, new.key)
-        if existing is not None:
-            return Claimed(existing, None)
+        # The guard reads first (read_before_claim), so a replay never gets here.
         try:
             with self._write("claim") as conn:
-                # Another writer may have inserted since the read above: the primary key below
-                # arbitrates, and its refusal rolls our ledger entry back.
+                # The primary key arbitrates: if another writer holds the key, the INSERT below
+                # fails and our ledger entry rolls back with it.
                 ((seq, prev_hash, prev_token),) = conn.execute(
                     _CLAIM_HEAD, (new.scope, new.key)
                 ).fetchall()
@@ -510,8 +513,15 @@ class SQLiteStore:
         Raises:
             StoreUnavailableError: the database could not be read.
         """
-        with self._connection("get") as conn:
-            return _select_record(conn, scope, key)
+        # The replay path: kept free of the context-manager machinery of the write path.
+        slot: _Slot | None = None if self._in_memory else getattr(self._local, "slot", None)
+        if slot is None or self._closed:
+            with self._connection("get") as conn:
+                return _select_record(conn, scope, key)
+        try:
+            return _select_record(slot.conn, scope, key)
+        except sqlite3.Error as exc:
+            raise _translate(exc, "get") from exc
 
     def newest(self, scope: str, family: str) -> Record | None:
         """The record of ``family`` with the highest generation, or None.
@@ -728,7 +738,13 @@ def _params(value: Record | Entry | Checkpoint) -> dict[str, Any]:
 
 
 def _update_record(conn: sqlite3.Connection, record: Record) -> None:
-    conn.execute(_UPDATE_RECORD, _params(record))
+    params = {name: getattr(record, name) for name in _MUTABLE}
+    params["status"] = record.status.value
+    if record.lease_expires_at is not None:
+        params["lease_expires_at"] = to_micros(record.lease_expires_at)
+    params["updated_at"] = to_micros(record.updated_at)
+    params["scope"], params["key"] = record.scope, record.key
+    conn.execute(_UPDATE_RECORD, params)
 
 
 def _insert_entry(conn: sqlite3.Connection, entry: Entry) -> None:
