@@ -31,7 +31,7 @@ _COMPLETE_EVENTS = {Status.SUCCEEDED: Event.SUCCEEDED, Status.FAILED: Event.FAIL
 
 
 def _entry(
-    record: Record,
+    record: Record | NewRecord,
     *,
     seq: int,
     now: datetime,
@@ -77,6 +77,22 @@ def claim_transition(
     its late write is refused: fencing tokens only ever grow per key.
     """
     token = prev_token + 1
+    entry = _entry(
+        new,
+        seq=seq,
+        now=now,
+        event=Event.CLAIMED,
+        status_from=None,
+        status_to=Status.CLAIMED,
+        token=token,
+        attempt=1,
+        detail={
+            "fingerprint": new.fingerprint,
+            "operation": new.operation,
+            "provider_key": new.provider_key,
+        },
+        prev_hash=prev_hash or GENESIS,
+    )
     record = Record(
         scope=new.scope,
         key=new.key,
@@ -92,29 +108,13 @@ def claim_transition(
         lease_expires_at=now + lease_for,
         outcome=None,
         reason=None,
-        ledger_head=GENESIS,
+        ledger_head=entry.hash,
         created_at=now,
         updated_at=now,
         family=new.family,
         generation=new.generation,
     )
-    entry = _entry(
-        record,
-        seq=seq,
-        now=now,
-        event=Event.CLAIMED,
-        status_from=None,
-        status_to=Status.CLAIMED,
-        token=token,
-        attempt=1,
-        detail={
-            "fingerprint": new.fingerprint,
-            "operation": new.operation,
-            "provider_key": new.provider_key,
-        },
-        prev_hash=prev_hash or GENESIS,
-    )
-    return replace(record, ledger_head=entry.hash), entry
+    return record, entry
 
 
 def fence(record: Record | None, *, key: str, token: int) -> Record:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import operator
 import os
 import sqlite3
 import threading
@@ -119,7 +120,7 @@ def _select_sql(table: str, cls: type[Any]) -> str:
 
 def _insert_sql(table: str, cls: type[Any]) -> str:
     names = _FIELDS[cls]
-    values = ", ".join(f":{name}" for name in names)
+    values = ", ".join("?" for _ in names)
     return f"INSERT INTO {table} ({', '.join(names)}) VALUES ({values})"  # noqa: S608 (constants)
 
 
@@ -155,7 +156,8 @@ _SELECT_FOR_WRITE: Final = (
 _CLAIM_HEAD: Final = (
     f"SELECT {_NEXT_SEQ}, "  # noqa: S608 (constants only)
     "(SELECT hash FROM payonce_ledger WHERE scope = ?1 AND key = ?2 ORDER BY seq DESC LIMIT 1), "
-    "(SELECT token FROM payonce_ledger WHERE scope = ?1 AND key = ?2 ORDER BY seq DESC LIMIT 1)"
+    "(SELECT token FROM payonce_ledger WHERE scope = ?1 AND key = ?2 ORDER BY seq DESC LIMIT 1), "
+    "EXISTS (SELECT 1 FROM payonce_records WHERE scope = ?1 AND key = ?2)"
 )
 _NEXT_SEQ_ONLY: Final = f"SELECT {_NEXT_SEQ}"
 
@@ -368,10 +370,17 @@ class SQLiteStore:
         try:
             with self._write("claim") as conn:
                 # The primary key arbitrates: if another writer holds the key, the INSERT below
-                # fails and our ledger entry rolls back with it.
-                ((seq, prev_hash, prev_token),) = conn.execute(
+                # fails and our ledger entry rolls back with it. The EXISTS in the same read
+                # only spares a queued duplicate that wasted write.
+                ((seq, prev_hash, prev_token, taken),) = conn.execute(
                     _CLAIM_HEAD, (new.scope, new.key)
                 ).fetchall()
+                if taken:
+                    # A concurrent duplicate won while we queued for the lock: answer with its
+                    # record without writing (the primary key below would refuse us anyway).
+                    winner = _select_record(conn, new.scope, new.key)
+                    assert winner is not None  # we hold the write lock since the check
+                    return Claimed(winner, None)
                 record, entry = claim_transition(
                     new,
                     now=now,
@@ -724,17 +733,26 @@ def _load(cls: type[_Row], row: Sequence[Any]) -> _Row:
     )
 
 
-def _params(value: Record | Entry | Checkpoint) -> dict[str, Any]:
-    """A dataclass as named SQL parameters: times in microseconds, enums as their text."""
-    params: dict[str, Any] = {}
-    for name in _FIELDS[type(value)]:
-        item = getattr(value, name)
-        if isinstance(item, datetime):
-            item = to_micros(item)
-        elif isinstance(item, enum.Enum):
-            item = item.value
-        params[name] = item
-    return params
+def _param(name: str) -> Callable[[Any], Any] | None:
+    if name in _TIMES:
+        return to_micros
+    if name in _ENUMS:
+        return operator.attrgetter("value")
+    return None
+
+
+# Per column of each dataclass: how a field value becomes a stored value (None: unchanged).
+_PARAMS: Final = {cls: tuple(_param(name) for name in names) for cls, names in _FIELDS.items()}
+
+
+def _params(value: Record | Entry | Checkpoint) -> tuple[Any, ...]:
+    """A dataclass as positional SQL parameters: times in microseconds, enums as their text."""
+    return tuple(
+        item if convert is None or item is None else convert(item)
+        for convert, item in zip(
+            _PARAMS[type(value)], map(value.__getattribute__, _FIELDS[type(value)]), strict=True
+        )
+    )
 
 
 def _update_record(conn: sqlite3.Connection, record: Record) -> None:
