@@ -12,7 +12,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final, TypeAlias
 
@@ -61,7 +61,9 @@ Faults = Callable[[str], None]
 ExceptionTypes = tuple[type[BaseException], ...]
 
 
-@dataclass(frozen=True, slots=True)
+# The guard's private, short-lived values are plain slotted dataclasses: nothing mutates them,
+# and a frozen dataclass's __init__ costs several times more on every replay.
+@dataclass(slots=True)
 class _Prepared:
     """An intent with everything derived from it before any I/O."""
 
@@ -264,23 +266,23 @@ def _takeover_reason() -> str:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _StoreOp:
     """Effect: call ``store.<name>(*args, **kwargs)``; the driver sends back the result."""
 
     name: str
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any] | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Sleep:
     """Effect: wait ``duration`` on the guard's clock."""
 
     duration: timedelta
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Call:
     """Effect: call the guarded function with ``attempt``; the driver sends back its value."""
 
@@ -519,7 +521,7 @@ class Guard(_Flows):
             result, error = None, None
             try:
                 if isinstance(effect, _StoreOp):
-                    result = getattr(self.store, effect.name)(*effect.args, **effect.kwargs)
+                    result = getattr(self.store, effect.name)(*effect.args, **(effect.kwargs or {}))
                 elif isinstance(effect, _Sleep):
                     self.clock.sleep(effect.duration)
                 else:
@@ -580,7 +582,8 @@ class AsyncGuard(_Flows):
             result, error = None, None
             try:
                 if isinstance(effect, _StoreOp):
-                    result = await getattr(self.store, effect.name)(*effect.args, **effect.kwargs)
+                    method = getattr(self.store, effect.name)
+                    result = await method(*effect.args, **(effect.kwargs or {}))
                 elif isinstance(effect, _Sleep):
                     await self.clock.asleep(effect.duration)
                 else:

@@ -711,48 +711,45 @@ def _select_record(conn: sqlite3.Connection, scope: str, key: str) -> Record | N
     return _load(Record, rows[0]) if rows else None
 
 
-def _converter(name: str) -> Callable[[Any], Any] | None:
-    if name in _TIMES:
-        return from_micros
-    return _ENUMS.get(name)
-
-
-# Per column of each dataclass: how a stored value becomes a field value (None: unchanged).
-_CONVERTERS: Final = {
-    cls: tuple(_converter(name) for name in names) for cls, names in _FIELDS.items()
+# Per dataclass: the column positions that hold times and enums; every other column is loaded
+# as stored. Positions, not a per-column loop, because loading a row is on the replay path.
+_TIME_COLUMNS: Final = {
+    cls: tuple(i for i, name in enumerate(names) if name in _TIMES)
+    for cls, names in _FIELDS.items()
+}
+_ENUM_COLUMNS: Final = {
+    cls: tuple((i, _ENUMS[name]) for i, name in enumerate(names) if name in _ENUMS)
+    for cls, names in _FIELDS.items()
 }
 
 
 def _load(cls: type[_Row], row: Sequence[Any]) -> _Row:
     """A row of a ``_select_sql`` statement as the dataclass it was generated from."""
-    return cls(
-        *[
-            stored if convert is None or stored is None else convert(stored)
-            for convert, stored in zip(_CONVERTERS[cls], row, strict=True)
-        ]
-    )
+    values = list(row)
+    for i in _TIME_COLUMNS[cls]:
+        if values[i] is not None:
+            values[i] = from_micros(values[i])
+    for i, kind in _ENUM_COLUMNS[cls]:
+        if values[i] is not None:
+            values[i] = kind(values[i])
+    return cls(*values)
 
 
-def _param(name: str) -> Callable[[Any], Any] | None:
-    if name in _TIMES:
-        return to_micros
-    if name in _ENUMS:
-        return operator.attrgetter("value")
-    return None
+# Per dataclass: all field values at once, in column order (one C call).
+_GETTERS: Final = {cls: operator.attrgetter(*names) for cls, names in _FIELDS.items()}
 
 
-# Per column of each dataclass: how a field value becomes a stored value (None: unchanged).
-_PARAMS: Final = {cls: tuple(_param(name) for name in names) for cls, names in _FIELDS.items()}
-
-
-def _params(value: Record | Entry | Checkpoint) -> tuple[Any, ...]:
+def _params(value: Record | Entry | Checkpoint) -> list[Any]:
     """A dataclass as positional SQL parameters: times in microseconds, enums as their text."""
-    return tuple(
-        item if convert is None or item is None else convert(item)
-        for convert, item in zip(
-            _PARAMS[type(value)], map(value.__getattribute__, _FIELDS[type(value)]), strict=True
-        )
-    )
+    cls = type(value)
+    values = list(_GETTERS[cls](value))
+    for i in _TIME_COLUMNS[cls]:
+        if values[i] is not None:
+            values[i] = to_micros(values[i])
+    for i, _kind in _ENUM_COLUMNS[cls]:
+        if values[i] is not None:
+            values[i] = values[i].value
+    return values
 
 
 def _update_record(conn: sqlite3.Connection, record: Record) -> None:
