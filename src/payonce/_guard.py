@@ -305,14 +305,30 @@ class _Flows(_GuardCore):
         newest = yield _StoreOp("newest", (self.scope, prepared.family))
         return self._window_key(prepared, newest, now)
 
-    def _run_flow(self, prepared: _Prepared, resumable: bool) -> _Flow:
+    def _replay_first(self, prepared: _Prepared, record: Record | None) -> Outcome | None:
+        """The outcome of ``record`` if it is a finished run of this very intent: the replay
+        path, answered before any of the flow's machinery runs."""
+        if (
+            record is not None
+            and record.status.terminal
+            and record.fingerprint == prepared.fingerprint
+        ):
+            return self._outcome(record, replayed=True)
+        return None
+
+    def _run_flow(
+        self, prepared: _Prepared, resumable: bool, first_read: tuple[Record | None] | None
+    ) -> _Flow:
+        """``first_read``: ``(record or None,)`` when the driver already read ``prepared.key``."""
         self._fault("before_claim")
         waited, poll = timedelta(0), _FIRST_POLL
         while True:
             now = self.clock.now()
             key, generation = yield from self._key_flow(prepared, now)
             existing = None
-            if self._read_before_claim:
+            if first_read is not None:
+                (existing,), first_read = first_read, None
+            elif self._read_before_claim:
                 existing = yield _StoreOp("get", (self.scope, key))
             if existing is None:
                 new = self._new_record(prepared, key, generation)
@@ -507,7 +523,15 @@ class Guard(_Flows):
         if not callable(fn):
             raise ConfigurationError("fn must be callable: fn(attempt) -> JSON value")
         resume = self.resumable if resumable is None else resumable
-        outcome: Outcome = self._drive(self._run_flow(self._prepare(intent), resume), fn)
+        prepared = self._prepare(intent)
+        first_read = None
+        if self._read_before_claim and prepared.key is not None:
+            record = self.store.get(self.scope, prepared.key)
+            replay = self._replay_first(prepared, record)
+            if replay is not None:
+                return replay
+            first_read = (record,)
+        outcome: Outcome = self._drive(self._run_flow(prepared, resume, first_read), fn)
         return outcome
 
     def _drive(self, flow: _Flow, fn: Callable[[Attempt], Any] | None) -> Any:
@@ -568,7 +592,15 @@ class AsyncGuard(_Flows):
         if not callable(fn):
             raise ConfigurationError("fn must be callable: fn(attempt) -> JSON value")
         resume = self.resumable if resumable is None else resumable
-        outcome: Outcome = await self._drive(self._run_flow(self._prepare(intent), resume), fn)
+        prepared = self._prepare(intent)
+        first_read = None
+        if self._read_before_claim and prepared.key is not None:
+            record = await self.store.get(self.scope, prepared.key)
+            replay = self._replay_first(prepared, record)
+            if replay is not None:
+                return replay
+            first_read = (record,)
+        outcome: Outcome = await self._drive(self._run_flow(prepared, resume, first_read), fn)
         return outcome
 
     async def _drive(self, flow: _Flow, fn: Callable[[Attempt], Any] | None) -> Any:

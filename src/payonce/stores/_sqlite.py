@@ -718,7 +718,11 @@ _TIME_COLUMNS: Final = {
     for cls, names in _FIELDS.items()
 }
 _ENUM_COLUMNS: Final = {
-    cls: tuple((i, _ENUMS[name]) for i, name in enumerate(names) if name in _ENUMS)
+    cls: tuple(
+        (i, {member.value: member for member in _ENUMS[name]})
+        for i, name in enumerate(names)
+        if name in _ENUMS
+    )
     for cls, names in _FIELDS.items()
 }
 
@@ -729,9 +733,9 @@ def _load(cls: type[_Row], row: Sequence[Any]) -> _Row:
     for i in _TIME_COLUMNS[cls]:
         if values[i] is not None:
             values[i] = from_micros(values[i])
-    for i, kind in _ENUM_COLUMNS[cls]:
+    for i, members in _ENUM_COLUMNS[cls]:
         if values[i] is not None:
-            values[i] = kind(values[i])
+            values[i] = members[values[i]]
     return cls(*values)
 
 
