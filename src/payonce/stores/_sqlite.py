@@ -128,14 +128,15 @@ _SELECT_RECORDS: Final = _select_sql("payonce_records", Record)
 _SELECT_ONE: Final = _SELECT_RECORDS + " WHERE scope = ? AND key = ?"
 _INSERT_RECORD: Final = _insert_sql("payonce_records", Record)
 # Transitions change only these columns; the intent and its digests are written once, at claim.
+# _update_record converts by position: status (0), lease_expires_at (3), updated_at (7).
 _MUTABLE: Final = (
     "status", "token", "attempt", "lease_expires_at", "outcome", "reason", "ledger_head",
     "updated_at",
 )  # fmt: skip
 _UPDATE_RECORD: Final = (
     "UPDATE payonce_records SET "  # noqa: S608 (constants only)
-    + ", ".join(f"{name} = :{name}" for name in _MUTABLE)
-    + " WHERE scope = :scope AND key = :key"
+    + ", ".join(f"{name} = ?" for name in _MUTABLE)
+    + " WHERE scope = ? AND key = ?"
 )
 _DELETE_RECORD: Final = "DELETE FROM payonce_records WHERE scope = ? AND key = ?"
 _SELECT_ENTRIES: Final = (
@@ -756,13 +757,15 @@ def _params(value: Record | Entry | Checkpoint) -> list[Any]:
     return values
 
 
+_MUTABLE_GETTER: Final = operator.attrgetter(*_MUTABLE, "scope", "key")
+
+
 def _update_record(conn: sqlite3.Connection, record: Record) -> None:
-    params = {name: getattr(record, name) for name in _MUTABLE}
-    params["status"] = record.status.value
+    params = list(_MUTABLE_GETTER(record))
+    params[0] = record.status.value
     if record.lease_expires_at is not None:
-        params["lease_expires_at"] = to_micros(record.lease_expires_at)
-    params["updated_at"] = to_micros(record.updated_at)
-    params["scope"], params["key"] = record.scope, record.key
+        params[3] = to_micros(record.lease_expires_at)
+    params[7] = to_micros(record.updated_at)
     conn.execute(_UPDATE_RECORD, params)
 
 
