@@ -45,7 +45,16 @@ from payonce._errors import (
 )
 from payonce._intent import Intent
 from payonce._keys import Keys, canonical_json, fingerprint_of
-from payonce._model import Attempt, Claimed, Lease, NewRecord, Outcome, Record, Status
+from payonce._model import (
+    Attempt,
+    Claimed,
+    Lease,
+    NewRecord,
+    Outcome,
+    Record,
+    ReplayView,
+    Status,
+)
 from payonce._protocols import AsyncStore, Clock, Store
 
 __all__ = ["AsyncGuard", "Guard"]
@@ -214,7 +223,7 @@ class _GuardCore:
         )
 
     @staticmethod
-    def _outcome(record: Record, *, replayed: bool) -> Outcome:
+    def _outcome(record: Record | ReplayView, *, replayed: bool) -> Outcome:
         """The outcome of a SUCCEEDED record; raises the recorded error of a FAILED one."""
         assert record.outcome is not None
         body = json.loads(record.outcome)
@@ -305,16 +314,20 @@ class _Flows(_GuardCore):
         newest = yield _StoreOp("newest", (self.scope, prepared.family))
         return self._window_key(prepared, newest, now)
 
-    def _replay_first(self, prepared: _Prepared, record: Record | None) -> Outcome | None:
-        """The outcome of ``record`` if it is a finished run of this very intent: the replay
-        path, answered before any of the flow's machinery runs."""
-        if (
-            record is not None
-            and record.status.terminal
-            and record.fingerprint == prepared.fingerprint
-        ):
-            return self._outcome(record, replayed=True)
-        return None
+    def _replay_first(
+        self, prepared: _Prepared, view: ReplayView | None
+    ) -> tuple[Outcome | None, tuple[Record | None] | None]:
+        """The replay path, answered from the first read before any of the flow runs.
+
+        Returns the outcome when ``view`` is a finished run of this very intent; otherwise what
+        the flow may take as already read: ``(None,)`` for an absent key, or None (the flow
+        reads the whole record, as it must for a live lease or a reuse).
+        """
+        if view is None:
+            return None, (None,)
+        if view.status.terminal and view.fingerprint == prepared.fingerprint:
+            return self._outcome(view, replayed=True), None
+        return None, None
 
     def _run_flow(
         self, prepared: _Prepared, resumable: bool, first_read: tuple[Record | None] | None
@@ -526,11 +539,10 @@ class Guard(_Flows):
         prepared = self._prepare(intent)
         first_read = None
         if self._read_before_claim and prepared.key is not None:
-            record = self.store.get(self.scope, prepared.key)
-            replay = self._replay_first(prepared, record)
+            view = self.store.replay_view(self.scope, prepared.key)
+            replay, first_read = self._replay_first(prepared, view)
             if replay is not None:
                 return replay
-            first_read = (record,)
         outcome: Outcome = self._drive(self._run_flow(prepared, resume, first_read), fn)
         return outcome
 
@@ -595,11 +607,10 @@ class AsyncGuard(_Flows):
         prepared = self._prepare(intent)
         first_read = None
         if self._read_before_claim and prepared.key is not None:
-            record = await self.store.get(self.scope, prepared.key)
-            replay = self._replay_first(prepared, record)
+            view = await self.store.replay_view(self.scope, prepared.key)
+            replay, first_read = self._replay_first(prepared, view)
             if replay is not None:
                 return replay
-            first_read = (record,)
         outcome: Outcome = await self._drive(self._run_flow(prepared, resume, first_read), fn)
         return outcome
 

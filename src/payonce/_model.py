@@ -21,6 +21,7 @@ __all__ = [
     "NewRecord",
     "Outcome",
     "Record",
+    "ReplayView",
     "Status",
 ]
 
@@ -115,6 +116,22 @@ class Record:
         """The recorded intent as a dict."""
         loaded: dict[str, Any] = json.loads(self.intent)
         return loaded
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayView:
+    """The columns of a record the replay path needs, read without the rest of the record.
+
+    A store with ``read_before_claim`` answers ``replay_view`` with it, so that a replay reads
+    and decodes only what it returns.
+    """
+
+    key: str
+    status: Status
+    fingerprint: str
+    outcome: str | None
+    attempt: int
+    provider_key: str
 
 
 @dataclass(frozen=True, slots=True)

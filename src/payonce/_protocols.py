@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
 
-from payonce._model import Checkpoint, Claimed, Entry, NewRecord, Record, Status
+from payonce._model import Checkpoint, Claimed, Entry, NewRecord, Record, ReplayView, Status
 
 __all__ = ["AsyncStore", "Clock", "Store"]
 
@@ -44,8 +44,9 @@ class Store(Protocol):
 
     Optional class attributes: ``gapless_ledger = True`` when ledger sequence numbers have no
     gaps (``verify_ledger`` then treats a gap as a deleted entry); ``read_before_claim = True``
-    when a point read is much cheaper than a claim (the guard then ``get``s first and claims only
-    an absent key, so a replay never touches the write path).
+    when a point read is much cheaper than a claim: the guard then reads ``replay_view`` first
+    and claims only an absent key, so a replay never touches the write path and reads only what
+    it returns.
     """
 
     def claim(self, new: NewRecord, *, now: datetime, lease_for: timedelta) -> Claimed:
@@ -89,6 +90,11 @@ class Store(Protocol):
 
     def get(self, scope: str, key: str) -> Record | None:
         """The record, or None. Never writes."""
+        ...
+
+    def replay_view(self, scope: str, key: str) -> ReplayView | None:
+        """The replay path's columns of the record (equal to the same fields of ``get``), or
+        None. Never writes."""
         ...
 
     def newest(self, scope: str, family: str) -> Record | None:
@@ -162,6 +168,10 @@ class AsyncStore(Protocol):
 
     async def get(self, scope: str, key: str) -> Record | None:
         """See ``Store.get``."""
+        ...
+
+    async def replay_view(self, scope: str, key: str) -> ReplayView | None:
+        """See ``Store.replay_view``."""
         ...
 
     async def newest(self, scope: str, family: str) -> Record | None:

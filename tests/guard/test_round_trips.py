@@ -44,7 +44,7 @@ def test_fresh_call_reads_at_most_once_claims_once_completes_once(
     guard.run(INTENT, lambda attempt: {"id": "ch_1"})
     expected = ["claim", "complete"]
     if counted.read_before_claim:
-        expected.insert(0, "get")
+        expected.insert(0, "replay_view")
     assert counted.calls == expected
 
 
@@ -54,4 +54,4 @@ def test_replay_is_one_read_and_no_write(counted: CountingStore, clock: ManualCl
     counted.calls.clear()
     again = guard.run(INTENT, lambda attempt: {"id": "never"})
     assert again.replayed
-    assert counted.calls == (["get"] if counted.read_before_claim else ["claim"])
+    assert counted.calls == (["replay_view"] if counted.read_before_claim else ["claim"])

@@ -33,7 +33,7 @@ from payonce import (
     once,
 )
 from payonce._keys import canonical_json, fingerprint
-from payonce._model import Checkpoint, Claimed, NewRecord, Record
+from payonce._model import Checkpoint, Claimed, NewRecord, Record, ReplayView
 from payonce.testing import ManualClock
 from tests.conftest import SCOPE, SECRET
 
@@ -143,6 +143,9 @@ class FailingStore:
 
     def get(self, scope: str, key: str) -> Record | None:
         return self.inner.get(scope, key)
+
+    def replay_view(self, scope: str, key: str) -> ReplayView | None:
+        return self.inner.replay_view(scope, key)
 
     def newest(self, scope: str, family: str) -> Record | None:
         return self.inner.newest(scope, family)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from payonce._errors import ConflictError, LeaseLostError
-from payonce._model import Checkpoint, Claimed, Entry, NewRecord, Record, Status
+from payonce._model import Checkpoint, Claimed, Entry, NewRecord, Record, ReplayView, Status
 from payonce._transitions import (
     claim_transition,
     complete_transition,
@@ -135,6 +135,19 @@ class MemoryStore:
     def get(self, scope: str, key: str) -> Record | None:
         with self._lock:
             return self._records.get((scope, key))
+
+    def replay_view(self, scope: str, key: str) -> ReplayView | None:
+        record = self.get(scope, key)
+        if record is None:
+            return None
+        return ReplayView(
+            key=record.key,
+            status=record.status,
+            fingerprint=record.fingerprint,
+            outcome=record.outcome,
+            attempt=record.attempt,
+            provider_key=record.provider_key,
+        )
 
     def newest(self, scope: str, family: str) -> Record | None:
         with self._lock:

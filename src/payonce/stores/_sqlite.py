@@ -32,7 +32,16 @@ from payonce._errors import (
     StoreError,
     StoreUnavailableError,
 )
-from payonce._model import Checkpoint, Claimed, Entry, Event, NewRecord, Record, Status
+from payonce._model import (
+    Checkpoint,
+    Claimed,
+    Entry,
+    Event,
+    NewRecord,
+    Record,
+    ReplayView,
+    Status,
+)
 from payonce._transitions import (
     claim_transition,
     complete_transition,
@@ -138,6 +147,11 @@ _UPDATE_RECORD: Final = (
     + ", ".join(f"{name} = ?" for name in _MUTABLE)
     + " WHERE scope = ? AND key = ?"
 )
+_SELECT_VIEW: Final = (
+    "SELECT status, fingerprint, outcome, attempt, provider_key FROM payonce_records"
+    " WHERE scope = ? AND key = ?"
+)
+_STATUSES: Final = {status.value: status for status in Status}
 _DELETE_RECORD: Final = "DELETE FROM payonce_records WHERE scope = ? AND key = ?"
 _SELECT_ENTRIES: Final = (
     _select_sql("payonce_ledger", Entry) + " WHERE seq > ? ORDER BY seq LIMIT ?"
@@ -523,15 +537,29 @@ class SQLiteStore:
         Raises:
             StoreUnavailableError: the database could not be read.
         """
+        with self._connection("get") as conn:
+            return _select_record(conn, scope, key)
+
+    def replay_view(self, scope: str, key: str) -> ReplayView | None:
+        """The columns a replay needs, or None if there is no record. Never writes.
+
+        Raises:
+            StoreUnavailableError: the database could not be read.
+        """
         # The replay path: kept free of the context-manager machinery of the write path.
         slot: _Slot | None = None if self._in_memory else getattr(self._local, "slot", None)
-        if slot is None or self._closed:
-            with self._connection("get") as conn:
-                return _select_record(conn, scope, key)
         try:
-            return _select_record(slot.conn, scope, key)
+            if slot is None or self._closed:
+                with self._connection("replay_view") as conn:
+                    rows = conn.execute(_SELECT_VIEW, (scope, key)).fetchall()
+            else:
+                rows = slot.conn.execute(_SELECT_VIEW, (scope, key)).fetchall()
         except sqlite3.Error as exc:
-            raise _translate(exc, "get") from exc
+            raise _translate(exc, "replay_view") from exc
+        if not rows:
+            return None
+        status, fingerprint, outcome, attempt, provider_key = rows[0]
+        return ReplayView(key, _STATUSES[status], fingerprint, outcome, attempt, provider_key)
 
     def newest(self, scope: str, family: str) -> Record | None:
         """The record of ``family`` with the highest generation, or None.

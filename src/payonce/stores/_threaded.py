@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from payonce._model import Checkpoint, Claimed, Entry, NewRecord, Record, Status
+from payonce._model import Checkpoint, Claimed, Entry, NewRecord, Record, ReplayView, Status
 from payonce._protocols import Store
 
 __all__ = ["ThreadedAsyncStore"]
@@ -19,10 +19,11 @@ __all__ = ["ThreadedAsyncStore"]
 class ThreadedAsyncStore:
     """An ``AsyncStore`` that runs each call of a sync ``Store`` in a worker thread."""
 
-    __slots__ = ("store",)
+    __slots__ = ("read_before_claim", "store")
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.read_before_claim = bool(getattr(store, "read_before_claim", False))
 
     def __repr__(self) -> str:
         return f"ThreadedAsyncStore({self.store!r})"
@@ -58,6 +59,9 @@ class ThreadedAsyncStore:
 
     async def get(self, scope: str, key: str) -> Record | None:
         return await asyncio.to_thread(self.store.get, scope, key)
+
+    async def replay_view(self, scope: str, key: str) -> ReplayView | None:
+        return await asyncio.to_thread(self.store.replay_view, scope, key)
 
     async def newest(self, scope: str, family: str) -> Record | None:
         return await asyncio.to_thread(self.store.newest, scope, family)

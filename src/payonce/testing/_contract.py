@@ -36,7 +36,17 @@ import pytest
 from payonce._chain import GENESIS, checkpoint_digest, entry_hash, make_checkpoint
 from payonce._errors import ConflictError, LeaseLostError
 from payonce._keys import canonical_json
-from payonce._model import Checkpoint, Claimed, Entry, Event, Lease, NewRecord, Record, Status
+from payonce._model import (
+    Checkpoint,
+    Claimed,
+    Entry,
+    Event,
+    Lease,
+    NewRecord,
+    Record,
+    ReplayView,
+    Status,
+)
 from payonce._protocols import AsyncStore, Store
 
 __all__ = ["AsyncStoreContract", "StoreContract"]
@@ -283,6 +293,9 @@ class _BlockingStore:
 
     def get(self, scope: str, key: str) -> Record | None:
         return self._loop.run(self._astore.get(scope, key))
+
+    def replay_view(self, scope: str, key: str) -> ReplayView | None:
+        return self._loop.run(self._astore.replay_view(scope, key))
 
     def newest(self, scope: str, family: str) -> Record | None:
         return self._loop.run(self._astore.newest(scope, family))
@@ -703,6 +716,32 @@ class _StoreChecks:
         assert again.record.ledger_head == reclaimed.hash
 
     # -- get, newest, scan, purge -----------------------------------------------------------------
+
+    def test_replay_view_matches_the_record(self, store: Store) -> None:
+        # The replay path reads only these columns; they must say what get() says, in every
+        # state a replay can meet.
+        assert store.replay_view(_SCOPE, _key("absent")) is None
+        states = {
+            "claimed": None,
+            "succeeded": Status.SUCCEEDED,
+            "failed": Status.FAILED,
+            "unknown": Status.UNKNOWN,
+        }
+        for label, status in states.items():
+            new = _new(f"view-{label}")
+            _claim(store, new)
+            if status is not None:
+                _settle(store, new, status)
+            record = _require(store, new.scope, new.key)
+            view = store.replay_view(new.scope, new.key)
+            assert view == ReplayView(
+                key=record.key,
+                status=record.status,
+                fingerprint=record.fingerprint,
+                outcome=record.outcome,
+                attempt=record.attempt,
+                provider_key=record.provider_key,
+            )
 
     def test_get_missing_returns_none(self, store: Store) -> None:
         new = _new("present")
