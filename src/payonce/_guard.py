@@ -1,8 +1,9 @@
 """The guard (L3): key → claim or replay → execute → record.
 
-``Guard`` and ``AsyncGuard`` are thin twins over ``_GuardCore``: every decision comes from the
-pure ``decide``/``settle`` functions and every value is built by the core; only the store calls,
-the function call and the waiting are written twice.
+The control flow is written once, as generators that yield effects (a store call, a sleep, the
+guarded call) and receive their results; every decision inside it comes from the pure
+``decide``/``settle`` functions. ``Guard`` and ``AsyncGuard`` are thin twin drivers that perform
+the effects, blocking or awaited, so the two cannot drift apart (DESIGN §10).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Final, TypeAlias
 
 from payonce._clock import SystemClock
 from payonce._decide import (
+    Action,
     Complete,
     MarkUnknown,
     OutcomeClass,
@@ -119,8 +121,12 @@ class _GuardCore:
         if not isinstance(wait, timedelta) or wait < timedelta(0):
             raise ConfigurationError("wait must be a timedelta of zero or more")
         for name, types in (("definite", definite), ("not_executed", not_executed)):
-            if not all(isinstance(t, type) and issubclass(t, BaseException) for t in types):
-                raise ConfigurationError(f"{name} must be a tuple of exception classes")
+            if not isinstance(types, tuple) or not all(
+                isinstance(t, type) and issubclass(t, BaseException) for t in types
+            ):
+                raise ConfigurationError(
+                    f"{name} must be a tuple of exception classes, e.g. {name}=(MyError,)"
+                )
         self.keys = Keys(secret, version=secret_version)
         self.scope = scope
         self.clock: Clock = clock if clock is not None else SystemClock()
@@ -191,7 +197,9 @@ class _GuardCore:
             generation=generation,
         )
 
-    def _decide(self, record: Record, prepared: _Prepared, now: datetime, resumable: bool) -> Any:
+    def _decide(
+        self, record: Record, prepared: _Prepared, now: datetime, resumable: bool
+    ) -> Action:
         recorded: dict[str, Any] | None = None
         if record.fingerprint != prepared.fingerprint:
             recorded = record.intent_fields()
@@ -205,8 +213,7 @@ class _GuardCore:
         )
 
     def _classify(self, exc: BaseException) -> OutcomeClass:
-        # Order matters: a type declared both ways is treated as the safer "definite" only if
-        # the caller said so first; unknown is the default for anything undeclared.
+        # Anything undeclared is unknown: payonce never assumes an exception means "not charged".
         if self.definite and isinstance(exc, self.definite):
             return OutcomeClass.DEFINITE
         if self.not_executed and isinstance(exc, self.not_executed):
@@ -268,11 +275,10 @@ class _GuardCore:
         )
 
 
-def _takeover_reason() -> str:
-    return (
-        "a previous attempt's lease expired while it was running; it may have called the "
-        "gateway, and this call is not declared resumable"
-    )
+_TAKEOVER_REASON: Final = (
+    "a previous attempt's lease expired while it was running; it may have called the gateway, "
+    "and this call is not declared resumable"
+)
 
 
 @dataclass(slots=True)
@@ -299,9 +305,8 @@ class _Call:
 
 
 _Effect: TypeAlias = _StoreOp | _Sleep | _Call
-# The guard's logic is written once, as generators that yield effects and receive their
-# results (or have their exceptions thrown in). Guard and AsyncGuard only perform the effects,
-# blocking or awaited, so the twins cannot drift apart.
+# A flow yields effects, receives their results or has their exceptions thrown in, and returns
+# the outcome; the drivers in Guard and AsyncGuard perform the effects.
 _Flow: TypeAlias = Generator[_Effect, Any, Any]
 
 
@@ -379,8 +384,8 @@ class _Flows(_GuardCore):
                 continue  # another caller took it over first: look again
             if action.resend:
                 return (yield from self._execute_flow(taken.record, taken.lease, resumable))
-            yield from self._mark_unknown_flow(taken.record, taken.lease, _takeover_reason())
-            raise OutcomeUnknownError(key=key, reason=_takeover_reason())
+            yield from self._mark_unknown_flow(taken.record, taken.lease, _TAKEOVER_REASON)
+            raise OutcomeUnknownError(key=key, reason=_TAKEOVER_REASON)
 
     def _execute_flow(self, record: Record, lease: Lease, resumable: bool) -> _Flow:
         self._fault("after_claim")
