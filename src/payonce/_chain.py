@@ -1,9 +1,12 @@
 """Ledger hashing (L1: pure). Stores build entries with these; ``verify_ledger`` recomputes them.
 
-Each entry's hash is SHA-256 over the canonical JSON of all its fields, including its sequence
-number and the hash of the previous entry of the same (scope, key). Chains are per key, so
-concurrent writers never serialise on one global head; sealed checkpoints over sequence ranges
-catch the deletion of whole chains and the truncation of the tail.
+Each entry's hash is SHA-256 over the canonical JSON of its fields and the hash of the previous
+entry of the same (scope, key). Chains are per key, so concurrent writers never serialise on one
+global head: an edited, deleted, inserted or reordered entry of a key breaks that key's chain.
+The global sequence number is storage order only and is not hashed, so a store without one
+atomic global counter (Redis Cluster) still computes hashes before it writes; sealed checkpoints
+over sequence ranges fix the order and count of everything they cover, which catches whole
+chains deleted and a truncated tail.
 
 The hashes are unkeyed on purpose: an auditor can verify a ledger without the deployment secret.
 An attacker who can rewrite the whole file can also recompute every hash, which is why the newest
@@ -50,10 +53,9 @@ def from_micros(value: int) -> datetime:
 
 
 def entry_hash(entry: Entry) -> str:
-    """SHA-256 of an entry's fields and its predecessor's hash (its own ``hash`` excluded)."""
+    """SHA-256 of an entry's fields and its predecessor's hash; ``seq`` and ``hash`` excluded."""
     material = [
         "payonce/ledger/v1",
-        entry.seq,
         to_micros(entry.at),
         entry.scope,
         entry.key,

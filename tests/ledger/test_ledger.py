@@ -408,17 +408,32 @@ def test_tamper_delete_last_entry_of_released_key(base: Base, tmp_path: Path) ->
     assert error.seq == released.seq
 
 
-def test_tamper_swap_two_rows(base: Base, tmp_path: Path) -> None:
-    first, second = base.tail[2], base.tail[9]
-    assert first.key != second.key
-    error = _corruption(
-        base,
-        tmp_path,
+def _swap(first: Entry, second: Entry) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    return (
         ("UPDATE payonce_ledger SET seq = -1 WHERE seq = ?", (first.seq,)),
         ("UPDATE payonce_ledger SET seq = ? WHERE seq = ?", (first.seq, second.seq)),
         ("UPDATE payonce_ledger SET seq = ? WHERE seq = -1", (second.seq,)),
     )
+
+
+def test_tamper_swap_two_rows_of_one_key(base: Base, tmp_path: Path) -> None:
+    key = next(e.key for e in base.tail if len(base.chain(e.key)) >= 2)
+    first, second = base.chain(key)[:2]
+    error = _corruption(base, tmp_path, *_swap(first, second))
     assert error.seq == first.seq
+    assert error.key == key
+
+
+def test_tamper_swap_two_sealed_rows_of_different_keys(base: Base, tmp_path: Path) -> None:
+    # Order across keys is storage order, not part of any chain; a sealed checkpoint fixes it.
+    sealed = [e for e in base.entries if e.seq <= base.checkpoints[0].last_seq]
+    first = sealed[2]
+    second = next(e for e in sealed[3:] if e.key != first.key)
+    error = _corruption(base, tmp_path, *_swap(first, second))
+    # Whichever notices first (a chain whose order changed, or the checkpoint's digest), the
+    # error points inside the sealed range.
+    assert error.seq is not None
+    assert error.seq <= base.checkpoints[0].last_seq
 
 
 _INSERT = (
