@@ -31,7 +31,7 @@ from payonce._ledger import LedgerReport, seal_checkpoint, verify_ledger
 from payonce._model import Attempt, Checkpoint, Entry, Event, Lease, Outcome, Record, Status
 from payonce._once import once
 from payonce._protocols import AsyncStore, Clock, Store
-from payonce.stores import MemoryStore, SQLiteStore, ThreadedAsyncStore
+from payonce.stores import MemoryStore, SQLiteStore, ThreadedAsyncStore, open_store
 
 __version__ = "0.1.0"
 
@@ -75,6 +75,7 @@ __all__ = [
     "ThreadedAsyncStore",
     "format_amount",
     "once",
+    "open_store",
     "seal_checkpoint",
     "verify_ledger",
 ]

@@ -1,0 +1,111 @@
+"""Open a store from a URL (L4), for the command line, the service and configuration files.
+
+The production backends import their drivers only when their URL is opened, so ``import payonce``
+still loads no third-party module.
+"""
+
+from __future__ import annotations
+
+import importlib
+from datetime import timedelta
+from typing import Any, Final
+from urllib.parse import parse_qs, urlsplit
+
+from payonce._errors import ConfigurationError
+from payonce._protocols import Store
+from payonce.stores._memory import MemoryStore
+from payonce.stores._sqlite import SQLiteStore
+
+__all__ = ["open_store"]
+
+_FORMS: Final = (
+    "sqlite:///relative/path.db, sqlite:////absolute/path.db, sqlite:///:memory:, memory://, "
+    "postgresql://user@host/db, redis://host:6379/0 or redis+cluster://host:7000"
+)
+_SQLITE_OPTIONS: Final = frozenset({"synchronous", "busy_timeout"})
+
+
+def open_store(url: str) -> Store:
+    """Open the store a URL names.
+
+    Forms: ``sqlite:///relative/path.db`` (three slashes, then the path; four for an absolute
+    path), ``sqlite:///:memory:``, ``memory://``, ``postgresql://…`` (or ``postgres://``),
+    ``redis://…`` / ``rediss://…`` and ``redis+cluster://host:port``. SQLite takes the query
+    options ``synchronous`` (FULL, NORMAL, EXTRA) and ``busy_timeout`` (seconds).
+
+    Raises:
+        ConfigurationError: for a malformed URL, an unknown scheme or option, or a backend whose
+            extra is not installed (the message names the extra).
+    """
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigurationError(f"a store URL looks like one of: {_FORMS}; got {url!r}")
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "sqlite":
+        return _open_sqlite(url)
+    if scheme == "memory":
+        return MemoryStore()
+    store: Store
+    if scheme in ("postgresql", "postgres"):
+        store = _backend("payonce.stores._postgres", "PostgresStore", "postgres")(url)
+        return store
+    if scheme in ("redis", "rediss"):
+        store = _backend("payonce.stores._redis", "RedisStore", "redis")(url)
+        return store
+    if scheme == "redis+cluster":
+        store = _backend("payonce.stores._redis", "RedisStore", "redis").cluster(
+            url.replace("redis+cluster://", "redis://", 1)
+        )
+        return store
+    raise ConfigurationError(
+        f"unknown store URL scheme {parts.scheme!r}; use one of: {_FORMS}", option="url"
+    )
+
+
+def _open_sqlite(url: str) -> SQLiteStore:
+    rest = url[len("sqlite://") :]
+    path, _, query = rest.partition("?")
+    if not path.startswith("/") or len(path) < 2:
+        raise ConfigurationError(
+            f"a SQLite URL is sqlite:///relative/path.db or sqlite:////absolute/path.db; got "
+            f"{url!r}",
+            option="url",
+        )
+    path = path[1:]  # the third slash separates the (empty) host from the path
+    options = {name: values[-1] for name, values in parse_qs(query, strict_parsing=False).items()}
+    unknown = sorted(set(options) - _SQLITE_OPTIONS)
+    if unknown:
+        raise ConfigurationError(
+            f"unknown SQLite URL option {unknown[0]!r}; the options are synchronous and "
+            "busy_timeout (seconds)",
+            option=unknown[0],
+        )
+    kwargs: dict[str, Any] = {}
+    if "synchronous" in options:
+        kwargs["synchronous"] = options["synchronous"]
+    if "busy_timeout" in options:
+        try:
+            kwargs["busy_timeout"] = timedelta(seconds=float(options["busy_timeout"]))
+        except ValueError:
+            raise ConfigurationError(
+                "busy_timeout in a SQLite URL is a number of seconds, e.g. busy_timeout=30",
+                option="busy_timeout",
+            ) from None
+    return SQLiteStore(path, **kwargs)
+
+
+def _backend(module: str, name: str, extra: str) -> Any:
+    try:
+        loaded = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name == module:
+            raise ConfigurationError(
+                f"this version of payonce has no {extra} store; use one of: {_FORMS}",
+                option="url",
+            ) from exc
+        raise ConfigurationError(
+            f"the {extra} store needs its extra: pip install 'payonce[{extra}]' ({exc.name} is "
+            "missing)",
+            option="url",
+        ) from exc
+    return getattr(loaded, name)

@@ -1,0 +1,54 @@
+"""Opening a store from a URL: the forms the CLI and the service accept, and clear refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from payonce import ConfigurationError, MemoryStore, SQLiteStore, open_store
+
+
+def test_sqlite_relative_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = open_store("sqlite:///payonce.db")
+    try:
+        assert isinstance(store, SQLiteStore)
+        assert (tmp_path / "payonce.db").exists()
+    finally:
+        store.close()
+
+
+def test_sqlite_absolute_path_and_options(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path}/abs.db?synchronous=NORMAL&busy_timeout=2.5")
+    try:
+        assert isinstance(store, SQLiteStore)
+        assert "NORMAL" in repr(store)
+        assert (tmp_path / "abs.db").exists()
+    finally:
+        store.close()
+
+
+def test_sqlite_in_memory_and_memory_store() -> None:
+    sqlite = open_store("sqlite:///:memory:")
+    try:
+        assert isinstance(sqlite, SQLiteStore)
+    finally:
+        sqlite.close()
+    assert isinstance(open_store("memory://"), MemoryStore)
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("payonce.db", "looks like"),
+        ("mysql://localhost/db", "unknown store URL scheme"),
+        ("sqlite://payonce.db", "sqlite:///relative"),
+        ("sqlite:///x.db?journal=off", "unknown SQLite URL option 'journal'"),
+        ("sqlite:///x.db?busy_timeout=soon", "number of seconds"),
+        ("sqlite:///x.db?synchronous=OFF", "OFF is refused"),
+    ],
+)
+def test_bad_urls_are_refused_with_what_to_use(url: str, says: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match=says):
+        open_store(url.replace("x.db", str(tmp_path / "x.db")))
