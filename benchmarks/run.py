@@ -160,11 +160,12 @@ _BASELINES = """\
   took the row writes its ledger row, commits, calls `fn` and completes; the others read the row
   in the same transaction, then poll it until it is SUCCEEDED.
 
-What payonce does on top: it canonicalises through `Intent` (and rejects floats by walking the
-value), builds frozen `NewRecord`/`Record`/`Entry` objects, asks the pure `decide` function what to
-do, reads the record before taking the write lock (so a replay never writes) and again under it,
-reads the key's chain head (a released key keeps its chain) and `MAX(seq) + 1` (the sequence number
-is inside each entry's hash), writes every column back on complete, and maps driver errors. The
+What payonce does on top: it canonicalises through `Intent`, derives the provider key, builds
+frozen `NewRecord`/`Record`/`Entry` values, asks the pure `decide` function what to do, reads the
+replay columns before taking the write lock (so a replay never writes), reads the key's chain head
+under it (a released or purged key keeps its chain and its fencing tokens), reads the record and
+`MAX(seq) + 1` before each fenced write (the transition is computed from the stored record, not
+from the caller's copy), writes the mutable columns back, and maps driver errors. The
 profile below counts the SQL statements each side runs per call."""
 
 
