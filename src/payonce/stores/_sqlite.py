@@ -153,10 +153,19 @@ _SELECT_VIEW: Final = (
 )
 _STATUSES: Final = {status.value: status for status in Status}
 _DELETE_RECORD: Final = "DELETE FROM payonce_records WHERE scope = ? AND key = ?"
+# A fenced write computed from the record this store handed to the lease holder: it applies only
+# if the row is still exactly that record (every transition changes ledger_head).
+_UPDATE_HELD: Final = _UPDATE_RECORD + " AND token = ? AND status = 'CLAIMED' AND ledger_head = ?"
 _SELECT_ENTRIES: Final = (
     _select_sql("payonce_ledger", Entry) + " WHERE seq > ? ORDER BY seq LIMIT ?"
 )
 _INSERT_ENTRY: Final = _insert_sql("payonce_ledger", Entry)
+# seq left to SQLite: the rowid it assigns is MAX(seq) + 1 under the write lock (no row is ever
+# deleted), and seq is not part of the entry's hash.
+_INSERT_ENTRY_AUTO: Final = _INSERT_ENTRY.replace("(seq, ", "(", 1).replace(
+    "VALUES (?, ", "VALUES (", 1
+)
+_HELD_LIMIT: Final = 1024
 _SELECT_CHECKPOINTS: Final = _select_sql("payonce_checkpoints", Checkpoint) + " ORDER BY number"
 _INSERT_CHECKPOINT: Final = _insert_sql("payonce_checkpoints", Checkpoint)
 # The write lock held since BEGIN IMMEDIATE makes MAX(seq) + 1 race-free: no other writer can
@@ -183,6 +192,10 @@ class _KeyTakenError(Exception):
     def __init__(self, record: Record) -> None:
         super().__init__(record.key)
         self.record = record
+
+
+class _StaleHeldError(Exception):
+    """Internal: the row is no longer the record handed to the lease holder."""
 
 
 class _Slot:
@@ -264,6 +277,10 @@ class SQLiteStore:
         self._local = threading.local()
         self._registry_lock = threading.Lock()
         self._slots: weakref.WeakSet[_Slot] = weakref.WeakSet()
+        # The records this store handed to lease holders, by (scope, key, token): a fenced write
+        # of a holder starts from it instead of reading the row again (one-shot, bounded).
+        self._held: dict[tuple[str, str, int], Record] = {}
+        self._held_lock = threading.Lock()
         try:
             with self._write("open") as conn:
                 _migrate(conn)
@@ -415,6 +432,7 @@ class SQLiteStore:
                     raise _KeyTakenError(winner) from exc
         except _KeyTakenError as taken:
             return Claimed(taken.record, None)
+        self._remember(record)
         return Claimed(record, record.lease)
 
     def takeover(
@@ -435,6 +453,7 @@ class SQLiteStore:
             record, entry = takeover_transition(current, now=now, lease_for=lease_for, seq=seq)
             _insert_entry(conn, entry)
             _update_record(conn, record)
+        self._remember(record)
         return Claimed(record, record.lease)
 
     def complete(
@@ -447,22 +466,13 @@ class SQLiteStore:
             ValueError: ``status`` is neither SUCCEEDED nor FAILED.
             StoreUnavailableError: the database could not be read or written.
         """
-        with self._write("complete") as conn:
-            current, seq = _select_for_write(conn, scope, key)
-            record, entry = complete_transition(
-                current,
-                key=key,
-                token=token,
-                status=status,
-                outcome=outcome,
-                now=now,
-                seq=seq,
+
+        def transition(current: Record | None, seq: int) -> tuple[Record, Entry]:
+            return complete_transition(
+                current, key=key, token=token, status=status, outcome=outcome, now=now, seq=seq
             )
-            _insert_entry(conn, entry)
-            if self._faults is not None:
-                self._faults("mid_record")
-            _update_record(conn, record)
-        return record
+
+        return self._fenced_update("complete", scope, key, token, transition)
 
     def mark_unknown(
         self, scope: str, key: str, *, token: int, reason: str, now: datetime
@@ -473,19 +483,13 @@ class SQLiteStore:
             LeaseLostError: the record is gone or no longer CLAIMED under ``token``.
             StoreUnavailableError: the database could not be read or written.
         """
-        with self._write("mark_unknown") as conn:
-            current, seq = _select_for_write(conn, scope, key)
-            record, entry = unknown_transition(
-                current,
-                key=key,
-                token=token,
-                reason=reason,
-                now=now,
-                seq=seq,
+
+        def transition(current: Record | None, seq: int) -> tuple[Record, Entry]:
+            return unknown_transition(
+                current, key=key, token=token, reason=reason, now=now, seq=seq
             )
-            _insert_entry(conn, entry)
-            _update_record(conn, record)
-        return record
+
+        return self._fenced_update("mark_unknown", scope, key, token, transition)
 
     def release(self, scope: str, key: str, *, token: int, reason: str, now: datetime) -> None:
         """CLAIMED → (none), fenced on ``token``; see ``Store.release``.
@@ -506,6 +510,57 @@ class SQLiteStore:
             )
             _insert_entry(conn, entry)
             conn.execute(_DELETE_RECORD, (scope, key))
+
+    def _write_held(
+        self,
+        conn: sqlite3.Connection,
+        held: Record,
+        transition: Callable[[Record | None, int], tuple[Record, Entry]],
+    ) -> Record:
+        record, entry = transition(held, 0)
+        conn.execute(_INSERT_ENTRY_AUTO, _params(entry)[1:])
+        if self._faults is not None:
+            self._faults("mid_record")
+        params = [*_update_params(record), held.token, held.ledger_head]
+        if conn.execute(_UPDATE_HELD, params).rowcount != 1:
+            raise _StaleHeldError
+        return record
+
+    def _remember(self, record: Record) -> None:
+        with self._held_lock:
+            if len(self._held) >= _HELD_LIMIT:
+                self._held.pop(next(iter(self._held)))
+            self._held[(record.scope, record.key, record.token)] = record
+
+    def _fenced_update(
+        self,
+        operation: str,
+        scope: str,
+        key: str,
+        token: int,
+        transition: Callable[[Record | None, int], tuple[Record, Entry]],
+    ) -> Record:
+        with self._held_lock:
+            held = self._held.pop((scope, key, token), None)
+        if held is not None:
+            # The holder's write, computed from the record this store gave it: no read, and the
+            # UPDATE applies only if the row is still that record. Otherwise the transaction
+            # rolls back (our ledger row with it) and the read below decides from the row.
+            try:
+                with self._write(operation) as conn:
+                    record = self._write_held(conn, held, transition)
+            except _StaleHeldError:
+                pass
+            else:
+                return record
+        with self._write(operation) as conn:
+            current, seq = _select_for_write(conn, scope, key)
+            record, entry = transition(current, seq)
+            _insert_entry(conn, entry)
+            if self._faults is not None:
+                self._faults("mid_record")
+            _update_record(conn, record)
+        return record
 
     def purge(self, *, now: datetime, retention: timedelta, limit: int) -> int:
         """Delete terminal records past retention, one ``purged`` entry each; see ``Store.purge``.
@@ -788,13 +843,17 @@ def _params(value: Record | Entry | Checkpoint) -> list[Any]:
 _MUTABLE_GETTER: Final = operator.attrgetter(*_MUTABLE, "scope", "key")
 
 
-def _update_record(conn: sqlite3.Connection, record: Record) -> None:
+def _update_params(record: Record) -> list[Any]:
     params = list(_MUTABLE_GETTER(record))
     params[0] = record.status.value
     if record.lease_expires_at is not None:
         params[3] = to_micros(record.lease_expires_at)
     params[7] = to_micros(record.updated_at)
-    conn.execute(_UPDATE_RECORD, params)
+    return params
+
+
+def _update_record(conn: sqlite3.Connection, record: Record) -> None:
+    conn.execute(_UPDATE_RECORD, _update_params(record))
 
 
 def _insert_entry(conn: sqlite3.Connection, entry: Entry) -> None:
