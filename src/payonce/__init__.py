@@ -5,7 +5,6 @@ extras imported on use.
 """
 
 from payonce._clock import SystemClock
-from payonce._decide import OutcomeClass
 from payonce._errors import (
     ConfigurationError,
     ConflictError,
@@ -28,14 +27,26 @@ from payonce._errors import (
 from payonce._guard import AsyncGuard, Guard
 from payonce._intent import Intent, format_amount
 from payonce._ledger import LedgerReport, seal_checkpoint, verify_ledger
-from payonce._model import Attempt, Checkpoint, Entry, Event, Lease, Outcome, Record, Status
+from payonce._model import (
+    Attempt,
+    Checkpoint,
+    Entry,
+    Event,
+    GatewayResult,
+    Lease,
+    Outcome,
+    OutcomeClass,
+    Record,
+    Status,
+)
 from payonce._once import once
-from payonce._protocols import AsyncStore, Clock, Store
+from payonce._protocols import AsyncGateway, AsyncStore, Clock, Gateway, Store
 from payonce.stores import MemoryStore, SQLiteStore, ThreadedAsyncStore, open_store
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncGateway",
     "AsyncGuard",
     "AsyncStore",
     "Attempt",
@@ -45,8 +56,10 @@ __all__ = [
     "ConflictError",
     "Entry",
     "Event",
+    "Gateway",
     "GatewayError",
     "GatewayRejectedError",
+    "GatewayResult",
     "GatewayUnavailableError",
     "Guard",
     "InProgressError",

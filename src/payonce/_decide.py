@@ -7,12 +7,11 @@ async) do the I/O around them, so the decisions are written, and tested, once.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from payonce._model import Record, Status
+from payonce._model import OutcomeClass, Record, Status
 
 __all__ = [
     "Action",
@@ -32,16 +31,6 @@ __all__ = [
     "differing_fields",
     "settle",
 ]
-
-
-class OutcomeClass(enum.Enum):
-    """How the gateway's answer (or the wrapped function's exception) is classified (DESIGN §6)."""
-
-    SUCCESS = "success"
-    DEFINITE = "definite"  # declined, invalid request, idempotency_error: no money moved
-    NOT_EXECUTED = "not_executed"  # provably not sent: refused connection, 429, 401
-    IN_FLIGHT = "in_flight"  # provider says the same key is being processed
-    UNKNOWN = "unknown"  # sent, answer lost: timeout, reset after send, 5xx, crash
 
 
 @dataclass(frozen=True, slots=True)

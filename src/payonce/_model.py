@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 __all__ = [
@@ -17,9 +17,11 @@ __all__ = [
     "Claimed",
     "Entry",
     "Event",
+    "GatewayResult",
     "Lease",
     "NewRecord",
     "Outcome",
+    "OutcomeClass",
     "Record",
     "ReplayView",
     "Status",
@@ -50,6 +52,36 @@ class Event(enum.StrEnum):
     MARKED_UNKNOWN = "marked_unknown"
     RELEASED = "released"
     PURGED = "purged"
+
+
+class OutcomeClass(enum.Enum):
+    """How a gateway's answer (or a wrapped function's exception) is classified (DESIGN §6)."""
+
+    SUCCESS = "success"
+    DEFINITE = "definite"  # declined, invalid request, idempotency_error: no money moved
+    NOT_EXECUTED = "not_executed"  # provably not sent: refused connection, 429, 401
+    IN_FLIGHT = "in_flight"  # the provider says the same key is being processed
+    UNKNOWN = "unknown"  # sent, answer lost: timeout, reset after send, 5xx, crash
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayResult:
+    """What one gateway call came to, classified once, at the adapter (DESIGN §6).
+
+    Attributes:
+        kind: the outcome class; the guard's next step follows from it alone.
+        value: what the caller needs, as JSON (object id, status, amount, currency, decline
+            code); never card data, raw bodies or secrets. Set for SUCCESS and DEFINITE.
+        code: a short machine-readable code (a decline code, an error type), if any.
+        retry_after: the provider's hint for when to call again, if it gave one.
+        replayed: True when the provider answered from its own idempotency store.
+    """
+
+    kind: OutcomeClass
+    value: dict[str, Any] | None = None
+    code: str | None = None
+    retry_after: timedelta | None = None
+    replayed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

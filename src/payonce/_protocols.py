@@ -11,9 +11,19 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
 
-from payonce._model import Checkpoint, Claimed, Entry, NewRecord, Record, ReplayView, Status
+from payonce._intent import Intent
+from payonce._model import (
+    Checkpoint,
+    Claimed,
+    Entry,
+    GatewayResult,
+    NewRecord,
+    Record,
+    ReplayView,
+    Status,
+)
 
-__all__ = ["AsyncStore", "Clock", "Store"]
+__all__ = ["AsyncGateway", "AsyncStore", "Clock", "Gateway", "Store"]
 
 
 @runtime_checkable
@@ -206,4 +216,44 @@ class AsyncStore(Protocol):
 
     async def close(self) -> None:
         """See ``Store.close``."""
+        ...
+
+
+@runtime_checkable
+class Gateway(Protocol):
+    """An adapter to a payment provider. It classifies every answer once (DESIGN §6).
+
+    Attributes:
+        idempotency_window: how long the provider deduplicates on a provider key (Stripe: 24 h);
+            None when it does not. Inside the window a resend with the same provider key is
+            safe; after it, only ``lookup`` may decide.
+    """
+
+    idempotency_window: timedelta | None
+
+    def execute(self, intent: Intent, provider_key: str, *, key: str) -> GatewayResult:
+        """Make the movement ``intent`` describes, sending ``provider_key`` as the provider's
+        idempotency key and ``key`` as the ``payonce_key`` metadata. Never raises for an answer
+        of the provider: every answer, and every transport failure, is a classified result."""
+        ...
+
+    def lookup(self, intent: Intent, provider_key: str, *, key: str) -> GatewayResult | None:
+        """Find the movement payonce made for ``key`` (by ``payonce_key`` metadata through the
+        provider's list endpoints): its classified result, or None when the provider has no
+        such object. A result of class UNKNOWN means the provider could not be asked."""
+        ...
+
+
+@runtime_checkable
+class AsyncGateway(Protocol):
+    """The async twin of ``Gateway``."""
+
+    idempotency_window: timedelta | None
+
+    async def execute(self, intent: Intent, provider_key: str, *, key: str) -> GatewayResult:
+        """See ``Gateway.execute``."""
+        ...
+
+    async def lookup(self, intent: Intent, provider_key: str, *, key: str) -> GatewayResult | None:
+        """See ``Gateway.lookup``."""
         ...
