@@ -159,9 +159,12 @@ def _check_currency(value: object) -> str:
 
 
 def _check_scalar(value: object, field_name: str) -> Scalar:
-    if isinstance(value, bool | int) and not isinstance(value, float):
-        if not isinstance(value, bool) and abs(value) > MAX_AMOUNT * 100:
-            raise _fail(field_name, "integer is out of range")
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        # Provider parameters are 64-bit at most; refuse what no provider would accept.
+        if abs(value) >= 2**63:
+            raise _fail(field_name, "integer is out of range (it must fit in 64 bits)")
         return value
     if isinstance(value, str):
         return _check_text(value, field_name, max_len=_MAX_PARAM_VALUE)

@@ -194,7 +194,7 @@ def _layer_of(target: str) -> int:
         return FACADE
     if target in LAYER:
         return LAYER[target]
-    if target.startswith(("payonce.stores", "payonce.testing")):
+    if target.startswith(("payonce.stores", "payonce.testing", "payonce.gateways")):
         return 4
     raise AssertionError(f"{target} has no layer: add it to LAYER in this test")
 
