@@ -1,7 +1,8 @@
 """Gateways (L4): adapters to payment providers, imported on use.
 
-``from payonce.gateways import SimulatedGateway, StripeGateway`` — the Stripe adapter needs the
-``stripe`` extra; the simulated provider needs nothing.
+``from payonce.gateways.simulated import SimulatedGateway`` and
+``from payonce.gateways.stripe import StripeGateway`` (the names are also here, loaded on first
+use). The Stripe adapter needs the ``stripe`` extra; the simulated provider needs nothing.
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from payonce.gateways._simulated import SimulatedGateway
+    from payonce.gateways._simulated import AsyncSimulatedGateway, SimulatedGateway
     from payonce.gateways._stripe import AsyncStripeGateway, StripeGateway
 
-__all__ = ["AsyncStripeGateway", "SimulatedGateway", "StripeGateway"]
+__all__ = ["AsyncSimulatedGateway", "AsyncStripeGateway", "SimulatedGateway", "StripeGateway"]
 
 _WHERE = {
     "SimulatedGateway": "payonce.gateways._simulated",
+    "AsyncSimulatedGateway": "payonce.gateways._simulated",
     "StripeGateway": "payonce.gateways._stripe",
     "AsyncStripeGateway": "payonce.gateways._stripe",
 }
