@@ -16,7 +16,35 @@ from payonce.testing import ManualClock
 
 SECRET = b"payonce-test-secret-0123456789abcdef"
 SCOPE = "tenant-a"
-BACKENDS = ("memory", "sqlite")
+BACKENDS = ("memory", "sqlite", "postgres")
+
+
+class _Postgres:
+    """One throw-away database for the whole run, created on first use, emptied per store."""
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+        self.conninfo = ""
+
+    def fresh_store(self) -> Store:
+        from payonce.stores._postgres import PostgresStore  # noqa: PLC0415 - only when used
+        from tests.faults import pg_worker  # noqa: PLC0415
+
+        if self.name is None:
+            self.name, self.conninfo = pg_worker.create_database()
+            PostgresStore(self.conninfo).close()  # applies the migrations once
+        with pg_worker.admin_connection(self.conninfo) as conn:
+            pg_worker.empty_tables(conn)
+        return PostgresStore(self.conninfo, max_size=16)
+
+    def drop(self) -> None:
+        from tests.faults import pg_worker  # noqa: PLC0415
+
+        if self.name is not None:
+            pg_worker.drop_database(self.name)
+
+
+_POSTGRES = _Postgres()
 
 
 def make_store(backend: str, path: Path) -> Store:
@@ -25,7 +53,15 @@ def make_store(backend: str, path: Path) -> Store:
         return MemoryStore()
     if backend == "sqlite":
         return SQLiteStore(path / "payonce.db")
+    if backend == "postgres":
+        return _POSTGRES.fresh_store()
     raise ValueError(backend)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_postgres_database() -> Iterator[None]:
+    yield
+    _POSTGRES.drop()
 
 
 @pytest.fixture

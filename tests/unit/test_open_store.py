@@ -52,3 +52,19 @@ def test_sqlite_in_memory_and_memory_store() -> None:
 def test_bad_urls_are_refused_with_what_to_use(url: str, says: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match=says):
         open_store(url.replace("x.db", str(tmp_path / "x.db")))
+
+
+def test_postgres_url_opens_a_postgres_store() -> None:
+    # A throw-away database, so the default test database is left as it was.
+    from tests.faults import pg_worker  # noqa: PLC0415 - needs psycopg, a dev dependency
+
+    name, _ = pg_worker.create_database()
+    try:
+        store = open_store(f"postgresql://postgres@127.0.0.1:5432/{name}")
+        try:
+            assert type(store).__name__ == "PostgresStore"
+            assert store.get("tenant-a", "k1_absent") is None
+        finally:
+            store.close()
+    finally:
+        pg_worker.drop_database(name)

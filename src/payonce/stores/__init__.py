@@ -1,8 +1,39 @@
-"""Store backends (L4). Public names are re-exported from ``payonce``."""
+"""Store backends (L4). The embedded ones are re-exported from ``payonce``.
+
+``PostgresStore``/``AsyncPostgresStore`` (extra ``postgres``) and ``RedisStore``/
+``AsyncRedisStore`` (extra ``redis``) are loaded on first use, so that importing payonce never
+imports a database driver.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from payonce.stores._memory import MemoryStore
 from payonce.stores._open import open_store
 from payonce.stores._sqlite import SQLiteStore
 from payonce.stores._threaded import ThreadedAsyncStore
 
-__all__ = ["MemoryStore", "SQLiteStore", "ThreadedAsyncStore", "open_store"]
+if TYPE_CHECKING:
+    from payonce.stores._postgres import AsyncPostgresStore, PostgresStore
+
+__all__ = [
+    "AsyncPostgresStore",
+    "MemoryStore",
+    "PostgresStore",
+    "SQLiteStore",
+    "ThreadedAsyncStore",
+    "open_store",
+]
+
+_LAZY = {
+    "PostgresStore": "payonce.stores._postgres",
+    "AsyncPostgresStore": "payonce.stores._postgres",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

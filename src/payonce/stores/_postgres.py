@@ -1,0 +1,606 @@
+"""The PostgreSQL store (L4): several service instances on one database (DESIGN §7).
+
+``PostgresStore`` runs on psycopg 3 with a ``psycopg_pool.ConnectionPool``; ``AsyncPostgresStore``
+is its native-async twin on ``AsyncConnectionPool`` (no threads). Both install with the
+``postgres`` extra. Each operation is a flow of ``payonce.stores._postgres_sql``; this module only
+drives flows on pooled connections and maps driver errors, once, at this boundary.
+
+Round trips. A claim is one call of the server-side function ``payonce_claim``: it inserts with
+``ON CONFLICT DO NOTHING`` and, in a new statement, reads the winner, so a replay is one round
+trip that never writes. The claim's ledger entry is hashed in Python against the chain head the
+caller expects; for a key never seen that is the genesis, and the function refuses (writing
+nothing) when the key has earlier lives, answering with their head: a second round trip, only
+for a key released or purged before.
+
+Fenced writes (complete, mark_unknown, release, takeover) are one statement each: an UPDATE (or
+DELETE) conditional on the token and on the record's ledger head, with the ledger INSERT fed by
+its RETURNING. The next record and entry are computed from the record this store last returned
+for the key, kept in a small bounded in-process map; the ledger head names exactly that state,
+so the compare-and-set cannot apply a transition to any other. When the map has no record, or
+the compare-and-set matches nothing (another process moved the record on), the flow reads the
+row and decides: ``LeaseLostError``, a refused takeover, or one more compare-and-set.
+
+Serialization failures and deadlocks (SQLSTATE 40001, 40P01) restart the flow, a bounded number
+of times with jittered backoff; a flow is only ever database work, never the gateway call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Final, Self, TypeVar
+
+from payonce._errors import ConfigurationError, StoreError, StoreUnavailableError
+from payonce._model import Checkpoint, Claimed, Entry, NewRecord, Record, ReplayView, Status
+
+try:
+    import psycopg
+    import psycopg_pool
+    from psycopg.conninfo import conninfo_to_dict
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ConfigurationError(
+        "the PostgreSQL store needs psycopg 3 and psycopg-pool: install them with "
+        "pip install 'payonce[postgres]'",
+        option="store",
+    ) from exc
+
+from payonce.stores._postgres_sql import MIGRATIONS, Flow, Flows, Query
+
+__all__ = ["MIGRATIONS", "AsyncPostgresStore", "PostgresStore"]
+
+_T = TypeVar("_T")
+
+_RETRY_STATES: Final = frozenset({"40001", "40P01"})  # serialization failure, deadlock
+# Connection, resources, operator intervention (shutdown, cancel), system, and a read-only
+# transaction (connected to a standby after a failover): conditions that pass or that an operator
+# fixes, after which the same intent is retried.
+_UNAVAILABLE_CLASSES: Final = frozenset({"08", "53", "57", "58", "25", "40"})
+_ATTEMPTS: Final = 5
+_BACKOFF: Final = timedelta(milliseconds=10)
+
+
+def _retryable(exc: psycopg.Error) -> bool:
+    return exc.sqlstate in _RETRY_STATES
+
+
+def _backoff(attempt: int) -> float:
+    # Jitter spreads retries of transactions that collided once; not security-relevant.
+    base = _BACKOFF.total_seconds() * 2.0**attempt
+    return base * (0.5 + random.random())  # noqa: S311
+
+
+def _translate(exc: psycopg.Error, operation: str) -> StoreError:
+    state = exc.sqlstate or ""
+    summary = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    what = f"PostgreSQL reported {type(exc).__name__}" + (f" ({state})" if state else "")
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError) or (
+        state[:2] in _UNAVAILABLE_CLASSES
+    ):
+        return StoreUnavailableError(f"{what}: {summary}", operation=operation)
+    return StoreError(
+        f"the payonce store failed during {operation}: {what}: {summary}. This is not transient: "
+        "the payonce tables may have been changed outside payonce or the role lacks a "
+        "privilege; check the database before retrying.",
+        operation=operation,
+    )
+
+
+def _masked(conninfo: str) -> str:
+    """The connection target without secrets, for repr (never the password)."""
+    if not conninfo:
+        return "<pool>"
+    try:
+        params = conninfo_to_dict(conninfo)
+    except psycopg.Error:
+        return "<unparsable conninfo>"
+    shown = ("host", "port", "dbname", "user")
+    return " ".join(f"{name}={params[name]}" for name in shown if params.get(name))
+
+
+def _closed(operation: str) -> StoreUnavailableError:
+    return StoreUnavailableError(
+        "this PostgreSQL store was closed; create a new one to keep using the database",
+        operation=operation,
+    )
+
+
+def _validate(min_size: int, max_size: int, timeout: timedelta) -> None:
+    if not 0 <= min_size <= max_size or max_size < 1:
+        raise ConfigurationError(
+            f"min_size={min_size}, max_size={max_size}: need 0 <= min_size <= max_size and "
+            "max_size >= 1.",
+            option="max_size",
+        )
+    if not isinstance(timeout, timedelta) or timeout <= timedelta(0):
+        raise ConfigurationError(
+            "timeout must be a positive timedelta, e.g. timedelta(seconds=30)", option="timeout"
+        )
+
+
+async def _configure_async(conn: psycopg.AsyncConnection[Any]) -> None:
+    await conn.execute(_SESSION)
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    conn.execute(_SESSION)
+
+
+# The claim relies on each statement of payonce_claim taking a new snapshot, which is READ
+# COMMITTED; a database whose default is stricter would answer "retry" forever instead.
+_SESSION: Final = "SET default_transaction_isolation TO 'read committed'"
+_KWARGS: Final = {"autocommit": True}
+
+
+# -- the sync store --------------------------------------------------------------------------------
+
+
+class PostgresStore(Flows):
+    """Records and ledger in PostgreSQL, shared by any number of processes and hosts.
+
+    Args:
+        conninfo_or_pool: a libpq connection string or URL (``"postgresql://app@db/payments"``),
+            or an open ``psycopg_pool.ConnectionPool`` you own (the store never closes it; give it
+            ``kwargs={"autocommit": True}``).
+        min_size / max_size: the size of the pool the store creates from a connection string.
+        allow_unsafe_durability: accept a server with ``fsync`` off or ``synchronous_commit``
+            off/local (logged as a warning) instead of refusing it.
+        timeout: how long to wait for a connection (at start and from the pool).
+
+    Raises:
+        ConfigurationError: bad options, unsafe durability settings, or a schema newer than
+            this version of payonce.
+        StoreUnavailableError: the server could not be reached in ``timeout``.
+        StoreError: the schema could not be created (e.g. a missing privilege).
+    """
+
+    # seq comes from an identity column: a rolled-back insert leaves a gap.
+    gapless_ledger = False
+    # A claim answers with the existing record in the same round trip.
+    read_before_claim = False
+
+    def __init__(
+        self,
+        conninfo_or_pool: str | psycopg_pool.ConnectionPool[Any],
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        allow_unsafe_durability: bool = False,
+        timeout: timedelta = timedelta(seconds=30),
+    ) -> None:
+        super().__init__()
+        _validate(min_size, max_size, timeout)
+        self._closed = False
+        if isinstance(conninfo_or_pool, psycopg_pool.ConnectionPool):
+            self._pool = conninfo_or_pool
+            self._owned = False
+        else:
+            self._pool = psycopg_pool.ConnectionPool(
+                conninfo_or_pool, min_size=min_size, max_size=max_size, open=False,
+                kwargs=_KWARGS, configure=_configure, timeout=timeout.total_seconds(),
+                name="payonce",
+            )  # fmt: skip
+            self._owned = True
+        self._target = _masked(self._pool.conninfo if isinstance(self._pool.conninfo, str) else "")
+        try:
+            if self._owned:
+                try:
+                    self._pool.open(wait=True, timeout=timeout.total_seconds())
+                except psycopg.Error as exc:
+                    raise _translate(exc, "open") from exc
+            self._run("open", lambda: self._open_flow(allow_unsafe_durability), transaction=True)
+        except BaseException:
+            self.close()
+            raise
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self._target!r})"
+
+    def _run(
+        self, operation: str, flow: Callable[[], Flow[_T]], *, transaction: bool = False
+    ) -> _T:
+        """Drive a flow on one pooled connection; retry it whole on 40001/40P01."""
+        if self._closed:
+            raise _closed(operation)
+        for attempt in range(_ATTEMPTS):
+            try:
+                with self._pool.connection() as conn:
+                    if not transaction:
+                        return _drive(conn, flow())
+                    with conn.transaction():
+                        return _drive(conn, flow())
+            except psycopg.Error as exc:
+                if _retryable(exc) and attempt + 1 < _ATTEMPTS:
+                    time.sleep(_backoff(attempt))
+                    continue
+                raise (_closed(operation) if self._closed else _translate(exc, operation)) from exc
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def claim(self, new: NewRecord, *, now: datetime, lease_for: timedelta) -> Claimed:
+        """Create the record as CLAIMED, first writer wins; see ``Store.claim``.
+
+        Raises:
+            StoreUnavailableError: the database could not be reached or did not answer.
+        """
+        return self._run("claim", lambda: self._claim_flow(new, now, lease_for))
+
+    def takeover(
+        self, scope: str, key: str, *, token: int, now: datetime, lease_for: timedelta
+    ) -> Claimed:
+        """Take an UNKNOWN or lease-expired record over; see ``Store.takeover``.
+
+        Raises:
+            LeaseLostError: the record no longer exists (released or purged meanwhile).
+            StoreUnavailableError: the database could not be reached or did not answer.
+        """
+        return self._run(
+            "takeover",
+            lambda: self._takeover_flow(scope, key, token=token, now=now, lease_for=lease_for),
+        )
+
+    def complete(
+        self, scope: str, key: str, *, token: int, status: Status, outcome: str, now: datetime
+    ) -> Record:
+        """CLAIMED → SUCCEEDED or FAILED, fenced on ``token``; see ``Store.complete``.
+
+        Raises:
+            LeaseLostError: the record is gone or no longer CLAIMED under ``token``.
+            ValueError: ``status`` is neither SUCCEEDED nor FAILED.
+            StoreUnavailableError: the database could not be reached or did not answer.
+        """
+        return self._run(
+            "complete",
+            lambda: self._complete_flow(
+                scope, key, token=token, status=status, outcome=outcome, now=now
+            ),
+        )
+
+    def mark_unknown(
+        self, scope: str, key: str, *, token: int, reason: str, now: datetime
+    ) -> Record:
+        """CLAIMED → UNKNOWN, fenced on ``token``; see ``Store.mark_unknown``.
+
+        Raises:
+            LeaseLostError: the record is gone or no longer CLAIMED under ``token``.
+            StoreUnavailableError: the database could not be reached or did not answer.
+        """
+        return self._run(
+            "mark_unknown",
+            lambda: self._unknown_flow(scope, key, token=token, reason=reason, now=now),
+        )
+
+    def release(self, scope: str, key: str, *, token: int, reason: str, now: datetime) -> None:
+        """CLAIMED → (none), fenced on ``token``; see ``Store.release``.
+
+        Raises:
+            LeaseLostError: the record is gone or no longer CLAIMED under ``token``.
+            StoreUnavailableError: the database could not be reached or did not answer.
+        """
+        self._run(
+            "release", lambda: self._release_flow(scope, key, token=token, reason=reason, now=now)
+        )
+
+    def get(self, scope: str, key: str) -> Record | None:
+        """The record, or None. Never writes.
+
+        Raises:
+            StoreUnavailableError: the database could not be reached or did not answer.
+        """
+        return self._run("get", lambda: self._read_flow(scope, key))
+
+    def replay_view(self, scope: str, key: str) -> ReplayView | None:
+        """The columns a replay needs, or None. Never writes.
+
+        Raises:
+            StoreUnavailableError: the database could not be reached or did not answer.
+        """
+        return self._run("replay_view", lambda: self._view_flow(scope, key))
+
+    def newest(self, scope: str, family: str) -> Record | None:
+        """The record of ``family`` with the highest generation, or None.
+
+        Raises:
+            StoreUnavailableError: the database could not be reached or did not answer.
+        """
+        return self._run("newest", lambda: self._newest_flow(scope, family))
+
+    def scan(self, *, now: datetime, limit: int) -> Sequence[Record]:
+        """UNKNOWN and lease-expired CLAIMED records, oldest first, skipping rows another
+        worker is writing at this moment (``FOR UPDATE SKIP LOCKED``).
+
+        Raises:
+            StoreUnavailableError: the database could not be reached or did not answer.
+        """
+        return self._run("scan", lambda: self._scan_flow(now, limit))
+
+    def purge(self, *, now: datetime, retention: timedelta, limit: int) -> int:
+        """Delete terminal records past retention, one ``purged`` entry each.
+
+        Raises:
+            StoreUnavailableError: the database could not be reached or did not answer.
+        """
+        return self._run("purge", lambda: self._purge_flow(now, retention, limit), transaction=True)
+
+    def entries(self, *, after: int, limit: int) -> Sequence[Entry]:
+        """Up to ``limit`` ledger entries with ``seq > after``, in sequence order.
+
+        Raises:
+            StoreUnavailableError: the database could not be reached or did not answer.
+        """
+        return self._run("entries", lambda: self._entries_flow(after, limit))
+
+    def heads(self, *, after: tuple[str, str] | None, limit: int) -> Sequence[tuple[str, str, str]]:
+        """``(scope, key, ledger_head)`` of records in (scope, key) order, after ``after``.
+
+        Raises:
+            StoreUnavailableError: the database could not be reached or did not answer.
+        """
+        return self._run("heads", lambda: self._heads_flow(after, limit))
+
+    def checkpoints(self) -> Sequence[Checkpoint]:
+        """Every sealed checkpoint, in order.
+
+        Raises:
+            StoreUnavailableError: the database could not be reached or did not answer.
+        """
+        return self._run("checkpoints", self._checkpoints_flow)
+
+    def append_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Store the next checkpoint.
+
+        Raises:
+            ConflictError: its number is not the next one (another worker sealed it first).
+            StoreUnavailableError: the database could not be reached or did not answer.
+        """
+        self._run("append_checkpoint", lambda: self._append_checkpoint_flow(checkpoint))
+
+    def close(self) -> None:
+        """Close the pool this store created (a pool passed in stays open)."""
+        self._closed = True
+        if self._owned:
+            self._pool.close()
+
+
+def _drive(conn: psycopg.Connection[Any], flow: Flow[_T]) -> _T:
+    try:
+        query = next(flow)
+        while True:
+            try:
+                rows = _execute(conn, query)
+            except psycopg.Error as exc:
+                query = flow.throw(exc)  # a flow may turn it into a payonce error
+            else:
+                query = flow.send(rows)
+    except StopIteration as stop:
+        result: _T = stop.value
+        return result
+
+
+def _execute(conn: psycopg.Connection[Any], query: Query) -> list[tuple[Any, ...]]:
+    with conn.cursor() as cur:
+        if query.many:
+            cur.executemany(query.text, query.params or ())
+            return []
+        cur.execute(query.text, query.params)
+        return cur.fetchall() if cur.description is not None else []
+
+
+# -- the async store -------------------------------------------------------------------------------
+
+
+class AsyncPostgresStore(Flows):
+    """The native-async twin of ``PostgresStore`` on ``psycopg_pool.AsyncConnectionPool``.
+
+    The pool opens, the durability check runs and migrations apply on the first call (or on
+    ``await store.open()``, to fail at start-up); a pool passed in must already be open.
+
+    Args:
+        conninfo_or_pool: a libpq connection string or URL, or an open ``AsyncConnectionPool``
+            you own (give it ``kwargs={"autocommit": True}``).
+        min_size / max_size / allow_unsafe_durability / timeout: as for ``PostgresStore``.
+
+    Raises:
+        ConfigurationError: bad options (at construction); unsafe durability settings or a newer
+            schema (at ``open``).
+    """
+
+    gapless_ledger = False
+    read_before_claim = False
+
+    def __init__(
+        self,
+        conninfo_or_pool: str | psycopg_pool.AsyncConnectionPool[Any],
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        allow_unsafe_durability: bool = False,
+        timeout: timedelta = timedelta(seconds=30),
+    ) -> None:
+        super().__init__()
+        _validate(min_size, max_size, timeout)
+        self._closed = False
+        self._opened = False
+        self._allow_unsafe = allow_unsafe_durability
+        self._timeout = timeout
+        self._open_lock = asyncio.Lock()
+        if isinstance(conninfo_or_pool, psycopg_pool.AsyncConnectionPool):
+            self._pool = conninfo_or_pool
+            self._owned = False
+        else:
+            self._pool = psycopg_pool.AsyncConnectionPool(
+                conninfo_or_pool, min_size=min_size, max_size=max_size, open=False,
+                kwargs=_KWARGS, configure=_configure_async, timeout=timeout.total_seconds(),
+                name="payonce",
+            )  # fmt: skip
+            self._owned = True
+        self._target = _masked(self._pool.conninfo if isinstance(self._pool.conninfo, str) else "")
+
+    def __repr__(self) -> str:
+        return f"AsyncPostgresStore({self._target!r})"
+
+    async def open(self) -> Self:
+        """Open the pool, check durability and migrate, once; later calls return at once.
+
+        Raises:
+            ConfigurationError: unsafe durability settings or a newer schema.
+            StoreUnavailableError: the server could not be reached in ``timeout``.
+        """
+        if self._opened:
+            return self
+        async with self._open_lock:
+            if self._opened:
+                return self
+            if self._closed:
+                raise _closed("open")
+            if self._owned:
+                try:
+                    await self._pool.open(wait=True, timeout=self._timeout.total_seconds())
+                except psycopg.Error as exc:
+                    raise _translate(exc, "open") from exc
+            await self._run_opened(
+                "open", lambda: self._open_flow(self._allow_unsafe), transaction=True
+            )
+            self._opened = True
+        return self
+
+    async def _run(
+        self, operation: str, flow: Callable[[], Flow[_T]], *, transaction: bool = False
+    ) -> _T:
+        if not self._opened:
+            await self.open()
+        return await self._run_opened(operation, flow, transaction=transaction)
+
+    async def _run_opened(
+        self, operation: str, flow: Callable[[], Flow[_T]], *, transaction: bool = False
+    ) -> _T:
+        """Drive a flow on one pooled connection; retry it whole on 40001/40P01."""
+        if self._closed:
+            raise _closed(operation)
+        for attempt in range(_ATTEMPTS):
+            try:
+                async with self._pool.connection() as conn:
+                    if not transaction:
+                        return await _adrive(conn, flow())
+                    async with conn.transaction():
+                        return await _adrive(conn, flow())
+            except psycopg.Error as exc:
+                if _retryable(exc) and attempt + 1 < _ATTEMPTS:
+                    await asyncio.sleep(_backoff(attempt))
+                    continue
+                raise (_closed(operation) if self._closed else _translate(exc, operation)) from exc
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def claim(self, new: NewRecord, *, now: datetime, lease_for: timedelta) -> Claimed:
+        """See ``PostgresStore.claim``."""
+        return await self._run("claim", lambda: self._claim_flow(new, now, lease_for))
+
+    async def takeover(
+        self, scope: str, key: str, *, token: int, now: datetime, lease_for: timedelta
+    ) -> Claimed:
+        """See ``PostgresStore.takeover``."""
+        return await self._run(
+            "takeover",
+            lambda: self._takeover_flow(scope, key, token=token, now=now, lease_for=lease_for),
+        )
+
+    async def complete(
+        self, scope: str, key: str, *, token: int, status: Status, outcome: str, now: datetime
+    ) -> Record:
+        """See ``PostgresStore.complete``."""
+        return await self._run(
+            "complete",
+            lambda: self._complete_flow(
+                scope, key, token=token, status=status, outcome=outcome, now=now
+            ),
+        )
+
+    async def mark_unknown(
+        self, scope: str, key: str, *, token: int, reason: str, now: datetime
+    ) -> Record:
+        """See ``PostgresStore.mark_unknown``."""
+        return await self._run(
+            "mark_unknown",
+            lambda: self._unknown_flow(scope, key, token=token, reason=reason, now=now),
+        )
+
+    async def release(
+        self, scope: str, key: str, *, token: int, reason: str, now: datetime
+    ) -> None:
+        """See ``PostgresStore.release``."""
+        await self._run(
+            "release", lambda: self._release_flow(scope, key, token=token, reason=reason, now=now)
+        )
+
+    async def get(self, scope: str, key: str) -> Record | None:
+        """See ``PostgresStore.get``."""
+        return await self._run("get", lambda: self._read_flow(scope, key))
+
+    async def replay_view(self, scope: str, key: str) -> ReplayView | None:
+        """See ``PostgresStore.replay_view``."""
+        return await self._run("replay_view", lambda: self._view_flow(scope, key))
+
+    async def newest(self, scope: str, family: str) -> Record | None:
+        """See ``PostgresStore.newest``."""
+        return await self._run("newest", lambda: self._newest_flow(scope, family))
+
+    async def scan(self, *, now: datetime, limit: int) -> Sequence[Record]:
+        """See ``PostgresStore.scan``."""
+        return await self._run("scan", lambda: self._scan_flow(now, limit))
+
+    async def purge(self, *, now: datetime, retention: timedelta, limit: int) -> int:
+        """See ``PostgresStore.purge``."""
+        return await self._run(
+            "purge", lambda: self._purge_flow(now, retention, limit), transaction=True
+        )
+
+    async def entries(self, *, after: int, limit: int) -> Sequence[Entry]:
+        """See ``PostgresStore.entries``."""
+        return await self._run("entries", lambda: self._entries_flow(after, limit))
+
+    async def heads(
+        self, *, after: tuple[str, str] | None, limit: int
+    ) -> Sequence[tuple[str, str, str]]:
+        """See ``PostgresStore.heads``."""
+        return await self._run("heads", lambda: self._heads_flow(after, limit))
+
+    async def checkpoints(self) -> Sequence[Checkpoint]:
+        """See ``PostgresStore.checkpoints``."""
+        return await self._run("checkpoints", self._checkpoints_flow)
+
+    async def append_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """See ``PostgresStore.append_checkpoint``."""
+        await self._run("append_checkpoint", lambda: self._append_checkpoint_flow(checkpoint))
+
+    async def close(self) -> None:
+        """Close the pool this store created (a pool passed in stays open)."""
+        self._closed = True
+        if self._owned:
+            with contextlib.suppress(psycopg.Error):
+                await self._pool.close()
+
+
+async def _adrive(conn: psycopg.AsyncConnection[Any], flow: Flow[_T]) -> _T:
+    try:
+        query = next(flow)
+        while True:
+            try:
+                rows = await _aexecute(conn, query)
+            except psycopg.Error as exc:
+                query = flow.throw(exc)
+            else:
+                query = flow.send(rows)
+    except StopIteration as stop:
+        result: _T = stop.value
+        return result
+
+
+async def _aexecute(conn: psycopg.AsyncConnection[Any], query: Query) -> list[tuple[Any, ...]]:
+    async with conn.cursor() as cur:
+        if query.many:
+            await cur.executemany(query.text, query.params or ())
+            return []
+        await cur.execute(query.text, query.params)
+        return await cur.fetchall() if cur.description is not None else []

@@ -1,0 +1,105 @@
+"""PostgreSQL test support: a throw-away database per test run, and a guard in a worker process.
+
+The server comes from ``PAYONCE_TEST_POSTGRES`` (a libpq connection string to a database the
+role may connect to and ``CREATE DATABASE`` from; default: the loopback server's ``test``
+database as ``postgres``). A missing server fails the tests loudly: never a skip.
+
+Run as a worker from the repository root as ``python -m tests.faults.pg_worker --conninfo CI
+--movements PATH ...``: the same guard, fake provider and JSON lines as ``tests.faults.worker``,
+over ``PostgresStore(conninfo)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from payonce import Guard
+from payonce.stores._postgres import PostgresStore
+from tests.faults import worker
+
+ADMIN = os.environ.get(
+    "PAYONCE_TEST_POSTGRES", "host=127.0.0.1 port=5432 user=postgres dbname=test"
+)
+TABLES = ("payonce_records", "payonce_ledger", "payonce_checkpoints")
+
+
+def admin_connection(conninfo: str = ADMIN) -> psycopg.Connection[tuple[object, ...]]:
+    """An autocommit connection, failing with a clear message when the server is missing."""
+    try:
+        return psycopg.connect(conninfo, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        raise RuntimeError(
+            f"PostgreSQL is not reachable with PAYONCE_TEST_POSTGRES={conninfo!r}: {exc}. Start it "
+            "(.ci/run does) or point the variable at a server; these tests never skip."
+        ) from exc
+
+
+def create_database() -> tuple[str, str]:
+    """Create ``payonce_test_<random>``; returns its name and a connection string to it."""
+    name = f"payonce_test_{secrets.token_hex(6)}"
+    with admin_connection() as conn:
+        conn.execute(f"CREATE DATABASE {name}")  # a generated identifier, never input
+    return name, make_conninfo(ADMIN, dbname=name)
+
+
+def drop_database(name: str) -> None:
+    """Drop a database ``create_database`` made, disconnecting whatever is still connected."""
+    with admin_connection() as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def empty_tables(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """Empty the payonce tables and restart the ledger sequence, past the append-only triggers.
+
+    ``session_replication_role = replica`` keeps ordinary triggers from firing, so the test's
+    privileged connection may truncate what the store itself never can.
+    """
+    conn.execute("SET session_replication_role = replica")
+    conn.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY")
+    conn.execute("SET session_replication_role = DEFAULT")
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="a guard over PostgresStore in its own process")
+    parser.add_argument("--conninfo", required=True, help="libpq connection string")
+    parser.add_argument("--movements", type=Path, required=True, help="the provider's ledger")
+    parser.add_argument("--reference", default="order-1", help="the intent's reference")
+    parser.add_argument("--lease", type=float, default=30.0, help="lease, seconds")
+    parser.add_argument("--wait", type=float, default=10.0, help="duplicate wait, seconds")
+    parser.add_argument("--threads", type=int, default=1, help="callers racing in this process")
+    parser.add_argument("--sleep-in-fn", type=float, default=0.0, help="seconds inside the call")
+    parser.add_argument("--rounds", type=int, default=1, help="races on fresh keys, stdin-started")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``--rounds`` stdin-started races of ``--threads`` callers; returns the exit status."""
+    args = _parse(argv)
+    store = PostgresStore(args.conninfo, min_size=1, max_size=args.threads)
+    guard = Guard(
+        store,
+        secret=worker.SECRET,
+        scope=worker.SCOPE,
+        lease=timedelta(seconds=args.lease),
+        wait=timedelta(seconds=args.wait),
+    )
+    fn = worker.provider(args.movements, args.sleep_in_fn, announce=False)
+    try:
+        for rnd in range(args.rounds):
+            intent = worker.intent_for(f"{args.reference}-{rnd}")
+            worker.race(guard, intent, fn, args.threads, rnd)
+    finally:
+        store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

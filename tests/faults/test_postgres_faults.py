@@ -1,0 +1,379 @@
+"""PostgreSQL under faults: unsafe durability, 16 racing processes, a terminated connection.
+
+The outage tests terminate the store's own backend (``pg_terminate_backend``) while its
+statement is provably in flight: a side transaction holds the lock that statement needs, the
+test waits until ``pg_stat_activity`` shows the store's backend waiting on it, then kills that
+backend. Waiting for that state polls the server; nothing asserts on timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from payonce import (
+    Attempt,
+    ConfigurationError,
+    Event,
+    Guard,
+    Outcome,
+    OutcomeUnknownError,
+    Status,
+    StoreUnavailableError,
+    seal_checkpoint,
+)
+from payonce.stores._postgres import AsyncPostgresStore, PostgresStore
+from payonce.testing import ManualClock
+from tests.faults import pg_worker, worker
+from tests.faults.history import Ack, check_history
+from tests.faults.test_races import _check_round, _results
+
+ROOT = Path(__file__).resolve().parents[2]
+PROCESSES = 16
+THREADS_PER_PROCESS = 2
+ROUNDS = 20
+SLOW_CALL = 0.1  # seconds the provider holds the first call open
+LEASE = timedelta(seconds=30)
+Admin = psycopg.Connection[tuple[Any, ...]]
+
+
+@pytest.fixture(scope="module")
+def database() -> Iterator[str]:
+    name, conninfo = pg_worker.create_database()
+    try:
+        PostgresStore(conninfo).close()
+        yield conninfo
+    finally:
+        pg_worker.drop_database(name)
+
+
+@pytest.fixture
+def admin(database: str) -> Iterator[Admin]:
+    with pg_worker.admin_connection(database) as conn:
+        pg_worker.empty_tables(conn)
+        yield conn
+
+
+# -- durability ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("setting", ["off", "local"])
+def test_unsafe_synchronous_commit_is_refused(database: str, admin: Admin, setting: str) -> None:
+    unsafe = make_conninfo(database, options=f"-c synchronous_commit={setting}")
+
+    with pytest.raises(ConfigurationError) as caught:
+        PostgresStore(unsafe)
+
+    message = str(caught.value)
+    assert f"synchronous_commit is {setting}" in message
+    assert "allow_unsafe_durability=True" in message
+    assert caught.value.to_dict()["option"] == "allow_unsafe_durability"
+
+
+def test_unsafe_durability_refused_by_the_async_store_at_open(database: str, admin: Admin) -> None:
+    store = AsyncPostgresStore(make_conninfo(database, options="-c synchronous_commit=off"))
+
+    async def open_and_close() -> None:
+        try:
+            await store.open()
+        finally:
+            await store.close()
+
+    with pytest.raises(ConfigurationError, match="synchronous_commit is off"):
+        asyncio.run(open_and_close())
+
+
+def test_unsafe_durability_accepted_with_a_warning_when_allowed(
+    database: str, admin: Admin, caplog: pytest.LogCaptureFixture
+) -> None:
+    unsafe = make_conninfo(database, options="-c synchronous_commit=off")
+
+    with caplog.at_level(logging.WARNING, logger="payonce.stores.postgres"):
+        store = PostgresStore(unsafe, allow_unsafe_durability=True)
+    try:
+        assert store.get("tenant-a", "k1_absent") is None
+    finally:
+        store.close()
+
+    assert any("synchronous_commit is off" in r.getMessage() for r in caplog.records)
+
+
+def test_secrets_stay_out_of_repr(database: str, admin: Admin) -> None:
+    # A dummy: the loopback server trusts the role, so any password connects.
+    store = PostgresStore(make_conninfo(database, password="hunter2-not-used"))  # noqa: S106
+    try:
+        assert "hunter2" not in repr(store)
+        assert "payonce_test_" in repr(store)
+    finally:
+        store.close()
+
+
+# -- schema ----------------------------------------------------------------------------------------
+
+
+def test_ledger_and_checkpoints_refuse_update_and_delete(database: str, admin: Admin) -> None:
+    store = PostgresStore(database)
+    try:
+        guard = Guard(store, secret=worker.SECRET, scope=worker.SCOPE, clock=ManualClock())
+        guard.run(worker.intent_for("append-only"), lambda attempt: {"id": "ch_1"})
+        assert seal_checkpoint(store, now=datetime.now(UTC)) is not None
+    finally:
+        store.close()
+    for statement in (
+        "UPDATE payonce_ledger SET detail = '{}'",
+        "DELETE FROM payonce_ledger",
+        "TRUNCATE payonce_ledger",
+        "UPDATE payonce_checkpoints SET count = 0",
+        "DELETE FROM payonce_checkpoints",
+        "TRUNCATE payonce_checkpoints",
+    ):
+        with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
+            admin.execute(statement)
+    assert admin.execute("SELECT count(*) FROM payonce_ledger").fetchone() == (2,)
+    assert admin.execute("SELECT count(*) FROM payonce_checkpoints").fetchone() == (1,)
+
+
+def test_concurrent_starters_migrate_once() -> None:
+    name, conninfo = pg_worker.create_database()
+    try:
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            stores = list(pool.map(lambda _: PostgresStore(conninfo, min_size=0), range(6)))
+        for store in stores:
+            store.close()
+        with pg_worker.admin_connection(conninfo) as conn:
+            assert conn.execute("SELECT version FROM payonce_migrations").fetchall() == [(1,)]
+    finally:
+        pg_worker.drop_database(name)
+
+
+# -- the multi-process race (SCENARIOS R5) ---------------------------------------------------------
+
+
+def test_r5_sixteen_processes_race_on_one_key(database: str, admin: Admin, tmp_path: Path) -> None:
+    """16 processes x 2 threads race on one key, 20 rounds: one movement and one outcome each."""
+    movements = tmp_path / "movements.txt"
+    command = [
+        sys.executable, "-m", "tests.faults.pg_worker", f"--conninfo={database}",
+        f"--movements={movements}", "--reference=r5-pg", f"--rounds={ROUNDS}",
+        f"--threads={THREADS_PER_PROCESS}", f"--sleep-in-fn={SLOW_CALL}", "--lease=30",
+        "--wait=10",
+    ]  # fmt: skip
+    acknowledged: list[Ack | Outcome] = []
+    with ExitStack() as stack:
+        procs = []
+        for n in range(PROCESSES):
+            stderr = stack.enter_context((tmp_path / f"worker-{n}.err").open("w"))
+            proc = subprocess.Popen(
+                command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=stderr, text=True,
+            )  # fmt: skip
+            stack.enter_context(proc)
+            stack.callback(proc.kill)  # runs first: a failed round must not leave it blocked
+            procs.append(proc)
+        streams = [p.stdout for p in procs if p.stdout is not None]
+        for rnd in range(ROUNDS):
+            for stream in streams:
+                assert json.loads(stream.readline()) == {"ready": rnd}
+            for proc in procs:
+                assert proc.stdin is not None
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+            results = [r for s in streams for r in _results(s, THREADS_PER_PROCESS)]
+            assert len(results) == PROCESSES * THREADS_PER_PROCESS
+            _check_round(results, worker.read_movements(movements))
+            acknowledged.extend(Ack(r["key"], r["body"]) for r in results if r["ok"])
+        for proc in procs:
+            assert proc.wait(timeout=60) == 0
+
+    store = PostgresStore(database)
+    try:
+        all_movements = worker.read_movements(movements)
+        assert len(all_movements) == ROUNDS
+        history = check_history(store, all_movements, acknowledged)
+        assert len(history.records) == ROUNDS
+    finally:
+        store.close()
+
+
+# -- outage: the store's connection terminated mid-statement ---------------------------------------
+
+
+class Outage:
+    """A guard over a PostgresStore whose connections carry a tag, and a deduplicating provider."""
+
+    def __init__(self, database: str, tmp_path: Path, label: str) -> None:
+        self.tag = f"payonce-outage-{label}"
+        self.store = PostgresStore(make_conninfo(database, application_name=self.tag))
+        self.clock = ManualClock(datetime.now(UTC))
+        self.guard = Guard(
+            self.store,
+            secret=worker.SECRET,
+            scope=worker.SCOPE,
+            clock=self.clock,
+            lease=LEASE,
+            wait=timedelta(0),
+        )
+        self.intent = worker.intent_for(f"outage-{label}")
+        self.key = self.guard.key_for(self.intent)
+        self.movements = tmp_path / "movements.txt"
+        self.calls: list[Attempt] = []
+
+    def provider(self, after: Callable[[], None] | None = None) -> Callable[[Attempt], Any]:
+        """Moves money (deduplicating on the provider key, as Stripe does), then ``after``."""
+
+        def fn(attempt: Attempt) -> dict[str, str]:
+            self.calls.append(attempt)
+            answer = worker.move(self.movements, attempt.provider_key, attempt.number, dedupe=True)
+            if after is not None:
+                after()
+            return answer
+
+        return fn
+
+    def run_in_thread(self, fn: Callable[[Attempt], Any], **options: Any) -> Future[Outcome]:
+        pool = ThreadPoolExecutor(max_workers=1)
+        future = pool.submit(self.guard.run, self.intent, fn, **options)
+        pool.shutdown(wait=False)
+        return future
+
+    def terminate_when_blocked(self, admin: Admin, future: Future[Outcome]) -> None:
+        """Wait until the store's backend waits on a lock, then terminate that backend."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not future.done():
+            row = admin.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = %s"
+                " AND wait_event_type = 'Lock'",
+                (self.tag,),
+            ).fetchone()
+            if row is not None:
+                assert admin.execute("SELECT pg_terminate_backend(%s)", row).fetchone() == (True,)
+                return
+            time.sleep(0.005)  # polling the server for a state, not timing anything
+        raise AssertionError("the store's statement never blocked on the held lock")
+
+    def events(self) -> list[Event]:
+        return [e.event for e in self.store.entries(after=0, limit=100) if e.key == self.key]
+
+    def close(self) -> None:
+        self.store.close()
+
+
+@pytest.fixture
+def outage(database: str, admin: Admin, tmp_path: Path) -> Iterator[Callable[[str], Outage]]:
+    made: list[Outage] = []
+
+    def make(label: str) -> Outage:
+        made.append(Outage(database, tmp_path, label))
+        return made[-1]
+
+    yield make
+    for state in made:
+        state.close()
+
+
+def test_outage_during_claim(outage: Callable[[str], Outage], admin: Admin, database: str) -> None:
+    state = outage("claim")
+    with pg_worker.admin_connection(database) as blocker:
+        # An uncommitted conflicting row: the claim's INSERT ... ON CONFLICT waits for it.
+        blocker.execute("BEGIN")
+        blocker.execute(
+            "INSERT INTO payonce_records (scope, key, status, fingerprint, intent, provider_key,"
+            " operation, amount, currency, generation, token, attempt, ledger_head, created_at,"
+            " updated_at) VALUES (%s, %s, 'CLAIMED', 'x', '{}', 'x', 'charge', 1, 'usd', 0, 1,"
+            " 1, 'x', 0, 0)",
+            (worker.SCOPE, state.key),
+        )
+        future = state.run_in_thread(state.provider())
+        state.terminate_when_blocked(admin, future)
+        with pytest.raises(StoreUnavailableError) as caught:
+            future.result(timeout=30)
+        blocker.execute("ROLLBACK")
+
+    assert caught.value.to_dict()["operation"] == "claim"
+    assert state.calls == []  # no gateway call without a durable claim
+    assert state.store.get(worker.SCOPE, state.key) is None
+    assert state.events() == []
+    # The store recovers on a fresh connection; the same intent runs once.
+    outcome = state.guard.run(state.intent, state.provider())
+    assert not outcome.replayed
+    movements = worker.read_movements(state.movements)
+    assert len(movements) == 1
+    check_history(state.store, movements, [outcome])
+
+
+def test_outage_during_complete(
+    outage: Callable[[str], Outage], admin: Admin, database: str
+) -> None:
+    state = outage("complete")
+    with pg_worker.admin_connection(database) as blocker:
+
+        def lock_the_record() -> None:
+            # Inside the call, after the money moved: the complete's UPDATE will wait for this.
+            blocker.execute("BEGIN")
+            blocker.execute(
+                "SELECT 1 FROM payonce_records WHERE scope = %s AND key = %s FOR UPDATE",
+                (worker.SCOPE, state.key),
+            )
+
+        future = state.run_in_thread(state.provider(after=lock_the_record))
+        state.terminate_when_blocked(admin, future)
+        with pytest.raises(OutcomeUnknownError) as caught:
+            future.result(timeout=30)
+        blocker.execute("ROLLBACK")
+
+    assert isinstance(caught.value.__cause__, StoreUnavailableError)
+    assert caught.value.__cause__.to_dict()["operation"] == "complete"
+    movements = worker.read_movements(state.movements)
+    assert len(movements) == 1
+    record = state.store.get(worker.SCOPE, state.key)
+    assert record is not None
+    assert (record.status, record.outcome) == (Status.CLAIMED, None)  # nothing half-written
+    assert state.events() == [Event.CLAIMED]
+    check_history(state.store, movements, unresolved={state.key})
+
+    # After the lease, a resumable retry takes over with the same provider key; the provider
+    # replays its first answer, so the outcome is recorded once and nothing moves twice.
+    state.clock.advance(LEASE + timedelta(seconds=1))
+    outcome = state.guard.run(state.intent, state.provider(), resumable=True)
+    assert [a.number for a in state.calls] == [1, 2]
+    assert len({a.provider_key for a in state.calls}) == 1
+    assert worker.read_movements(state.movements) == movements
+    assert outcome.value == movements[0]["value"]
+    check_history(state.store, movements, [outcome])
+    assert state.guard.run(state.intent, state.provider()).replayed
+
+
+def test_store_answers_again_after_the_terminated_connection(
+    outage: Callable[[str], Outage], admin: Admin
+) -> None:
+    state = outage("idle")
+    assert state.store.get(worker.SCOPE, state.key) is None
+    pids = admin.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+        (state.tag,),
+    ).fetchall()
+    assert pids
+
+    failed: list[StoreUnavailableError] = []
+    for _ in range(len(pids) + 1):  # each pooled connection that died fails once, then is gone
+        try:
+            assert state.store.get(worker.SCOPE, state.key) is None
+        except StoreUnavailableError as exc:
+            failed.append(exc)
+    assert len(failed) <= len(pids)
+    assert all(exc.to_dict()["operation"] == "get" for exc in failed)
+    assert state.store.get(worker.SCOPE, state.key) is None
