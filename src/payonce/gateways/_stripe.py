@@ -276,12 +276,15 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
 
 def _transport(exc: stripe.APIConnectionError) -> GatewayResult:
     """A request that got no HTTP answer: NOT_EXECUTED only if it provably never left."""
-    names = {cls.__name__ for cause in _causes(exc) for cls in type(cause).__mro__}
+    causes = list(_causes(exc))
+    names = {cls.__name__ for cause in causes for cls in type(cause).__mro__}
+    # The classes themselves, not their bases (urllib3's NewConnectionError is a
+    # ConnectTimeoutError by inheritance only), say whether it was a timeout.
+    timeout = any("Timeout" in type(cause).__name__ for cause in causes)
     if names & _BEFORE_SEND:
-        code = "connect_timeout" if "ConnectTimeout" in str(names) else "connection_failed"
+        code = "connect_timeout" if timeout else "connection_failed"
         return GatewayResult(OutcomeClass.NOT_EXECUTED, code=code)
     # Sent (or possibly sent): a reset, a read timeout or a dropped answer. Stripe may have acted.
-    timeout = any("Timeout" in name for name in names) or "TimeoutError" in names
     return GatewayResult(OutcomeClass.UNKNOWN, code="timeout" if timeout else "connection_lost")
 
 
@@ -303,8 +306,9 @@ def _error(exc: stripe.StripeError) -> GatewayResult:
         "retry_after": _retry_after(headers),
         "replayed": _header(headers, "idempotent-replayed") == "true",
     }
-    if status is None:
-        # No HTTP status: the SDK could not read an answer (an unparsable body and the like).
+    if status is None or status < 400:
+        # No status, or a success the SDK could not read (an unparsable body): Stripe may have
+        # acted, and nothing here says what it did.
         return GatewayResult(OutcomeClass.UNKNOWN, code=code, **common)
     if status == 409:
         # idempotency_key_in_use: another request with this key is executing; Stripe saves
