@@ -41,6 +41,7 @@ from payonce._model import (
 )
 from payonce._once import once
 from payonce._protocols import AsyncGateway, AsyncStore, Clock, Gateway, Store
+from payonce._retry import RetryPolicy
 from payonce.stores import MemoryStore, SQLiteStore, ThreadedAsyncStore, open_store
 
 __version__ = "0.1.0"
@@ -79,6 +80,7 @@ __all__ = [
     "PayonceError",
     "PolicyDeniedError",
     "Record",
+    "RetryPolicy",
     "SQLiteStore",
     "Status",
     "Store",

@@ -64,7 +64,9 @@ class TakeOver:
     """Take the record over from ``token``.
 
     ``resend`` is True when the call may be made again with the same provider key (the caller
-    declared it resumable); otherwise the takeover only records that the outcome is unknown.
+    declared it resumable, or the provider deduplicates on the key inside its window);
+    otherwise the takeover looks the call up at the provider if it can, and records UNKNOWN if
+    that does not settle it.
     """
 
     token: int
@@ -89,6 +91,7 @@ def decide(
     resumable: bool,
     recorded_intent: dict[str, Any] | None = None,
     intent: dict[str, Any] | None = None,
+    can_look_up: bool = False,
 ) -> Action:
     """The guard's next action for a key, given what the store holds (DESIGN §5).
 
@@ -100,6 +103,9 @@ def decide(
             takeover (a provider that deduplicates on it, inside its window).
         recorded_intent / intent: the canonical intents, to name the differing fields of a
             reuse; optional (without them the reuse names the whole intent).
+        can_look_up: whether the guard can ask the provider what became of a lost call (a
+            gateway's ``lookup``): then an UNKNOWN record that may not be resent is taken over
+            to look it up, instead of being reported unresolved at once.
     """
     if record is None:
         return Claim()
@@ -109,8 +115,8 @@ def decide(
     if record.status.terminal:
         return Replay(record)
     if record.status is Status.UNKNOWN:
-        if resumable:
-            return TakeOver(record.token, resend=True)
+        if resumable or can_look_up:
+            return TakeOver(record.token, resend=resumable)
         return Unresolved(record.reason or "the previous attempt's answer was lost")
     # CLAIMED
     expires_at = record.lease_expires_at

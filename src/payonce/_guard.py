@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import random
 import re
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -22,7 +23,6 @@ from payonce._decide import (
     Action,
     Complete,
     MarkUnknown,
-    OutcomeClass,
     Reject,
     Release,
     Replay,
@@ -43,6 +43,7 @@ from payonce._errors import (
     LeaseLostError,
     OutcomeUnknownError,
     PaymentDeclinedError,
+    PayonceError,
     StoreError,
 )
 from payonce._intent import Intent
@@ -50,14 +51,17 @@ from payonce._keys import Keys, canonical_json, fingerprint_of
 from payonce._model import (
     Attempt,
     Claimed,
+    GatewayResult,
     Lease,
     NewRecord,
     Outcome,
+    OutcomeClass,
     Record,
     ReplayView,
     Status,
 )
-from payonce._protocols import AsyncStore, Clock, Store
+from payonce._protocols import AsyncGateway, AsyncStore, Clock, Gateway, Store
+from payonce._retry import RetryPolicy
 
 __all__ = ["AsyncGuard", "Guard"]
 
@@ -86,6 +90,27 @@ class _Prepared:
     family: str | None
 
 
+@dataclass(slots=True)
+class _Mode:
+    """How one run treats its call: ``run`` (a plain function) or ``execute`` (the gateway)."""
+
+    resumable: bool  # run: the caller's word; execute: decided per record (see _resumable)
+    retry: RetryPolicy
+    gateway: bool  # results are GatewayResults; resend inside the window; look up otherwise
+
+
+@dataclass(slots=True)
+class _Classified:
+    """One call's result reduced to what recording it needs."""
+
+    kind: OutcomeClass
+    value: Any = None
+    code: str | None = None
+    retry_after: timedelta | None = None
+    declined: bool = False
+    cause: BaseException | None = None
+
+
 class _GuardCore:
     """Configuration and the pure parts shared by both twins."""
 
@@ -103,6 +128,8 @@ class _GuardCore:
         resumable: bool = False,
         definite: ExceptionTypes = (),
         not_executed: ExceptionTypes = (),
+        gateway: Gateway | AsyncGateway | None = None,
+        retry: RetryPolicy | None = None,
         faults: Faults | None = None,
     ) -> None:
         self._adopt_store(store)
@@ -136,6 +163,15 @@ class _GuardCore:
         self.resumable = resumable
         self.definite = definite
         self.not_executed = not_executed
+        if gateway is not None and not callable(getattr(gateway, "execute", None)):
+            raise ConfigurationError(
+                f"gateway must implement execute() and lookup(); got {type(gateway).__name__}"
+            )
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise ConfigurationError("retry must be a payonce.RetryPolicy")
+        self.gateway = gateway
+        self.retry = retry if retry is not None else RetryPolicy()
+        self._rng = random.Random()  # noqa: S311 - jitter spreads retries, it is not a secret
         self._faults = faults
 
     def __repr__(self) -> str:
@@ -144,6 +180,14 @@ class _GuardCore:
     def _adopt_store(self, store: Store | AsyncStore) -> None:
         """Check and keep the store; each twin accepts its own kind."""
         raise NotImplementedError
+
+    def _require_gateway(self) -> Any:
+        if self.gateway is None:
+            raise ConfigurationError(
+                "execute() needs a gateway: Guard(store, ..., gateway=StripeGateway(client)); "
+                "use run(intent, fn) to guard a function of your own"
+            )
+        return self.gateway
 
     def _fault(self, point: str) -> None:
         if self._faults is not None:
@@ -197,9 +241,7 @@ class _GuardCore:
             generation=generation,
         )
 
-    def _decide(
-        self, record: Record, prepared: _Prepared, now: datetime, resumable: bool
-    ) -> Action:
+    def _decide(self, record: Record, prepared: _Prepared, now: datetime, mode: _Mode) -> Action:
         recorded: dict[str, Any] | None = None
         if record.fingerprint != prepared.fingerprint:
             recorded = record.intent_fields()
@@ -207,10 +249,33 @@ class _GuardCore:
             record,
             prepared.fingerprint,
             now,
-            resumable=resumable,
+            resumable=self._resumable(record, now, mode),
             recorded_intent=recorded,
             intent=prepared.canonical,
+            can_look_up=mode.gateway,
         )
+
+    def _resumable(self, record: Record, now: datetime, mode: _Mode) -> bool:
+        """Whether calling again with the record's provider key is safe now: the caller said so
+        (``run``), or the provider deduplicates on it and its window has not passed."""
+        if not mode.gateway:
+            return mode.resumable
+        window = getattr(self.gateway, "idempotency_window", None)
+        return window is not None and now - record.created_at < window
+
+    def _classified(self, value: Any, exc: Exception | None) -> _Classified:
+        if exc is not None:
+            return _Classified(self._classify(exc), code=type(exc).__name__, cause=exc)
+        if isinstance(value, GatewayResult):
+            details = value.value or {}
+            return _Classified(
+                value.kind,
+                value=value.value,
+                code=value.code,
+                retry_after=value.retry_after,
+                declined=bool(details.get("decline_code")),
+            )
+        return _Classified(OutcomeClass.SUCCESS, value=value)
 
     def _classify(self, exc: BaseException) -> OutcomeClass:
         # Anything undeclared is unknown: payonce never assumes an exception means "not charged".
@@ -251,21 +316,34 @@ class _GuardCore:
         )
 
     @staticmethod
-    def _failure_body(exc: BaseException) -> str:
-        # Only the exception's type: its message may carry anything, secrets included (I8).
-        return canonical_json({"error": {"code": type(exc).__name__, "kind": "definite"}})
+    def _failure_body(result: _Classified) -> str:
+        # The code and what the gateway kept; never an exception's message, which may carry
+        # anything, secrets included (I8).
+        kind = "declined" if result.declined else "definite"
+        body: dict[str, Any] = {"error": {"code": result.code, "kind": kind}}
+        if result.value is not None:
+            body["value"] = result.value
+        return canonical_json(body)
+
+    def _failure(self, key: str, result: _Classified) -> PayonceError:
+        if result.declined:
+            return PaymentDeclinedError(key=key, code=result.code)
+        return GatewayRejectedError(key=key, code=result.code)
 
     def _in_progress(self, key: str, until: datetime, now: datetime) -> InProgressError:
         remaining = max(until - now, timedelta(0))
         return InProgressError(key=key, retry_after=min(remaining, _MAX_RETRY_HINT))
 
-    def _unknown_reason(self, exc: BaseException, record: Record) -> str:
-        if self._classify(exc) is OutcomeClass.NOT_EXECUTED:
+    @staticmethod
+    def _unknown_reason(result: _Classified, record: Record) -> str:
+        if result.kind is OutcomeClass.NOT_EXECUTED:
             return (
-                f"{type(exc).__name__}: attempt {record.attempt} was not sent, but an earlier "
-                "attempt may have moved money"
+                f"{result.code}: attempt {record.attempt} was not sent, but an earlier attempt "
+                "may have moved money"
             )
-        return f"{type(exc).__name__} raised by the call; it may have moved money"
+        if result.kind is OutcomeClass.IN_FLIGHT:
+            return f"{result.code}: the provider was still processing the call"
+        return f"{result.code}: the answer was lost; the call may have moved money"
 
     @staticmethod
     def _unserialisable(value: Any) -> str:
@@ -291,6 +369,15 @@ class _StoreOp:
 
 
 @dataclass(slots=True)
+class _GatewayOp:
+    """Effect: call ``gateway.<name>(*args, **kwargs)``; the driver sends back the result."""
+
+    name: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
 class _Sleep:
     """Effect: wait ``duration`` on the guard's clock."""
 
@@ -304,7 +391,7 @@ class _Call:
     attempt: Attempt
 
 
-_Effect: TypeAlias = _StoreOp | _Sleep | _Call
+_Effect: TypeAlias = _StoreOp | _GatewayOp | _Sleep | _Call
 # A flow yields effects, receives their results or has their exceptions thrown in, and returns
 # the outcome; the drivers in Guard and AsyncGuard perform the effects.
 _Flow: TypeAlias = Generator[_Effect, Any, Any]
@@ -335,7 +422,7 @@ class _Flows(_GuardCore):
         return None, None
 
     def _run_flow(
-        self, prepared: _Prepared, resumable: bool, first_read: tuple[Record | None] | None
+        self, prepared: _Prepared, mode: _Mode, first_read: tuple[Record | None] | None
     ) -> _Flow:
         """``first_read``: ``(record or None,)`` when the driver already read ``prepared.key``."""
         self._fault("before_claim")
@@ -354,8 +441,10 @@ class _Flows(_GuardCore):
             else:
                 claimed = Claimed(existing, None)
             if claimed.lease is not None:
-                return (yield from self._execute_flow(claimed.record, claimed.lease, resumable))
-            action = self._decide(claimed.record, prepared, now, resumable)
+                return (
+                    yield from self._execute_flow(prepared, claimed.record, claimed.lease, mode)
+                )
+            action = self._decide(claimed.record, prepared, now, mode)
             if isinstance(action, Replay):
                 return self._outcome(action.record, replayed=True)
             if isinstance(action, Reject):
@@ -383,23 +472,53 @@ class _Flows(_GuardCore):
             if taken.lease is None:
                 continue  # another caller took it over first: look again
             if action.resend:
-                return (yield from self._execute_flow(taken.record, taken.lease, resumable))
+                return (yield from self._execute_flow(prepared, taken.record, taken.lease, mode))
+            if mode.gateway:
+                return (yield from self._look_up_flow(prepared, taken.record, taken.lease))
             yield from self._mark_unknown_flow(taken.record, taken.lease, _TAKEOVER_REASON)
             raise OutcomeUnknownError(key=key, reason=_TAKEOVER_REASON)
 
-    def _execute_flow(self, record: Record, lease: Lease, resumable: bool) -> _Flow:
+    def _execute_flow(
+        self, prepared: _Prepared, record: Record, lease: Lease, mode: _Mode
+    ) -> _Flow:
         self._fault("after_claim")
-        try:
-            value = yield _Call(self._attempt(record, lease))
-        except Exception as exc:
-            yield from self._settle_error_flow(record, lease, exc, resumable)
-            raise AssertionError("unreachable: settling an error always raises") from exc
-        except BaseException:
-            # Interrupted or cancelled mid-call: the call may have happened.
-            yield from self._mark_unknown_flow(
-                record, lease, "interrupted while the call was running"
+        started, calls = self.clock.now(), 0
+        while True:
+            calls += 1
+            error: Exception | None = None
+            value: Any = None
+            try:
+                value = yield _Call(self._attempt(record, lease))
+            except Exception as exc:  # noqa: BLE001 - every exception of the call is classified
+                error = exc
+            except BaseException:
+                # Interrupted or cancelled mid-call: the call may have happened.
+                yield from self._mark_unknown_flow(
+                    record, lease, "interrupted while the call was running"
+                )
+                raise
+            result = self._classified(value, error)
+            if result.kind is OutcomeClass.SUCCESS:
+                return (yield from self._succeed_flow(record, lease, result.value))
+            now = self.clock.now()
+            # Retries stay inside the lease: a holder never calls after another may take over.
+            attempts_left = (
+                mode.retry.allows(calls, now - started)
+                and now + mode.retry.max_delay < lease.expires_at
             )
-            raise
+            step = settle(
+                result.kind,
+                attempts_left=attempts_left,
+                resumable=self._resumable(record, now, mode),
+                retry_after=result.retry_after,
+                earlier_attempts=record.attempt > 1,
+            )
+            if isinstance(step, Retry):
+                yield _Sleep(mode.retry.delay(calls, step.delay, self._rng))
+                continue
+            return (yield from self._settle_flow(record, lease, result, step))
+
+    def _succeed_flow(self, record: Record, lease: Lease, value: Any) -> _Flow:
         try:
             body = canonical_json({"value": value})
         except (TypeError, ValueError) as exc:
@@ -418,6 +537,27 @@ class _Flows(_GuardCore):
         self._fault("after_complete")
         return self._outcome(done, replayed=False)
 
+    def _look_up_flow(self, prepared: _Prepared, record: Record, lease: Lease) -> _Flow:
+        """Ask the provider what became of a call that may not be resent: adopt what it made,
+        or leave the record UNKNOWN for the Reconciler."""
+        try:
+            found = yield _GatewayOp(
+                "lookup", (prepared.intent, record.provider_key), {"key": record.key}
+            )
+        except Exception as exc:  # noqa: BLE001 - a failed lookup settles nothing
+            found = GatewayResult(OutcomeClass.UNKNOWN, code=type(exc).__name__)
+        if found is None:
+            reason = "the provider has no object for this key yet; the Reconciler decides"
+        elif found.kind is OutcomeClass.SUCCESS:
+            return (yield from self._succeed_flow(record, lease, found.value))
+        elif found.kind is OutcomeClass.DEFINITE:
+            result = self._classified(found, None)
+            return (yield from self._settle_flow(record, lease, result, Complete(Status.FAILED)))
+        else:
+            reason = f"the provider could not say what became of the call ({found.code})"
+        yield from self._mark_unknown_flow(record, lease, reason)
+        raise OutcomeUnknownError(key=record.key, reason=reason)
+
     def _complete(self, record: Record, lease: Lease, status: Status, body: str) -> _StoreOp:
         return _StoreOp(
             "complete",
@@ -425,28 +565,26 @@ class _Flows(_GuardCore):
             {"token": lease.token, "status": status, "outcome": body, "now": self.clock.now()},
         )
 
-    def _settle_error_flow(
-        self, record: Record, lease: Lease, exc: Exception, resumable: bool
+    def _settle_flow(
+        self,
+        record: Record,
+        lease: Lease,
+        result: _Classified,
+        step: Complete | Release | MarkUnknown | Retry,
     ) -> _Flow:
-        step = settle(
-            self._classify(exc),
-            attempts_left=False,
-            resumable=resumable,
-            earlier_attempts=record.attempt > 1,
-        )
         if isinstance(step, Complete):
             try:
-                yield self._complete(record, lease, step.status, self._failure_body(exc))
+                yield self._complete(record, lease, step.status, self._failure_body(result))
             except StoreError as store_exc:
                 # The failure itself is definite; the record stays CLAIMED and resolves later.
                 _log_store_failure("complete", record.key, store_exc)
-            raise GatewayRejectedError(key=record.key, code=type(exc).__name__) from exc
+            raise self._failure(record.key, result) from result.cause
         if isinstance(step, Release):
             try:
                 yield _StoreOp(
                     "release",
                     (self.scope, record.key),
-                    {"token": lease.token, "reason": type(exc).__name__, "now": self.clock.now()},
+                    {"token": lease.token, "reason": result.code, "now": self.clock.now()},
                 )
             except StoreError as release_exc:
                 # The claim stays; after its lease it resolves as unknown, never as "free".
@@ -455,11 +593,12 @@ class _Flows(_GuardCore):
                     reason="the call was not executed but releasing its claim failed; retry "
                     "the same intent later",
                 ) from release_exc
-            raise GatewayUnavailableError(key=record.key, code=type(exc).__name__) from exc
-        assert isinstance(step, MarkUnknown | Retry)
-        reason = self._unknown_reason(exc, record)
+            raise GatewayUnavailableError(
+                key=record.key, code=result.code, retry_after=result.retry_after
+            ) from result.cause
+        reason = self._unknown_reason(result, record)
         yield from self._mark_unknown_flow(record, lease, reason)
-        raise OutcomeUnknownError(key=record.key, reason=reason) from exc
+        raise OutcomeUnknownError(key=record.key, reason=reason) from result.cause
 
     def _mark_unknown_flow(self, record: Record, lease: Lease, reason: str) -> _Flow:
         # Best effort: if the store is down the record stays CLAIMED and becomes due for the
@@ -520,7 +659,12 @@ class Guard(_Flows):
         return key
 
     def run(
-        self, intent: Intent, fn: Callable[[Attempt], Any], *, resumable: bool | None = None
+        self,
+        intent: Intent,
+        fn: Callable[[Attempt], Any],
+        *,
+        resumable: bool | None = None,
+        retry: RetryPolicy | None = None,
     ) -> Outcome:
         """Run ``fn`` at most once for ``intent`` and return its recorded outcome.
 
@@ -540,15 +684,47 @@ class Guard(_Flows):
         """
         if not callable(fn):
             raise ConfigurationError("fn must be callable: fn(attempt) -> JSON value")
-        resume = self.resumable if resumable is None else resumable
+        mode = _Mode(
+            resumable=self.resumable if resumable is None else resumable,
+            retry=retry or RetryPolicy.never(),
+            gateway=False,
+        )
+        return self._guarded(self._prepare(intent), mode, fn)
+
+    def execute(self, intent: Intent, *, retry: RetryPolicy | None = None) -> Outcome:
+        """Make the movement ``intent`` describes through the guard's gateway, at most once.
+
+        The provider key goes with every call; answers are retried per ``retry`` (the guard's
+        policy by default) when their class allows it; a call whose answer was lost is resent
+        with the same key only inside the provider's idempotency window and is otherwise looked
+        up at the provider by its ``payonce_key``.
+
+        Raises:
+            ConfigurationError: the guard has no gateway.
+            PaymentDeclinedError: the provider declined; replayed to every retry.
+            GatewayRejectedError: the provider refused the request; replayed to every retry.
+            GatewayUnavailableError: the provider did not act (rate limit, refused connection)
+                and the retries ran out; the key was released.
+            OutcomeUnknownError: money may have moved; retry later with the same intent.
+            and the errors of ``run``.
+        """
+        gateway = self._require_gateway()
         prepared = self._prepare(intent)
+        mode = _Mode(resumable=False, retry=retry or self.retry, gateway=True)
+        return self._guarded(
+            prepared,
+            mode,
+            lambda attempt: gateway.execute(intent, attempt.provider_key, key=attempt.key),
+        )
+
+    def _guarded(self, prepared: _Prepared, mode: _Mode, fn: Callable[[Attempt], Any]) -> Outcome:
         first_read = None
         if self._read_before_claim and prepared.key is not None:
             view = self.store.replay_view(self.scope, prepared.key)
             replay, first_read = self._replay_first(prepared, view)
             if replay is not None:
                 return replay
-        outcome: Outcome = self._drive(self._run_flow(prepared, resume, first_read), fn)
+        outcome: Outcome = self._drive(self._run_flow(prepared, mode, first_read), fn)
         return outcome
 
     def _drive(self, flow: _Flow, fn: Callable[[Attempt], Any] | None) -> Any:
@@ -565,6 +741,9 @@ class Guard(_Flows):
                     result = getattr(self.store, effect.name)(*effect.args, **(effect.kwargs or {}))
                 elif isinstance(effect, _Sleep):
                     self.clock.sleep(effect.duration)
+                elif isinstance(effect, _GatewayOp):
+                    method = getattr(self.gateway, effect.name)
+                    result = method(*effect.args, **(effect.kwargs or {}))
                 else:
                     assert fn is not None
                     result = fn(effect.attempt)
@@ -603,20 +782,44 @@ class AsyncGuard(_Flows):
         return key
 
     async def run(
-        self, intent: Intent, fn: Callable[[Attempt], Any], *, resumable: bool | None = None
+        self,
+        intent: Intent,
+        fn: Callable[[Attempt], Any],
+        *,
+        resumable: bool | None = None,
+        retry: RetryPolicy | None = None,
     ) -> Outcome:
         """See ``Guard.run``; ``fn`` may return an awaitable."""
         if not callable(fn):
             raise ConfigurationError("fn must be callable: fn(attempt) -> JSON value")
-        resume = self.resumable if resumable is None else resumable
+        mode = _Mode(
+            resumable=self.resumable if resumable is None else resumable,
+            retry=retry or RetryPolicy.never(),
+            gateway=False,
+        )
+        return await self._guarded(self._prepare(intent), mode, fn)
+
+    async def execute(self, intent: Intent, *, retry: RetryPolicy | None = None) -> Outcome:
+        """See ``Guard.execute``."""
+        gateway = self._require_gateway()
         prepared = self._prepare(intent)
+        mode = _Mode(resumable=False, retry=retry or self.retry, gateway=True)
+        return await self._guarded(
+            prepared,
+            mode,
+            lambda attempt: gateway.execute(intent, attempt.provider_key, key=attempt.key),
+        )
+
+    async def _guarded(
+        self, prepared: _Prepared, mode: _Mode, fn: Callable[[Attempt], Any]
+    ) -> Outcome:
         first_read = None
         if self._read_before_claim and prepared.key is not None:
             view = await self.store.replay_view(self.scope, prepared.key)
             replay, first_read = self._replay_first(prepared, view)
             if replay is not None:
                 return replay
-        outcome: Outcome = await self._drive(self._run_flow(prepared, resume, first_read), fn)
+        outcome: Outcome = await self._drive(self._run_flow(prepared, mode, first_read), fn)
         return outcome
 
     async def _drive(self, flow: _Flow, fn: Callable[[Attempt], Any] | None) -> Any:
@@ -635,8 +838,12 @@ class AsyncGuard(_Flows):
                 elif isinstance(effect, _Sleep):
                     await self.clock.asleep(effect.duration)
                 else:
-                    assert fn is not None
-                    result = fn(effect.attempt)
+                    if isinstance(effect, _GatewayOp):
+                        method = getattr(self.gateway, effect.name)
+                        result = method(*effect.args, **(effect.kwargs or {}))
+                    else:
+                        assert fn is not None
+                        result = fn(effect.attempt)
                     if inspect.isawaitable(result):
                         result = await result
             except BaseException as exc:  # noqa: BLE001 - handed to the flow, which decides

@@ -110,6 +110,7 @@ LAYER = {
     "payonce._intent": 1,
     "payonce._keys": 1,
     "payonce._decide": 1,
+    "payonce._retry": 1,
     "payonce._chain": 1,
     "payonce._transitions": 1,
     "payonce._protocols": 2,
