@@ -41,6 +41,7 @@ from payonce._model import (
 )
 from payonce._once import once
 from payonce._protocols import AsyncGateway, AsyncStore, Clock, Gateway, Store
+from payonce._reconciler import Reconciler, ReconcileReport
 from payonce._retry import RetryPolicy
 from payonce.stores import MemoryStore, SQLiteStore, ThreadedAsyncStore, open_store
 
@@ -79,6 +80,8 @@ __all__ = [
     "PaymentDeclinedError",
     "PayonceError",
     "PolicyDeniedError",
+    "ReconcileReport",
+    "Reconciler",
     "Record",
     "RetryPolicy",
     "SQLiteStore",

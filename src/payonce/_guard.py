@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final, TypeAlias
 
+from payonce._bodies import failure_body, is_declined, success_body
 from payonce._clock import SystemClock
 from payonce._decide import (
     Action,
@@ -267,13 +268,12 @@ class _GuardCore:
         if exc is not None:
             return _Classified(self._classify(exc), code=type(exc).__name__, cause=exc)
         if isinstance(value, GatewayResult):
-            details = value.value or {}
             return _Classified(
                 value.kind,
                 value=value.value,
                 code=value.code,
                 retry_after=value.retry_after,
-                declined=bool(details.get("decline_code")),
+                declined=is_declined(value),
             )
         return _Classified(OutcomeClass.SUCCESS, value=value)
 
@@ -317,13 +317,7 @@ class _GuardCore:
 
     @staticmethod
     def _failure_body(result: _Classified) -> str:
-        # The code and what the gateway kept; never an exception's message, which may carry
-        # anything, secrets included (I8).
-        kind = "declined" if result.declined else "definite"
-        body: dict[str, Any] = {"error": {"code": result.code, "kind": kind}}
-        if result.value is not None:
-            body["value"] = result.value
-        return canonical_json(body)
+        return failure_body(result.code, declined=result.declined, value=result.value)
 
     def _failure(self, key: str, result: _Classified) -> PayonceError:
         if result.declined:
@@ -520,7 +514,7 @@ class _Flows(_GuardCore):
 
     def _succeed_flow(self, record: Record, lease: Lease, value: Any) -> _Flow:
         try:
-            body = canonical_json({"value": value})
+            body = success_body(value)
         except (TypeError, ValueError) as exc:
             reason = self._unserialisable(value)
             yield from self._mark_unknown_flow(record, lease, reason)
@@ -573,6 +567,7 @@ class _Flows(_GuardCore):
         step: Complete | Release | MarkUnknown | Retry,
     ) -> _Flow:
         if isinstance(step, Complete):
+            self._fault("before_complete")
             try:
                 yield self._complete(record, lease, step.status, self._failure_body(result))
             except StoreError as store_exc:

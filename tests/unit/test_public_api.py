@@ -111,6 +111,7 @@ LAYER = {
     "payonce._keys": 1,
     "payonce._decide": 1,
     "payonce._retry": 1,
+    "payonce._bodies": 1,
     "payonce._chain": 1,
     "payonce._transitions": 1,
     "payonce._protocols": 2,
@@ -118,6 +119,7 @@ LAYER = {
     "payonce._guard": 3,
     "payonce._once": 3,
     "payonce._ledger": 3,
+    "payonce._reconciler": 3,
     "payonce.demo": 5,  # a leaf: uses the public API, nothing imports it
 }
 LEAF = 5

@@ -1,0 +1,37 @@
+"""The recorded outcome bodies (L1: pure): what a SUCCEEDED or FAILED record holds and replays.
+
+The guard and the Reconciler both record outcomes; they build them here so that a replay reads
+the same shape whoever recorded it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from payonce._keys import canonical_json
+from payonce._model import GatewayResult
+
+__all__ = ["failure_body", "is_declined", "success_body"]
+
+
+def success_body(value: Any) -> str:
+    """The body of a SUCCEEDED record.
+
+    Raises:
+        TypeError, ValueError: ``value`` is not JSON (NaN and infinities included).
+    """
+    return canonical_json({"value": value})
+
+
+def failure_body(code: str | None, *, declined: bool, value: Any = None) -> str:
+    """The body of a FAILED record: the code and what the gateway kept, never an exception's
+    message, which may carry anything, secrets included (I8)."""
+    body: dict[str, Any] = {"error": {"code": code, "kind": "declined" if declined else "definite"}}
+    if value is not None:
+        body["value"] = value
+    return canonical_json(body)
+
+
+def is_declined(result: GatewayResult) -> bool:
+    """Whether a definite failure is a payment decline (the adapters keep its decline code)."""
+    return bool((result.value or {}).get("decline_code"))

@@ -1,0 +1,206 @@
+"""The Reconciler (L3): resolves stale CLAIMED and UNKNOWN records against the gateway.
+
+Each pass takes the records that need recovery, oldest first, takes each over under a fenced
+lease (two reconcilers never act on one record: the second one's takeover is refused), and
+asks the provider what became of the call:
+
+- the provider made it: the record is completed SUCCEEDED (or FAILED, for a definite failure);
+- the provider has no such object and still deduplicates on the provider key (inside its
+  idempotency window): the call is resent with the same provider key, which cannot move money
+  twice, and its answer recorded;
+- anything else (not found after the window, a provider that does not deduplicate, a provider
+  that could not be asked): the record stays UNKNOWN, flagged for review with the reason.
+
+It never deletes a money record and never makes a call under a new provider key.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Final
+
+from payonce._bodies import failure_body, is_declined, success_body
+from payonce._clock import SystemClock
+from payonce._errors import ConfigurationError, IntentError, LeaseLostError, StoreError
+from payonce._intent import Intent
+from payonce._model import GatewayResult, Lease, OutcomeClass, Record, Status
+from payonce._protocols import Clock, Gateway, Store
+
+__all__ = ["REVIEW", "ReconcileReport", "Reconciler"]
+
+#: The prefix of the reason of every record a pass leaves UNKNOWN: it needs a person (or a later
+#: pass, once the provider can be asked again).
+REVIEW: Final = "review: "
+
+
+@dataclass(slots=True)
+class ReconcileReport:
+    """What one pass did, by resolution.
+
+    Attributes:
+        scanned: records the scan returned.
+        succeeded / failed: records completed from what the provider holds.
+        resent: records resolved by a resend with the same provider key (also counted in
+            succeeded or failed).
+        flagged: records left UNKNOWN with a ``review:`` reason.
+        skipped: records another worker held or changed first, or flagged too recently.
+        reasons: the review reason of every flagged record, by record key.
+    """
+
+    scanned: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    resent: int = 0
+    flagged: int = 0
+    skipped: int = 0
+    reasons: dict[str, str] = field(default_factory=dict)
+
+
+class Reconciler:
+    """Resolves what the guard could not: crashed workers and lost answers.
+
+    Args:
+        store: the store the guards write to (all scopes are reconciled).
+        gateway: the provider the records were sent to.
+        clock: the time source; the system clock by default.
+        lease: how long a pass holds a record while it asks the provider.
+        recheck: how long a record flagged for review rests before a pass asks again.
+
+    Raises:
+        ConfigurationError: for a bad option.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        gateway: Gateway,
+        *,
+        clock: Clock | None = None,
+        lease: timedelta = timedelta(seconds=60),
+        recheck: timedelta = timedelta(hours=1),
+    ) -> None:
+        if not callable(getattr(gateway, "lookup", None)):
+            raise ConfigurationError("the Reconciler needs a gateway with lookup()")
+        for name, value in (("lease", lease), ("recheck", recheck)):
+            if not isinstance(value, timedelta) or value <= timedelta(0):
+                raise ConfigurationError(f"{name} must be a positive timedelta")
+        self.store = store
+        self.gateway = gateway
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.lease = lease
+        self.recheck = recheck
+
+    def __repr__(self) -> str:
+        return f"Reconciler(store={self.store!r}, gateway={type(self.gateway).__name__})"
+
+    def run_once(self, batch: int = 100) -> ReconcileReport:
+        """One pass over up to ``batch`` records, oldest first.
+
+        Raises:
+            StoreUnavailableError: the store could not be read; nothing was resolved.
+        """
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ConfigurationError("batch must be a positive integer")
+        report = ReconcileReport()
+        for record in self.store.scan(now=self.clock.now(), limit=batch):
+            report.scanned += 1
+            self._resolve(record, report)
+        return report
+
+    def run(self, stop: threading.Event, *, interval: timedelta = timedelta(seconds=5)) -> None:
+        """Run passes until ``stop`` is set, waiting ``interval`` between passes that found
+        nothing to do."""
+        while not stop.is_set():
+            report = self.run_once()
+            if report.scanned == 0:
+                stop.wait(interval.total_seconds())
+
+    def _resolve(self, record: Record, report: ReconcileReport) -> None:
+        now = self.clock.now()
+        if (
+            record.status is Status.UNKNOWN
+            and (record.reason or "").startswith(REVIEW)
+            and now - record.updated_at < self.recheck
+        ):
+            report.skipped += 1
+            return
+        try:
+            taken = self.store.takeover(
+                record.scope, record.key, token=record.token, now=now, lease_for=self.lease
+            )
+        except LeaseLostError:
+            report.skipped += 1  # released or purged meanwhile
+            return
+        if taken.lease is None:
+            report.skipped += 1  # another worker holds or changed it first
+            return
+        held, lease = taken.record, taken.lease
+        try:
+            intent = Intent.from_dict(held.intent_fields())
+        except IntentError:
+            self._flag(held, lease, "the recorded intent no longer validates", report)
+            return
+        found = self._ask(lambda: self.gateway.lookup(intent, held.provider_key, key=held.key))
+        if found is None and self._inside_window(held, now):
+            report.resent += 1
+            found = self._ask(lambda: self.gateway.execute(intent, held.provider_key, key=held.key))
+        self._record(held, lease, found, report)
+
+    def _inside_window(self, record: Record, now: datetime) -> bool:
+        window = getattr(self.gateway, "idempotency_window", None)
+        return window is not None and now - record.created_at < window
+
+    @staticmethod
+    def _ask(call: Callable[[], GatewayResult | None]) -> GatewayResult | None:
+        try:
+            return call()
+        except Exception as exc:  # noqa: BLE001 - a gateway that raises settles nothing
+            return GatewayResult(OutcomeClass.UNKNOWN, code=type(exc).__name__)
+
+    def _record(
+        self, held: Record, lease: Lease, found: GatewayResult | None, report: ReconcileReport
+    ) -> None:
+        now = self.clock.now()
+        if found is not None and found.kind is OutcomeClass.SUCCESS:
+            body, status = success_body(found.value), Status.SUCCEEDED
+        elif found is not None and found.kind is OutcomeClass.DEFINITE:
+            body = failure_body(found.code, declined=is_declined(found), value=found.value)
+            status = Status.FAILED
+        else:
+            self._flag(held, lease, self._why(held, now, found), report)
+            return
+        try:
+            self.store.complete(
+                held.scope, held.key, token=lease.token, status=status, outcome=body, now=now
+            )
+        except (LeaseLostError, StoreError):
+            report.skipped += 1  # the record stays due; the next pass resolves it
+            return
+        if status is Status.SUCCEEDED:
+            report.succeeded += 1
+        else:
+            report.failed += 1
+
+    def _why(self, held: Record, now: datetime, found: GatewayResult | None) -> str:
+        if found is None:
+            if self._inside_window(held, now):
+                return "not found at the provider, and the resend did not settle it"
+            return (
+                "not found at the provider after its idempotency window; a new attempt needs a "
+                "person's decision"
+            )
+        return f"the provider could not settle it ({found.kind.value}: {found.code})"
+
+    def _flag(self, held: Record, lease: Lease, why: str, report: ReconcileReport) -> None:
+        try:
+            self.store.mark_unknown(
+                held.scope, held.key, token=lease.token, reason=REVIEW + why, now=self.clock.now()
+            )
+        except (LeaseLostError, StoreError):
+            report.skipped += 1
+            return
+        report.flagged += 1
+        report.reasons[held.key] = why

@@ -1,0 +1,161 @@
+"""The Reconciler: crashed workers and lost answers resolved against the provider, never a
+second movement, never a deleted record, and nothing left UNKNOWN without a review flag (I4, I7).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from payonce import (
+    Guard,
+    Intent,
+    OutcomeUnknownError,
+    PaymentDeclinedError,
+    Reconciler,
+    RetryPolicy,
+    Status,
+    Store,
+    verify_ledger,
+)
+from payonce._reconciler import REVIEW
+from payonce.gateways.simulated import SimulatedGateway
+from payonce.testing import ManualClock
+from tests.conftest import SCOPE, SECRET
+
+INTENT = Intent("charge", 5000, "usd", payment_method="tok_visa", reference="order-9")
+LEASE = timedelta(seconds=60)
+
+
+class Crash(BaseException):
+    """Stands in for a killed worker at a fault point."""
+
+
+def _crash_at(point: str) -> object:
+    def faults(name: str) -> None:
+        if name == point:
+            raise Crash
+
+    return faults
+
+
+def _guard(store: Store, clock: ManualClock, gateway: SimulatedGateway, **kw: object) -> Guard:
+    return Guard(store, secret=SECRET, scope=SCOPE, clock=clock, gateway=gateway, lease=LEASE, **kw)  # type: ignore[arg-type]
+
+
+def _status(store: Store, guard: Guard) -> Status | None:
+    record = store.get(SCOPE, guard.key_for(INTENT))
+    return None if record is None else record.status
+
+
+@pytest.mark.parametrize("idempotent", [True, False], ids=["dedup", "no-dedup"])
+def test_r7_crash_after_the_charge_is_adopted_by_lookup(
+    store: Store, clock: ManualClock, idempotent: bool
+) -> None:
+    gateway = SimulatedGateway(idempotent=idempotent, clock=clock)
+    with pytest.raises(Crash):
+        _guard(store, clock, gateway, faults=_crash_at("before_complete")).execute(INTENT)
+    reconciler = Reconciler(store, gateway, clock=clock)
+    assert reconciler.run_once().scanned == 0  # the lease is still live
+    clock.advance(LEASE)
+    report = reconciler.run_once()
+    assert (report.scanned, report.succeeded, report.resent) == (1, 1, 0)
+    guard = _guard(store, clock, gateway)
+    assert _status(store, guard) is Status.SUCCEEDED
+    assert guard.execute(INTENT).replayed
+    assert len(gateway.movements()) == 1
+    assert gateway.calls_received == 1
+    verify_ledger(store)
+
+
+def test_r6_crash_before_the_call_is_resent_inside_the_window(
+    store: Store, clock: ManualClock
+) -> None:
+    gateway = SimulatedGateway(idempotent=True, clock=clock)
+    with pytest.raises(Crash):
+        _guard(store, clock, gateway, faults=_crash_at("after_claim")).execute(INTENT)
+    clock.advance(LEASE)
+    report = Reconciler(store, gateway, clock=clock).run_once()
+    assert (report.succeeded, report.resent, report.flagged) == (1, 1, 0)
+    assert len(gateway.movements()) == 1
+    objects = gateway.objects()
+    guard = _guard(store, clock, gateway)
+    record = store.get(SCOPE, guard.key_for(INTENT))
+    assert record is not None
+    assert objects[0].provider_key == record.provider_key  # the key fixed at claim
+
+
+def test_not_found_without_provider_dedup_is_flagged_never_resent(
+    store: Store, clock: ManualClock
+) -> None:
+    gateway = SimulatedGateway(idempotent=False, clock=clock)
+    with pytest.raises(Crash):
+        _guard(store, clock, gateway, faults=_crash_at("after_claim")).execute(INTENT)
+    clock.advance(LEASE)
+    reconciler = Reconciler(store, gateway, clock=clock, recheck=timedelta(hours=1))
+    report = reconciler.run_once()
+    assert (report.flagged, report.resent, report.succeeded) == (1, 0, 0)
+    guard = _guard(store, clock, gateway)
+    record = store.get(SCOPE, guard.key_for(INTENT))
+    assert record is not None
+    assert record.status is Status.UNKNOWN
+    assert (record.reason or "").startswith(REVIEW)
+    assert gateway.calls_received == 0
+    assert reconciler.run_once().skipped == 1  # resting before the next look
+    clock.advance(timedelta(hours=1))
+    assert reconciler.run_once().flagged == 1
+    with pytest.raises(OutcomeUnknownError):
+        guard.execute(INTENT)
+    assert gateway.movements() == []
+    verify_ledger(store)
+
+
+def test_r7b_after_the_window_the_charge_is_found_by_its_payonce_key(
+    store: Store, clock: ManualClock
+) -> None:
+    gateway = SimulatedGateway(idempotent=True, clock=clock)
+    gateway.script(["after_send"])
+    guard = _guard(store, clock, gateway, retry=RetryPolicy.never())
+    with pytest.raises(OutcomeUnknownError):
+        guard.execute(INTENT)
+    clock.advance(timedelta(hours=25))  # the provider forgot the key
+    report = Reconciler(store, gateway, clock=clock).run_once()
+    assert (report.succeeded, report.resent) == (1, 0)
+    assert gateway.calls_received == 1
+    assert len(gateway.movements()) == 1
+
+
+def test_a_declined_attempt_found_by_lookup_is_recorded_failed(
+    store: Store, clock: ManualClock
+) -> None:
+    # The provider declined, and the answer was lost on the way back.
+    gateway = SimulatedGateway(idempotent=False, clock=clock)
+    gateway.script(["after_send"])
+    decline = Intent("charge", 5000, "usd", payment_method="tok_chargeDeclined", reference="r")
+    with pytest.raises(OutcomeUnknownError):
+        _guard(store, clock, gateway).execute(decline)
+    assert Reconciler(store, gateway, clock=clock).run_once().failed == 1
+    with pytest.raises(PaymentDeclinedError) as caught:
+        _guard(store, clock, gateway).execute(decline)
+    assert caught.value.replayed
+    assert gateway.movements() == []
+
+
+def test_two_reconcilers_never_act_on_one_record(store: Store, clock: ManualClock) -> None:
+    gateway = SimulatedGateway(idempotent=False, clock=clock)
+    with pytest.raises(Crash):
+        _guard(store, clock, gateway, faults=_crash_at("before_complete")).execute(INTENT)
+    clock.advance(LEASE)
+    first = Reconciler(store, gateway, clock=clock)
+    second = Reconciler(store, gateway, clock=clock)
+    due = store.scan(now=clock.now(), limit=10)
+    assert first.run_once().succeeded == 1
+    # The second saw the same record before the first took it: its fenced takeover is refused.
+    stale = due[0]
+    taken = store.takeover(
+        stale.scope, stale.key, token=stale.token, now=clock.now(), lease_for=LEASE
+    )
+    assert taken.lease is None
+    assert second.run_once().scanned == 0
+    assert gateway.lookups_received == 1
