@@ -567,7 +567,6 @@ class _Flows(_GuardCore):
         step: Complete | Release | MarkUnknown | Retry,
     ) -> _Flow:
         if isinstance(step, Complete):
-            self._fault("before_complete")
             try:
                 yield self._complete(record, lease, step.status, self._failure_body(result))
             except StoreError as store_exc:
