@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from uuid import uuid4
 
 import pytest
 
@@ -16,7 +17,7 @@ from payonce.testing import ManualClock
 
 SECRET = b"payonce-test-secret-0123456789abcdef"
 SCOPE = "tenant-a"
-BACKENDS = ("memory", "sqlite", "postgres")
+BACKENDS = ("memory", "sqlite", "postgres", "redis")
 
 
 class _Postgres:
@@ -47,6 +48,39 @@ class _Postgres:
 _POSTGRES = _Postgres()
 
 
+class _Redis:
+    """A fresh key prefix per store on the loopback Redis; every prefix is deleted at the end."""
+
+    url = "redis://127.0.0.1:6379/0"
+
+    def __init__(self) -> None:
+        self.prefixes: list[str] = []
+
+    def fresh_store(self) -> Store:
+        from payonce.stores._redis import RedisStore  # noqa: PLC0415 - only when used
+
+        prefix = f"payonce-test-{uuid4().hex[:12]}"
+        self.prefixes.append(prefix)
+        return RedisStore(self.url, prefix=prefix)
+
+    def clean(self) -> None:
+        if not self.prefixes:
+            return
+        import redis  # noqa: PLC0415
+
+        from tests.redis_cluster import delete_prefix  # noqa: PLC0415
+
+        client = redis.Redis.from_url(self.url)
+        try:
+            for prefix in self.prefixes:
+                delete_prefix(client, prefix)
+        finally:
+            client.close()
+
+
+_REDIS = _Redis()
+
+
 def make_store(backend: str, path: Path) -> Store:
     """A fresh, empty store of ``backend``; SQLite lives in ``path``."""
     if backend == "memory":
@@ -55,6 +89,8 @@ def make_store(backend: str, path: Path) -> Store:
         return SQLiteStore(path / "payonce.db")
     if backend == "postgres":
         return _POSTGRES.fresh_store()
+    if backend == "redis":
+        return _REDIS.fresh_store()
     raise ValueError(backend)
 
 
@@ -62,6 +98,7 @@ def make_store(backend: str, path: Path) -> Store:
 def _drop_postgres_database() -> Iterator[None]:
     yield
     _POSTGRES.drop()
+    _REDIS.clean()
 
 
 @pytest.fixture

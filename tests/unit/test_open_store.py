@@ -68,3 +68,24 @@ def test_postgres_url_opens_a_postgres_store() -> None:
             store.close()
     finally:
         pg_worker.drop_database(name)
+
+
+def test_redis_url_opens_a_redis_store_with_its_options() -> None:
+    import redis  # noqa: PLC0415 - a dev dependency
+
+    from tests.redis_cluster import delete_prefix  # noqa: PLC0415
+
+    store = open_store("redis://127.0.0.1:6379/0?prefix=payonce-open-test&buckets=4")
+    try:
+        assert type(store).__name__ == "RedisStore"
+        assert store.get("tenant-a", "k1_absent") is None
+    finally:
+        store.close()
+        client = redis.Redis()
+        delete_prefix(client, "payonce-open-test")
+        client.close()
+
+
+def test_redis_url_with_a_bad_bucket_count_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="whole number"):
+        open_store("redis://127.0.0.1:6379/0?buckets=many")

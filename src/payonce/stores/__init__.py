@@ -17,11 +17,14 @@ from payonce.stores._threaded import ThreadedAsyncStore
 
 if TYPE_CHECKING:
     from payonce.stores._postgres import AsyncPostgresStore, PostgresStore
+    from payonce.stores._redis import AsyncRedisStore, RedisStore
 
 __all__ = [
     "AsyncPostgresStore",
+    "AsyncRedisStore",
     "MemoryStore",
     "PostgresStore",
+    "RedisStore",
     "SQLiteStore",
     "ThreadedAsyncStore",
     "open_store",
@@ -30,6 +33,8 @@ __all__ = [
 _LAZY = {
     "PostgresStore": "payonce.stores._postgres",
     "AsyncPostgresStore": "payonce.stores._postgres",
+    "RedisStore": "payonce.stores._redis",
+    "AsyncRedisStore": "payonce.stores._redis",
 }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from datetime import timedelta
 from typing import Any, Final
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from payonce._errors import ConfigurationError
 from payonce._protocols import Store
@@ -20,7 +20,7 @@ __all__ = ["open_store"]
 
 _FORMS: Final = (
     "sqlite:///relative/path.db, sqlite:////absolute/path.db, sqlite:///:memory:, memory://, "
-    "postgresql://user@host/db, redis://host:6379/0 or redis+cluster://host:7000"
+    "postgresql://user@host/db, redis://host:6379/0?prefix=payonce or redis+cluster://host:7000"
 )
 _SQLITE_OPTIONS: Final = frozenset({"synchronous", "busy_timeout"})
 
@@ -30,8 +30,9 @@ def open_store(url: str) -> Store:
 
     Forms: ``sqlite:///relative/path.db`` (three slashes, then the path; four for an absolute
     path), ``sqlite:///:memory:``, ``memory://``, ``postgresql://…`` (or ``postgres://``),
-    ``redis://…`` / ``rediss://…`` and ``redis+cluster://host:port``. SQLite takes the query
-    options ``synchronous`` (FULL, NORMAL, EXTRA) and ``busy_timeout`` (seconds).
+    ``redis://…`` / ``rediss://…`` / ``unix://…`` and ``redis+cluster://host:port``. SQLite
+    takes the query options ``synchronous`` (FULL, NORMAL, EXTRA) and ``busy_timeout``
+    (seconds); Redis takes ``prefix``, ``buckets`` and ``allow_unsafe_durability=true``.
 
     Raises:
         ConfigurationError: for a malformed URL, an unknown scheme or option, or a backend whose
@@ -49,14 +50,8 @@ def open_store(url: str) -> Store:
     if scheme in ("postgresql", "postgres"):
         store = _backend("payonce.stores._postgres", "PostgresStore", "postgres")(url)
         return store
-    if scheme in ("redis", "rediss"):
-        store = _backend("payonce.stores._redis", "RedisStore", "redis")(url)
-        return store
-    if scheme == "redis+cluster":
-        store = _backend("payonce.stores._redis", "RedisStore", "redis").cluster(
-            url.replace("redis+cluster://", "redis://", 1)
-        )
-        return store
+    if scheme in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
+        return _open_redis(url)
     raise ConfigurationError(
         f"unknown store URL scheme {parts.scheme!r}; use one of: {_FORMS}", option="url"
     )
@@ -92,6 +87,28 @@ def _open_sqlite(url: str) -> SQLiteStore:
                 option="busy_timeout",
             ) from None
     return SQLiteStore(path, **kwargs)
+
+
+def _open_redis(url: str) -> Store:
+    # payonce's own options come out of the query; redis-py would pass unknown ones through to
+    # the connection.
+    parts = urlsplit(url)
+    options = {name: values[-1] for name, values in parse_qs(parts.query).items()}
+    kwargs: dict[str, Any] = {}
+    if "prefix" in options:
+        kwargs["prefix"] = options.pop("prefix")
+    if "buckets" in options:
+        try:
+            kwargs["buckets"] = int(options.pop("buckets"))
+        except ValueError:
+            raise ConfigurationError(
+                "buckets in a Redis URL is a whole number, e.g. buckets=16", option="buckets"
+            ) from None
+    if "allow_unsafe_durability" in options:
+        kwargs["allow_unsafe_durability"] = options.pop("allow_unsafe_durability") == "true"
+    rest = parts._replace(query=urlencode(options)).geturl()
+    store: Store = _backend("payonce.stores._redis", "RedisStore", "redis")(rest, **kwargs)
+    return store
 
 
 def _backend(module: str, name: str, extra: str) -> Any:

@@ -1,0 +1,587 @@
+"""The Redis store (L4): ``RedisStore`` on redis-py and ``AsyncRedisStore`` on ``redis.asyncio``
+(native async), for a single Redis server or a Redis Cluster (DESIGN §7).
+
+Every transition is one Lua script (``_redis_lua``) that compares and sets the record on its
+fencing token, status and ledger head, appends the ledger entry and updates the indexes. Records
+are spread over a fixed number of buckets; everything of one bucket shares one hash tag, hence
+one Cluster slot, so no script ever spans two slots and the same code runs on both.
+
+Sequence numbers: on a single server the script increments one counter, so ``seq`` order is
+commit order. Redis Cluster cannot increment a counter in another slot inside the script: the
+client allocates the ``seq`` one round trip earlier, so an allocation whose script then misses
+leaves a gap, and entries of different buckets may become visible slightly out of ``seq`` order
+(within a bucket, hence within a key, the order always holds). Hence ``gapless_ledger = False``.
+
+This module holds the two I/O drivers, the start-up checks and the error translation; the
+operations themselves are in ``_redis_core``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Final, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from payonce._errors import ConfigurationError, StoreError, StoreUnavailableError
+from payonce._model import Checkpoint, Claimed, Entry, NewRecord, Record, ReplayView, Status
+from payonce.stores import _redis_lua as lua
+from payonce.stores._redis_core import (
+    SCRIPT_NAMES,
+    Effect,
+    Fanout,
+    Op,
+    RedisCore,
+    Script,
+    text,
+)
+
+try:
+    import redis
+    import redis.asyncio
+    import redis.asyncio.cluster
+    import redis.cluster
+    from redis import exceptions as rexc
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ConfigurationError(
+        "RedisStore needs redis-py, which is not installed: pip install 'payonce[redis]'",
+        option="store",
+    ) from exc
+
+__all__ = ["AsyncRedisStore", "RedisStore"]
+
+_log = logging.getLogger("payonce.stores.redis")
+_T = TypeVar("_T")
+
+_SOCKET_TIMEOUT: Final = 5.0  # seconds; for clients the store builds from a URL
+_SCRIPTS: Final = {name: getattr(lua, name.upper()) for name in SCRIPT_NAMES}
+# Conditions that pass, or that an operator fixes, after which the same intent is retried.
+_UNAVAILABLE: Final = (
+    rexc.ConnectionError,
+    rexc.TimeoutError,
+    rexc.ClusterDownError,
+    rexc.TryAgainError,
+    rexc.MasterDownError,
+    rexc.ReadOnlyError,
+    rexc.ClusterError,
+)
+_UNAVAILABLE_REPLIES: Final = ("OOM", "BUSY", "LOADING", "MASTERDOWN", "READONLY", "NOREPLICAS")
+
+
+def _mask(url: str) -> str:
+    """The URL without its password, for repr and errors."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def _translate(exc: rexc.RedisError, operation: str) -> StoreError:
+    name = type(exc).__name__
+    reply = str(exc)
+    if isinstance(exc, _UNAVAILABLE) or reply.startswith(_UNAVAILABLE_REPLIES):
+        return StoreUnavailableError(
+            f"Redis was unavailable ({name}: {reply[:200]}); the {operation} may or may not have "
+            "taken effect: retry the same intent once Redis answers again, payonce resolves "
+            "either case",
+            operation=operation,
+        )
+    return StoreError(
+        f"the payonce store failed during {operation}: Redis answered {name} ({reply[:200]}). "
+        "This is not transient: the payonce keys may have been changed outside payonce, or the "
+        "server refuses the scripts; check the server and its keys before retrying.",
+        operation=operation,
+    )
+
+
+def _durability(
+    replies: Sequence[Any], *, allow_unsafe: bool, where: str, refused: Exception | None
+) -> None:
+    """Refuse (or warn about) a Redis that may drop records; see ``RedisStore``."""
+    if refused is not None:
+        message = (
+            f"payonce could not read the configuration of Redis at {where}: CONFIG GET is "
+            f"refused ({type(refused).__name__}), as on most managed Redis services. Check in "
+            "your provider's settings that maxmemory-policy is noeviction and that persistence "
+            "(AOF) is on, then pass allow_unsafe_durability=True to confirm."
+        )
+        if not allow_unsafe:
+            raise ConfigurationError(message, option="allow_unsafe_durability")
+        _log.warning("%s Continuing: allow_unsafe_durability=True.", message)
+        return
+    # Standalone: one {name: value} per CONFIG GET; Cluster: {node: {name: value}} per call.
+    nodes: dict[str, dict[str, str]] = {}
+    for reply in replies:
+        decoded = {text(k): v for k, v in reply.items()}
+        if decoded and all(isinstance(v, Mapping) for v in decoded.values()):
+            for node, settings in decoded.items():
+                nodes.setdefault(node, {}).update({text(k): text(v) for k, v in settings.items()})
+        else:
+            nodes.setdefault(where, {}).update({k: text(v) for k, v in decoded.items()})
+    for name, node in sorted(nodes.items()):
+        policy = node.get("maxmemory-policy")
+        if policy != "noeviction":
+            message = (
+                f"Redis at {name} runs with maxmemory-policy={policy!r}: under memory pressure "
+                "it may evict payonce records, and an evicted claim lets a second caller move "
+                "the money again. Set maxmemory-policy to noeviction (CONFIG SET "
+                "maxmemory-policy noeviction, and in redis.conf on every node), or pass "
+                "allow_unsafe_durability=True to run anyway."
+            )
+            if not allow_unsafe:
+                raise ConfigurationError(message, option="maxmemory-policy")
+            _log.warning("%s Continuing: allow_unsafe_durability=True.", message)
+        if node.get("appendonly") == "no" and not node.get("save"):
+            _log.warning(
+                "Redis at %s has neither AOF nor RDB persistence: a restart loses every payonce "
+                "record and ledger entry. Deterministic provider keys keep a retried intent from "
+                "moving money twice at gateways that deduplicate them; turn on appendonly yes "
+                "(appendfsync everysec or always) for production.",
+                name,
+            )
+
+
+def _client_from_url(url: str, *, asynchronous: bool) -> Any:
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ConfigurationError(
+            f"{_mask(url)!r} is not a Redis URL; use redis://host:6379/0, rediss://... or "
+            "redis+cluster://host:port for Redis Cluster.",
+            option="url",
+        )
+    # Without a socket timeout a stalled server would hold a claim forever; the URL's own
+    # socket_timeout / socket_connect_timeout query parameters take precedence.
+    cls: Any
+    if scheme.endswith("+cluster"):
+        url = f"{scheme.removesuffix('+cluster')}://{rest}"
+        cls = redis.asyncio.cluster.RedisCluster if asynchronous else redis.cluster.RedisCluster
+    else:
+        cls = redis.asyncio.Redis if asynchronous else redis.Redis
+    return cls.from_url(url, socket_timeout=_SOCKET_TIMEOUT, socket_connect_timeout=_SOCKET_TIMEOUT)
+
+
+def _describe(client: Any, url: str | None) -> str:
+    """Where the store points, without credentials: for repr, logs and errors."""
+    if url is not None:
+        return _mask(url)
+    pool = getattr(client, "connection_pool", None)
+    options = getattr(pool, "connection_kwargs", {})
+    if "host" in options:
+        return f"{options['host']}:{options.get('port', 6379)}/{options.get('db', 0)}"
+    if "path" in options:
+        return f"unix:{options['path']}"
+    return type(client).__name__
+
+
+# -- the sync store --------------------------------------------------------------------------------
+
+
+class RedisStore(RedisCore):
+    """Records and ledger in Redis or Redis Cluster, shared by any number of processes.
+
+    Args:
+        client_or_url: a ``redis.Redis`` or ``redis.cluster.RedisCluster`` (left open by
+            ``close``; give it a ``socket_timeout``), or a URL: ``redis://``, ``rediss://``,
+            ``unix://``, or ``redis+cluster://host:port`` for a cluster. The store owns a client
+            it builds from a URL, with 5 s socket timeouts unless the URL sets
+            ``socket_timeout`` / ``socket_connect_timeout``.
+        prefix: the first part of every key; deployments sharing one Redis use distinct prefixes.
+        buckets: how many hash slots the records spread over (fixed when the prefix is first
+            used). More buckets spread a cluster's load over more masters; scans, purges and
+            ``newest`` visit every bucket.
+        allow_unsafe_durability: run against a Redis whose ``maxmemory-policy`` is not
+            ``noeviction``, or whose configuration cannot be read, with a logged warning.
+
+    Raises:
+        ConfigurationError: a bad option, a Redis that may evict records (unless allowed), or a
+            prefix created by another layout or bucket count.
+        StoreUnavailableError: Redis could not be reached.
+    """
+
+    def __init__(
+        self,
+        client_or_url: Any,
+        *,
+        prefix: str = "payonce",
+        buckets: int = 16,
+        allow_unsafe_durability: bool = False,
+    ) -> None:
+        url = client_or_url if isinstance(client_or_url, str) else None
+        client = _client_from_url(url, asynchronous=False) if url is not None else client_or_url
+        cluster = isinstance(client, redis.cluster.RedisCluster)
+        if not cluster and not isinstance(client, redis.Redis):
+            raise ConfigurationError(
+                "RedisStore takes a redis.Redis, a redis.cluster.RedisCluster or a URL; for "
+                "redis.asyncio clients use AsyncRedisStore.",
+                option="client",
+            )
+        super().__init__(prefix=prefix, buckets=buckets, cluster=cluster)
+        self._client = client
+        self._owned = url is not None
+        self._where = _describe(client, url)
+        self._closed = False
+        self._scripts = {name: client.register_script(src) for name, src in _SCRIPTS.items()}
+        try:
+            self._check_durability(allow_unsafe_durability)
+            self._run(self._meta(buckets), "open")
+        except BaseException:
+            self.close()
+            raise
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self._where!r}, prefix={self._prefix!r})"
+
+    def _check_durability(self, allow_unsafe: bool) -> None:
+        kwargs: dict[str, Any] = {}
+        if self._cluster:
+            kwargs["target_nodes"] = redis.cluster.RedisCluster.PRIMARIES
+        replies, refused = [], None
+        try:
+            for name in ("maxmemory-policy", "appendonly", "save"):
+                replies.append(self._client.config_get(name, **kwargs))
+        except rexc.ResponseError as exc:  # CONFIG renamed, disabled, or denied by an ACL
+            refused = exc
+        except rexc.RedisError as exc:
+            raise _translate(exc, "open") from exc
+        _durability(replies, allow_unsafe=allow_unsafe, where=self._where, refused=refused)
+
+    def _perform(self, effect: Effect, operation: str) -> Any:
+        if isinstance(effect, Fanout):
+            return [self._perform(call, operation) for call in effect.calls]
+        if self._closed:
+            raise StoreUnavailableError(
+                "this RedisStore was closed; create a new one to keep using Redis",
+                operation=operation,
+            )
+        try:
+            if isinstance(effect, Script):
+                return self._scripts[effect.name](keys=effect.keys, args=effect.args)
+            return getattr(self._client, effect.name)(*effect.args, **effect.kwargs)
+        except rexc.RedisError as exc:
+            raise _translate(exc, operation) from exc
+
+    def _run(self, op: Op[_T], operation: str) -> _T:
+        try:
+            effect = next(op)
+            while True:
+                effect = op.send(self._perform(effect, operation))
+        except StopIteration as stop:
+            result: _T = stop.value
+            return result
+
+    def claim(self, new: NewRecord, *, now: datetime, lease_for: timedelta) -> Claimed:
+        """Create the record as CLAIMED, first writer wins; see ``Store.claim``.
+
+        Raises:
+            StoreUnavailableError: Redis could not be reached (the claim may or may not exist).
+        """
+        return self._run(self._claim(new, now, lease_for), "claim")
+
+    def takeover(
+        self, scope: str, key: str, *, token: int, now: datetime, lease_for: timedelta
+    ) -> Claimed:
+        """Take over an UNKNOWN or lease-expired record; see ``Store.takeover``.
+
+        Raises:
+            LeaseLostError: the record no longer exists.
+            StoreUnavailableError: Redis could not be reached.
+        """
+        return self._run(self._takeover(scope, key, token, now, lease_for), "takeover")
+
+    def complete(
+        self, scope: str, key: str, *, token: int, status: Status, outcome: str, now: datetime
+    ) -> Record:
+        """CLAIMED → SUCCEEDED/FAILED, fenced on ``token``; see ``Store.complete``.
+
+        Raises:
+            LeaseLostError: the record is gone or no longer CLAIMED under ``token``.
+            StoreUnavailableError: Redis could not be reached.
+        """
+        op = self._fenced(scope, key, token, "complete", status=status, outcome=outcome, now=now)
+        record = self._run(op, "complete")
+        assert record is not None
+        return record
+
+    def mark_unknown(
+        self, scope: str, key: str, *, token: int, reason: str, now: datetime
+    ) -> Record:
+        """CLAIMED → UNKNOWN, fenced on ``token``; see ``Store.mark_unknown``.
+
+        Raises:
+            LeaseLostError: the record is gone or no longer CLAIMED under ``token``.
+            StoreUnavailableError: Redis could not be reached.
+        """
+        record = self._run(
+            self._fenced(scope, key, token, "mark_unknown", reason=reason, now=now), "mark_unknown"
+        )
+        assert record is not None
+        return record
+
+    def release(self, scope: str, key: str, *, token: int, reason: str, now: datetime) -> None:
+        """CLAIMED → (none), fenced on ``token``; see ``Store.release``.
+
+        Raises:
+            LeaseLostError: the record is gone or no longer CLAIMED under ``token``.
+            StoreUnavailableError: Redis could not be reached.
+        """
+        self._run(self._fenced(scope, key, token, "release", reason=reason, now=now), "release")
+
+    def get(self, scope: str, key: str) -> Record | None:
+        """The record, or None. Never writes.
+
+        Raises:
+            StoreUnavailableError: Redis could not be reached.
+        """
+        return self._run(self._get(scope, key), "get")
+
+    def replay_view(self, scope: str, key: str) -> ReplayView | None:
+        """The replay path's fields of the record, or None. Never writes.
+
+        Raises:
+            StoreUnavailableError: Redis could not be reached.
+        """
+        return self._run(self._replay_view(scope, key), "replay_view")
+
+    def newest(self, scope: str, family: str) -> Record | None:
+        """The record of ``family`` with the highest generation, or None.
+
+        Raises:
+            StoreUnavailableError: Redis could not be reached.
+        """
+        return self._run(self._newest(scope, family), "newest")
+
+    def scan(self, *, now: datetime, limit: int) -> Sequence[Record]:
+        """UNKNOWN and lease-expired CLAIMED records, oldest first; see ``Store.scan``.
+
+        Raises:
+            StoreUnavailableError: Redis could not be reached.
+        """
+        return self._run(self._scan(now, limit), "scan")
+
+    def purge(self, *, now: datetime, retention: timedelta, limit: int) -> int:
+        """Delete terminal records past retention, one ``purged`` entry each.
+
+        Raises:
+            StoreUnavailableError: Redis could not be reached.
+        """
+        return self._run(self._purge(now, retention, limit), "purge")
+
+    def entries(self, *, after: int, limit: int) -> Sequence[Entry]:
+        """Up to ``limit`` ledger entries with ``seq > after``, in sequence order.
+
+        Raises:
+            StoreUnavailableError: Redis could not be reached.
+        """
+        return self._run(self._entries(after, limit), "entries")
+
+    def heads(self, *, after: tuple[str, str] | None, limit: int) -> Sequence[tuple[str, str, str]]:
+        """``(scope, key, ledger_head)`` of records in (scope, key) order, after ``after``.
+
+        Raises:
+            StoreUnavailableError: Redis could not be reached.
+        """
+        return self._run(self._heads(after, limit), "heads")
+
+    def checkpoints(self) -> Sequence[Checkpoint]:
+        """Every sealed checkpoint, in order.
+
+        Raises:
+            StoreUnavailableError: Redis could not be reached.
+        """
+        return self._run(self._checkpoints(), "checkpoints")
+
+    def append_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Store the next checkpoint.
+
+        Raises:
+            ConflictError: its number is not the next one (another worker sealed it first).
+            StoreUnavailableError: Redis could not be reached.
+        """
+        self._run(self._append_checkpoint(checkpoint), "append_checkpoint")
+
+    def close(self) -> None:
+        """Close the client if this store created it (from a URL); the store is unusable after."""
+        self._closed = True
+        if self._owned:
+            self._client.close()
+
+
+# -- the async store -------------------------------------------------------------------------------
+
+
+class AsyncRedisStore(RedisCore):
+    """The async twin of ``RedisStore`` on ``redis.asyncio`` (native async, no threads).
+
+    Takes the same arguments, with a ``redis.asyncio.Redis`` or
+    ``redis.asyncio.cluster.RedisCluster`` client. Constructing it does no I/O: the start-up
+    checks (durability, layout) run in ``connect()``, or before the first operation.
+
+    Raises:
+        ConfigurationError: as ``RedisStore``; the durability and layout refusals come from
+            ``connect()`` or the first operation.
+    """
+
+    def __init__(
+        self,
+        client_or_url: Any,
+        *,
+        prefix: str = "payonce",
+        buckets: int = 16,
+        allow_unsafe_durability: bool = False,
+    ) -> None:
+        url = client_or_url if isinstance(client_or_url, str) else None
+        client = _client_from_url(url, asynchronous=True) if url is not None else client_or_url
+        cluster = isinstance(client, redis.asyncio.cluster.RedisCluster)
+        if not cluster and not isinstance(client, redis.asyncio.Redis):
+            raise ConfigurationError(
+                "AsyncRedisStore takes a redis.asyncio.Redis, a "
+                "redis.asyncio.cluster.RedisCluster or a URL; for sync clients use RedisStore.",
+                option="client",
+            )
+        super().__init__(prefix=prefix, buckets=buckets, cluster=cluster)
+        self._client = client
+        self._owned = url is not None
+        self._where = _describe(client, url)
+        self._closed = False
+        self._allow_unsafe = allow_unsafe_durability
+        self._bucket_count = buckets
+        self._ready = False
+        self._scripts = {name: client.register_script(src) for name, src in _SCRIPTS.items()}
+
+    def __repr__(self) -> str:
+        return f"AsyncRedisStore({self._where!r}, prefix={self._prefix!r})"
+
+    async def connect(self) -> None:
+        """Run the start-up checks now (otherwise the first operation runs them).
+
+        Raises:
+            ConfigurationError: a Redis that may evict records (unless allowed), or a prefix
+                created by another layout or bucket count.
+            StoreUnavailableError: Redis could not be reached.
+        """
+        kwargs: dict[str, Any] = {}
+        if self._cluster:
+            kwargs["target_nodes"] = redis.asyncio.cluster.RedisCluster.PRIMARIES
+        replies, refused = [], None
+        try:
+            for name in ("maxmemory-policy", "appendonly", "save"):
+                replies.append(await self._client.config_get(name, **kwargs))
+        except rexc.ResponseError as exc:  # CONFIG renamed, disabled, or denied by an ACL
+            refused = exc
+        except rexc.RedisError as exc:
+            raise _translate(exc, "open") from exc
+        _durability(replies, allow_unsafe=self._allow_unsafe, where=self._where, refused=refused)
+        await self._drive(self._meta(self._bucket_count), "open")
+        self._ready = True
+
+    async def _perform(self, effect: Effect, operation: str) -> Any:
+        if isinstance(effect, Fanout):
+            return await asyncio.gather(*(self._perform(c, operation) for c in effect.calls))
+        if self._closed:
+            raise StoreUnavailableError(
+                "this AsyncRedisStore was closed; create a new one to keep using Redis",
+                operation=operation,
+            )
+        try:
+            if isinstance(effect, Script):
+                return await self._scripts[effect.name](keys=effect.keys, args=effect.args)
+            return await getattr(self._client, effect.name)(*effect.args, **effect.kwargs)
+        except rexc.RedisError as exc:
+            raise _translate(exc, operation) from exc
+
+    async def _drive(self, op: Op[_T], operation: str) -> _T:
+        try:
+            effect = next(op)
+            while True:
+                effect = op.send(await self._perform(effect, operation))
+        except StopIteration as stop:
+            result: _T = stop.value
+            return result
+
+    async def _run(self, op: Op[_T], operation: str) -> _T:
+        if not self._ready:
+            await self.connect()
+        return await self._drive(op, operation)
+
+    async def claim(self, new: NewRecord, *, now: datetime, lease_for: timedelta) -> Claimed:
+        """See ``RedisStore.claim``."""
+        return await self._run(self._claim(new, now, lease_for), "claim")
+
+    async def takeover(
+        self, scope: str, key: str, *, token: int, now: datetime, lease_for: timedelta
+    ) -> Claimed:
+        """See ``RedisStore.takeover``."""
+        return await self._run(self._takeover(scope, key, token, now, lease_for), "takeover")
+
+    async def complete(
+        self, scope: str, key: str, *, token: int, status: Status, outcome: str, now: datetime
+    ) -> Record:
+        """See ``RedisStore.complete``."""
+        op = self._fenced(scope, key, token, "complete", status=status, outcome=outcome, now=now)
+        record = await self._run(op, "complete")
+        assert record is not None
+        return record
+
+    async def mark_unknown(
+        self, scope: str, key: str, *, token: int, reason: str, now: datetime
+    ) -> Record:
+        """See ``RedisStore.mark_unknown``."""
+        op = self._fenced(scope, key, token, "mark_unknown", reason=reason, now=now)
+        record = await self._run(op, "mark_unknown")
+        assert record is not None
+        return record
+
+    async def release(
+        self, scope: str, key: str, *, token: int, reason: str, now: datetime
+    ) -> None:
+        """See ``RedisStore.release``."""
+        op = self._fenced(scope, key, token, "release", reason=reason, now=now)
+        await self._run(op, "release")
+
+    async def get(self, scope: str, key: str) -> Record | None:
+        """See ``RedisStore.get``."""
+        return await self._run(self._get(scope, key), "get")
+
+    async def replay_view(self, scope: str, key: str) -> ReplayView | None:
+        """See ``RedisStore.replay_view``."""
+        return await self._run(self._replay_view(scope, key), "replay_view")
+
+    async def newest(self, scope: str, family: str) -> Record | None:
+        """See ``RedisStore.newest``."""
+        return await self._run(self._newest(scope, family), "newest")
+
+    async def scan(self, *, now: datetime, limit: int) -> Sequence[Record]:
+        """See ``RedisStore.scan``."""
+        return await self._run(self._scan(now, limit), "scan")
+
+    async def purge(self, *, now: datetime, retention: timedelta, limit: int) -> int:
+        """See ``RedisStore.purge``."""
+        return await self._run(self._purge(now, retention, limit), "purge")
+
+    async def entries(self, *, after: int, limit: int) -> Sequence[Entry]:
+        """See ``RedisStore.entries``."""
+        return await self._run(self._entries(after, limit), "entries")
+
+    async def heads(
+        self, *, after: tuple[str, str] | None, limit: int
+    ) -> Sequence[tuple[str, str, str]]:
+        """See ``RedisStore.heads``."""
+        return await self._run(self._heads(after, limit), "heads")
+
+    async def checkpoints(self) -> Sequence[Checkpoint]:
+        """See ``RedisStore.checkpoints``."""
+        return await self._run(self._checkpoints(), "checkpoints")
+
+    async def append_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """See ``RedisStore.append_checkpoint``."""
+        await self._run(self._append_checkpoint(checkpoint), "append_checkpoint")
+
+    async def close(self) -> None:
+        """See ``RedisStore.close``."""
+        self._closed = True
+        if self._owned:
+            await self._client.aclose()

@@ -1,0 +1,620 @@
+"""The Redis store's logic without I/O (L4): every operation of ``RedisStore`` and
+``AsyncRedisStore`` as a generator of Redis effects, and the encoding of records and entries.
+
+The ledger entry's SHA-256 cannot be computed in Lua, so each transition is computed here with
+``payonce._transitions`` from the record as the client last saw it, and the script
+(``_redis_lua``) applies it only if the record is still exactly that one (token, status and
+ledger head); otherwise the script answers with the record as it is now and the operation
+decides again: ``LeaseLostError``, a refusal, or another attempt. The record a store instance
+just wrote is remembered, so a complete after a claim costs one round trip.
+
+An operation yields effects (a script, a client command, a fan-out over buckets) and receives
+their replies; ``RedisStore`` and ``AsyncRedisStore`` perform them blocking or awaited, so the
+two cannot drift apart (the guard's own design, DESIGN §10).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import secrets
+import threading
+import zlib
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Final, TypeAlias, TypeVar
+
+from payonce._chain import checkpoint_digest, from_micros, to_micros
+from payonce._errors import ConfigurationError, ConflictError, LeaseLostError, StoreError
+from payonce._model import Checkpoint, Claimed, Entry, Event, NewRecord, Record, ReplayView, Status
+from payonce._transitions import (
+    claim_transition,
+    complete_transition,
+    purge_transition,
+    release_transition,
+    takeover_eligible,
+    takeover_transition,
+    unknown_transition,
+)
+
+__all__ = ["SCRIPT_NAMES", "Command", "Effect", "Fanout", "Op", "RedisCore", "Script", "text"]
+
+_T = TypeVar("_T")
+
+_LAYOUT: Final = "1"  # the key layout of _redis_lua; a new layout gets a new number
+_ATTEMPTS: Final = 16  # compare-and-set rounds before giving up (each sees a newer record)
+_REMEMBERED: Final = 4096  # records remembered for one-round-trip fenced writes
+_MUTABLE: Final = (
+    "status", "token", "attempt", "lease_expires_at", "outcome", "reason", "ledger_head",
+    "updated_at",
+)  # fmt: skip
+_TIMES: Final = frozenset({"lease_expires_at", "created_at", "updated_at"})
+_STATUSES: Final = {s.value: s for s in Status}
+_EVENTS: Final = {e.value: e for e in Event}
+_SEALED: Final = "sealed"  # the watermark member of a bucket's log (entries are JSON arrays)
+_SEAL_BATCH: Final = 5000
+_VIEW: Final = ("status", "fingerprint", "outcome", "attempt", "provider_key")
+# The scripts of _redis_lua each operation may yield, by name.
+SCRIPT_NAMES: Final = (
+    "claim", "apply", "purge", "purge_candidates", "scan", "heads", "newest",
+    "append_checkpoint", "seq", "meta",
+)  # fmt: skip
+
+
+# -- effects ---------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Script:
+    """Effect: run a registered script; the driver sends back its reply."""
+
+    name: str
+    keys: list[str]
+    args: list[str]
+
+
+@dataclass(slots=True)
+class Command:
+    """Effect: one client method call (``hgetall``, ``zrangebyscore``...)."""
+
+    name: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Fanout:
+    """Effect: independent calls (one per bucket); the driver sends back their replies in order."""
+
+    calls: list[Script | Command]
+
+
+Effect: TypeAlias = Script | Command | Fanout
+Op: TypeAlias = Generator[Effect, Any, _T]
+
+
+# -- encoding --------------------------------------------------------------------------------------
+
+
+def text(value: Any) -> Any:
+    """A reply value as str: clients with and without decode_responses answer alike."""
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def _ident(scope: str, name: str) -> str:
+    """Order-preserving, unambiguous encoding of (scope, name); see ``_redis_lua``."""
+    return scope.replace("\0", "\0\1") + "\0\0" + name.replace("\0", "\0\1")
+
+
+def _fields(reply: Any) -> dict[str, str]:
+    """A hash as returned by HGETALL (a dict) or by a script (a flat array)."""
+    if isinstance(reply, Mapping):
+        return {text(k): text(v) for k, v in reply.items()}
+    items = [text(v) for v in reply]
+    return dict(zip(items[::2], items[1::2], strict=True))
+
+
+def _record(reply: Any) -> Record | None:
+    f = _fields(reply)
+    if not f:
+        return None
+    lease = f.get("lease_expires_at")
+    return Record(
+        scope=f["scope"],
+        key=f["key"],
+        status=_STATUSES[f["status"]],
+        fingerprint=f["fingerprint"],
+        intent=f["intent"],
+        provider_key=f["provider_key"],
+        operation=f["operation"],
+        amount=int(f["amount"]),
+        currency=f["currency"],
+        token=int(f["token"]),
+        attempt=int(f["attempt"]),
+        lease_expires_at=None if lease is None else from_micros(int(lease)),
+        outcome=f.get("outcome"),
+        reason=f.get("reason"),
+        ledger_head=f["ledger_head"],
+        created_at=from_micros(int(f["created_at"])),
+        updated_at=from_micros(int(f["updated_at"])),
+        family=f.get("family"),
+        generation=int(f["generation"]),
+    )
+
+
+def _value(name: str, value: Any) -> str:
+    if name in _TIMES:
+        return str(to_micros(value))
+    if isinstance(value, Status):
+        return value.value
+    return str(value)
+
+
+def _pairs(record: Record, names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(fields to delete, flat field/value pairs to set) for ``names`` of ``record``."""
+    deleted, pairs = [], []
+    for name in names:
+        value = getattr(record, name)
+        if value is None:
+            deleted.append(name)
+        else:
+            pairs += [name, _value(name, value)]
+    return deleted, pairs
+
+
+_RECORD_FIELDS: Final = tuple(f.name for f in dataclasses.fields(Record))
+
+
+def _encode_entry(e: Entry) -> str:
+    status_from = None if e.status_from is None else e.status_from.value
+    status_to = None if e.status_to is None else e.status_to.value
+    fields = [to_micros(e.at), e.scope, e.key, e.event.value, status_from, status_to, e.token]
+    fields += [e.attempt, e.amount, e.currency, e.detail, e.prev_hash, e.hash]
+    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+
+
+def _decode_entry(member: Any, seq: int) -> Entry:
+    at, scope, key, event, status_from, status_to, token, attempt, amount, currency, *rest = (
+        json.loads(text(member))
+    )
+    detail, prev_hash, hash_ = rest
+    return Entry(
+        seq=seq,
+        at=from_micros(at),
+        scope=scope,
+        key=key,
+        event=_EVENTS[event],
+        status_from=None if status_from is None else _STATUSES[status_from],
+        status_to=None if status_to is None else _STATUSES[status_to],
+        token=token,
+        attempt=attempt,
+        amount=amount,
+        currency=currency,
+        detail=detail,
+        prev_hash=prev_hash,
+        hash=hash_,
+    )
+
+
+def _encode_checkpoint(c: Checkpoint) -> str:
+    fields = [c.number, to_micros(c.at), c.first_seq, c.last_seq, c.count, c.digest]
+    return json.dumps([*fields, c.prev_hash, c.hash], separators=(",", ":"))
+
+
+def _decode_checkpoint(raw: Any) -> Checkpoint:
+    number, at, first_seq, last_seq, count, digest, prev_hash, hash_ = json.loads(text(raw))
+    return Checkpoint(number, from_micros(at), first_seq, last_seq, count, digest, prev_hash, hash_)
+
+
+def _exhausted(operation: str) -> StoreError:
+    return StoreError(
+        f"{operation} kept racing with other writers of the same record; retry the same intent",
+        operation=operation,
+    )
+
+
+# -- the shared core -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Bucket:
+    """The key names of one bucket (one hash tag, one Cluster slot)."""
+
+    rec: str
+    chain: str
+    open: str
+    live: str
+    done: str
+    log: str
+    fam: str
+
+    @classmethod
+    def of(cls, prefix: str, number: int) -> _Bucket:
+        tag = f"{{{prefix}:{number}}}"
+        names = ("rec:", "chain", "open", "live", "done", "log", "fam:")
+        return cls(*(f"{tag}:{name}" for name in names))
+
+
+def _check_options(prefix: str, buckets: int) -> None:
+    if not isinstance(prefix, str) or not prefix or any(c in prefix for c in "{}\0"):
+        raise ConfigurationError(
+            f"prefix={prefix!r} must be a non-empty string without '{{', '}}' or NUL, e.g. "
+            "'payonce' or 'payonce-staging'; payonce adds its own hash tags.",
+            option="prefix",
+        )
+    if not isinstance(buckets, int) or not 1 <= buckets <= 16384:
+        raise ConfigurationError(
+            f"buckets={buckets!r} must be an integer from 1 to 16384 (default 16).",
+            option="buckets",
+        )
+
+
+class RedisCore:
+    """Layout, caching and every operation as a generator of effects; no I/O."""
+
+    # seq has gaps on Redis Cluster (allocated before the compare-and-set); see the module doc.
+    gapless_ledger = False
+
+    def __init__(self, *, prefix: str, buckets: int, cluster: bool) -> None:
+        _check_options(prefix, buckets)
+        self._prefix = prefix
+        self._cluster = cluster
+        self._buckets = [_Bucket.of(prefix, n) for n in range(buckets)]
+        self._seq_key = f"{prefix}:seq"
+        self._checkpoint_key = f"{prefix}:checkpoints"
+        self._meta_key = f"{prefix}:meta"
+        # On a single server a claim answers with the existing record in its one round trip.
+        # On Cluster a claim costs a seq allocation first, so the guard reads the replay first.
+        self.read_before_claim = cluster
+        self._recent: dict[str, tuple[Record, str]] = {}
+        self._recent_lock = threading.Lock()
+
+    # -- layout and memory of recent writes ----------------------------------------------------
+
+    def _bucket(self, ident: str) -> _Bucket:
+        return self._buckets[zlib.crc32(ident.encode("utf-8")) % len(self._buckets)]
+
+    def _keys(self, *names: str) -> list[str]:
+        keys = list(names)
+        if not self._cluster:
+            keys.append(self._seq_key)
+        return keys
+
+    def _remember(self, ident: str, record: Record | None, lease_id: str = "") -> None:
+        with self._recent_lock:
+            self._recent.pop(ident, None)
+            if record is not None:
+                self._recent[ident] = (record, lease_id)
+                if len(self._recent) > _REMEMBERED:
+                    del self._recent[next(iter(self._recent))]
+
+    def _recalled(self, ident: str, token: int) -> Record | None:
+        with self._recent_lock:
+            found = self._recent.get(ident)
+        if found is None or found[0].token != token or found[0].status is not Status.CLAIMED:
+            return None
+        return found[0]
+
+    def _seq(self, count: int, floor: int) -> Op[str]:
+        """The first of ``count`` seqs (Cluster), or '' (the script increments the counter)."""
+        if not self._cluster:
+            return ""
+        last = yield Script("seq", [self._seq_key], [str(count), str(floor)])
+        return str(int(last) - count + 1)
+
+    def _read(self, bucket: _Bucket, ident: str) -> Op[Record | None]:
+        return _record((yield Command("hgetall", (bucket.rec + ident,))))
+
+    # -- transitions ---------------------------------------------------------------------------
+
+    def _claim(self, new: NewRecord, now: datetime, lease_for: timedelta) -> Op[Claimed]:
+        ident = _ident(new.scope, new.key)
+        b = self._bucket(ident)
+        fam = b.fam + (_ident(new.scope, new.family) if new.family is not None else "")
+        keys = self._keys(b.rec + ident, b.chain, b.open, b.live, b.log, fam)
+        lease_id = secrets.token_hex(8)
+        prev_hash, prev_token, floor = "", 0, 0  # optimistic: a key never seen before
+        for _ in range(_ATTEMPTS):
+            record, entry = claim_transition(
+                new,
+                now=now,
+                lease_for=lease_for,
+                seq=0,
+                prev_hash=prev_hash or None,
+                prev_token=prev_token,
+            )
+            seq = yield from self._seq(1, floor)
+            generation = "" if new.family is None else str(new.generation)
+            _, pairs = _pairs(record, _RECORD_FIELDS)
+            args = [ident, prev_hash, seq, _encode_entry(entry), entry.hash, str(record.token)]
+            args += [lease_id, str(to_micros(now)), generation, *pairs]
+            reply = yield Script("claim", keys, args)
+            tag = text(reply[0])
+            if tag == "ok":
+                self._remember(ident, record, lease_id)
+                return Claimed(record, record.lease)
+            if tag == "exists":
+                existing = _record(reply[1])
+                assert existing is not None
+                if _fields(reply[1]).get("lease_id") == lease_id:
+                    # Our own claim, applied before a lost reply and sent again by the client.
+                    return Claimed(existing, existing.lease)
+                return Claimed(existing, None)
+            if tag == "chain":  # the key lived before: continue its chain and tokens
+                prev_hash, token, _ = text(reply[1]).split(":")
+                prev_token = int(token)
+            else:
+                floor = int(float(text(reply[1])))
+        raise _exhausted("claim")
+
+    def _apply(
+        self,
+        b: _Bucket,
+        ident: str,
+        current: Record,
+        record: Record | None,
+        entry: Entry,
+        *,
+        now: str,
+        lease_id: str,
+        seq: str,
+    ) -> Effect:
+        fam = b.fam + (_ident(current.scope, current.family) if current.family else "")
+        keys = self._keys(b.rec + ident, b.chain, b.open, b.live, b.done, b.log, fam)
+        args = [ident, str(current.token), current.status.value, current.ledger_head, now, seq]
+        args += [_encode_entry(entry), entry.hash, str(entry.token)]
+        if record is None:
+            return Script("apply", keys, [*args, "", "", "", "0"])
+        deleted, pairs = _pairs(record, _MUTABLE)
+        updated = str(to_micros(record.updated_at))
+        args += [record.status.value, lease_id, updated, str(len(deleted)), *deleted, *pairs]
+        return Script("apply", keys, args)
+
+    def _takeover(
+        self, scope: str, key: str, token: int, now: datetime, lease_for: timedelta
+    ) -> Op[Claimed]:
+        ident = _ident(scope, key)
+        b = self._bucket(ident)
+        lease_id, floor = secrets.token_hex(8), 0
+        current = yield from self._read(b, ident)
+        for _ in range(_ATTEMPTS):
+            if current is None:
+                raise LeaseLostError(key=key, token=token)
+            if not takeover_eligible(current, token=token, now=now):
+                return Claimed(current, None)
+            record, entry = takeover_transition(current, now=now, lease_for=lease_for, seq=0)
+            seq = yield from self._seq(1, floor)
+            effect = self._apply(
+                b,
+                ident,
+                current,
+                record,
+                entry,
+                now=str(to_micros(now)),
+                lease_id=lease_id,
+                seq=seq,
+            )
+            reply = yield effect
+            tag = text(reply[0])
+            if tag == "ok":
+                self._remember(ident, record, lease_id)
+                return Claimed(record, record.lease)
+            if tag == "gone":
+                current = None
+            elif tag == "seq":
+                floor = int(float(text(reply[1])))
+            else:  # moved or live: decide again on the record as it is now
+                current = _record(reply[1])
+                if current is not None and _fields(reply[1]).get("lease_id") == lease_id:
+                    return Claimed(current, current.lease)  # our own takeover, sent twice
+        raise _exhausted("takeover")
+
+    def _fenced(
+        self, scope: str, key: str, token: int, operation: str, **change: Any
+    ) -> Op[Record | None]:
+        """complete, mark_unknown or release: the record after it (None once released)."""
+        ident = _ident(scope, key)
+        b = self._bucket(ident)
+        current = self._recalled(ident, token)
+        if current is None:
+            current = yield from self._read(b, ident)
+        floor = 0
+        for _ in range(_ATTEMPTS):
+            record: Record | None
+            if operation == "complete":
+                record, entry = complete_transition(current, key=key, token=token, seq=0, **change)
+            elif operation == "mark_unknown":
+                record, entry = unknown_transition(current, key=key, token=token, seq=0, **change)
+            else:
+                record, entry = (
+                    None,
+                    release_transition(current, key=key, token=token, seq=0, **change),
+                )
+            assert current is not None  # the transitions refuse a missing record
+            seq = yield from self._seq(1, floor)
+            reply = yield self._apply(
+                b, ident, current, record, entry, now="", lease_id="", seq=seq
+            )
+            tag = text(reply[0])
+            if tag == "ok":
+                self._remember(ident, record)
+                return record
+            if tag == "gone":
+                self._remember(ident, None)
+                if record is None and text(reply[1]).startswith(entry.hash + ":"):
+                    return None  # our own release, applied before a lost reply and sent again
+                raise LeaseLostError(key=key, token=token)
+            if tag == "seq":
+                floor = int(float(text(reply[1])))
+                continue
+            current = _record(reply[1])  # moved: someone else wrote, or our own retried write
+            if current is not None and current.ledger_head == entry.hash:
+                self._remember(ident, record)
+                return record
+            self._remember(ident, None)
+        raise _exhausted(operation)
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def _get(self, scope: str, key: str) -> Op[Record | None]:
+        ident = _ident(scope, key)
+        return (yield from self._read(self._bucket(ident), ident))
+
+    def _replay_view(self, scope: str, key: str) -> Op[ReplayView | None]:
+        ident = _ident(scope, key)
+        reply = yield Command("hmget", (self._bucket(ident).rec + ident, *_VIEW))
+        status, fingerprint, outcome, attempt, provider_key = (text(v) for v in reply)
+        if status is None:
+            return None
+        return ReplayView(key, _STATUSES[status], fingerprint, outcome, int(attempt), provider_key)
+
+    def _newest(self, scope: str, family: str) -> Op[Record | None]:
+        fam = _ident(scope, family)
+        calls: list[Script | Command] = [
+            Script("newest", [b.fam + fam], [b.rec]) for b in self._buckets
+        ]
+        replies = yield Fanout(calls)
+        found = [r for reply in replies for r in map(_record, reply) if r is not None]
+        # Generations are unique per family; a tie goes to the oldest, as in SQLiteStore.
+        found.sort(key=lambda r: (-r.generation, r.created_at, r.key))
+        return found[0] if found else None
+
+    def _scan(self, now: datetime, limit: int) -> Op[list[Record]]:
+        args = [str(to_micros(now)), str(limit)]
+        replies = yield Fanout([Script("scan", [b.open], [*args, b.rec]) for b in self._buckets])
+        found = [r for reply in replies for r in map(_record, reply) if r is not None]
+        found.sort(key=lambda r: (r.created_at, r.scope, r.key))
+        return found[:limit]
+
+    def _entries(self, after: int, limit: int) -> Op[list[Entry]]:
+        # limit + 1 per bucket: a bucket's log may hold the sealed watermark (not an entry), and
+        # every bucket must still hand over its first ``limit`` entries for the merge.
+        calls: list[Script | Command] = [
+            Command(
+                "zrangebyscore",
+                (b.log, f"({after}", "+inf"),
+                {"start": 0, "num": limit + 1, "withscores": True},
+            )
+            for b in self._buckets
+        ]
+        replies = yield Fanout(calls)
+        found = [
+            (int(score), member)
+            for reply in replies
+            for member, score in reply
+            if text(member) != _SEALED
+        ]
+        found.sort(key=lambda pair: pair[0])
+        return [_decode_entry(member, seq) for seq, member in found[:limit]]
+
+    def _heads(self, after: tuple[str, str] | None, limit: int) -> Op[list[tuple[str, str, str]]]:
+        start = "" if after is None else _ident(*after)
+        args = [start, str(limit)]
+        replies = yield Fanout([Script("heads", [b.live], [*args, b.rec]) for b in self._buckets])
+        rows: list[tuple[str, str, str]] = []
+        for reply in replies:
+            values = [text(v) for v in reply]
+            rows += zip(values[::3], values[1::3], values[2::3], strict=True)
+        rows.sort(key=lambda row: (row[0], row[1]))
+        return rows[:limit]
+
+    def _checkpoints(self) -> Op[list[Checkpoint]]:
+        reply = yield Command("lrange", (self._checkpoint_key, 0, -1))
+        return [_decode_checkpoint(raw) for raw in reply]
+
+    def _append_checkpoint(self, checkpoint: Checkpoint) -> Op[None]:
+        if self._cluster:
+            yield from self._seal_buckets(checkpoint)
+        args = [str(checkpoint.number), _encode_checkpoint(checkpoint)]
+        if not int((yield Script("append_checkpoint", [self._checkpoint_key], args))):
+            raise ConflictError(
+                f"checkpoint {checkpoint.number} was sealed concurrently by another worker; "
+                "read the checkpoints again and seal from the newest one.",
+                number=checkpoint.number,
+            )
+
+    def _seal_buckets(self, checkpoint: Checkpoint) -> Op[None]:
+        """Close the checkpoint's range on Cluster, then check it still holds what was sealed.
+
+        On Cluster a seq is allocated a round trip before its entry is written, so an entry
+        below the newest visible seq may still arrive. The watermark in every bucket's log makes
+        the scripts refuse any seq up to ``last_seq`` from now on (the writer allocates a new
+        one); re-reading the range afterwards catches an entry that arrived before that.
+        """
+        mark = {_SEALED: checkpoint.last_seq}
+        yield Fanout([Command("zadd", (b.log, mark), {"gt": True}) for b in self._buckets])
+        hashes: list[str] = []
+        after = checkpoint.first_seq - 1
+        while after < checkpoint.last_seq:
+            batch = yield from self._entries(after, _SEAL_BATCH)
+            if not batch:
+                break
+            hashes += [e.hash for e in batch if e.seq <= checkpoint.last_seq]
+            after = batch[-1].seq
+        if len(hashes) != checkpoint.count or checkpoint_digest(hashes) != checkpoint.digest:
+            raise ConflictError(
+                f"an entry of the range of checkpoint {checkpoint.number} (seq "
+                f"{checkpoint.first_seq}-{checkpoint.last_seq}) was written while it was being "
+                "sealed; seal again (the range is closed now, the next seal is final).",
+                number=checkpoint.number,
+            )
+
+    # -- purge ---------------------------------------------------------------------------------
+
+    def _purge(self, now: datetime, retention: timedelta, limit: int) -> Op[int]:
+        cutoff = str(to_micros(now - retention))
+        calls: list[Script | Command] = [
+            Script("purge_candidates", [b.done], [cutoff, str(limit), b.rec]) for b in self._buckets
+        ]
+        replies = yield Fanout(calls)
+        due = [r for reply in replies for r in map(_record, reply) if r is not None]
+        due.sort(key=lambda r: (r.updated_at, r.scope, r.key))
+        by_bucket: dict[int, list[Record]] = {}
+        for record in due[:limit]:
+            ident = _ident(record.scope, record.key)
+            number = self._buckets.index(self._bucket(ident))
+            by_bucket.setdefault(number, []).append(record)
+        purged = 0
+        for number, records in sorted(by_bucket.items()):
+            purged += yield from self._purge_bucket(self._buckets[number], records, now)
+        return purged
+
+    def _purge_bucket(self, b: _Bucket, records: list[Record], now: datetime) -> Op[int]:
+        keys = self._keys(b.chain, b.live, b.done, b.log)
+        args: list[str] = []
+        for record in records:
+            ident = _ident(record.scope, record.key)
+            entry = purge_transition(record, now=now, seq=0)
+            fam = _ident(record.scope, record.family) if record.family else ""
+            keys += [b.rec + ident, b.fam + fam]
+            args += [ident, record.ledger_head, _encode_entry(entry), entry.hash, str(entry.token)]
+            self._remember(ident, None)
+        floor = 0
+        for _ in range(_ATTEMPTS):
+            first = yield from self._seq(len(records), floor)
+            head = [str(len(records)), first, "0" if self._cluster else "1"]
+            reply = yield Script("purge", keys, head + args)
+            if text(reply[0]) == "ok":
+                return len(reply[1])
+            floor = int(float(text(reply[1])))
+        raise _exhausted("purge")
+
+    # -- start-up ------------------------------------------------------------------------------
+
+    def _meta(self, buckets: int) -> Op[None]:
+        reply = yield Script("meta", [self._meta_key], [_LAYOUT, str(buckets)])
+        version, stored = (text(v) for v in reply)
+        if version != _LAYOUT:
+            raise ConfigurationError(
+                f"the Redis keys under prefix {self._prefix!r} use payonce layout {version}, but "
+                f"this payonce knows layout {_LAYOUT}: upgrade payonce or use another prefix.",
+                option="prefix",
+            )
+        if int(stored) != buckets:
+            raise ConfigurationError(
+                f"the Redis keys under prefix {self._prefix!r} were created with "
+                f"buckets={stored}; pass buckets={stored} (the bucket of a record cannot change "
+                "once written) or use another prefix.",
+                option="buckets",
+            )

@@ -1,0 +1,282 @@
+"""The Lua scripts of the Redis store (L4), and the key layout they rely on.
+
+Layout (``P`` is the store's prefix, ``b`` a bucket number, ``I`` a record's ident):
+
+* ``{P:b}:rec:I`` — one hash per record (the ``Record`` fields, times in microseconds, plus the
+  hidden ``lease_id`` nonce of the lease that wrote it);
+* ``{P:b}:chain`` — hash ``I`` → ``hash:token:seq`` of the key's newest ledger entry; it outlives
+  released and purged records, so a key claimed again continues its chain and its tokens;
+* ``{P:b}:log`` — sorted set of the bucket's ledger entries, scored by ``seq``, and on Cluster
+  the member ``sealed`` scored by the last seq of the newest checkpoint;
+* ``{P:b}:open`` — CLAIMED and UNKNOWN records by ``created_at`` (the Reconciler's scan);
+* ``{P:b}:done`` — SUCCEEDED and FAILED records by ``updated_at`` (purge);
+* ``{P:b}:live`` — every record, score 0, ordered by ident (``heads``);
+* ``{P:b}:fam:F`` — the records of one (scope, family) by generation (``newest``);
+* ``P:seq`` — the global ledger counter; ``P:checkpoints`` — the sealed checkpoints (a list);
+  ``P:meta`` — the layout version and bucket count the prefix was created with.
+
+Everything of one bucket shares the hash tag ``{P:b}``, hence one Redis Cluster slot: every
+transition (record, indexes, chain head and ledger entry) is one script on one slot, atomic on
+Redis Cluster as on a single server. A record's bucket is a CRC-32 of its ident.
+
+The ident of (scope, key) is ``esc(scope) NUL NUL esc(key)`` where ``esc`` doubles every NUL as
+``NUL 0x01``: unambiguous for any strings, and its byte order (UTF-8) is the order of the
+``(scope, key)`` tuples, which ``heads`` pages by.
+
+Scripts take times as decimal microseconds and compare them as non-negative decimal strings
+(``le``), never as Lua numbers: doubles lose microseconds after the year 2255. They never read
+Redis' own clock: ``now`` is the guard's injected clock, passed in.
+
+Replies are flat arrays whose first element names the result (``ok``, ``exists``, ``moved``...).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "APPEND_CHECKPOINT",
+    "APPLY",
+    "CLAIM",
+    "HEADS",
+    "META",
+    "NEWEST",
+    "PURGE",
+    "PURGE_CANDIDATES",
+    "SCAN",
+    "SEQ",
+]
+
+# Shared helpers, prepended to every script that writes the ledger.
+_PRELUDE: Final = """
+local function le(a, b)  -- a <= b for non-negative decimal integers of any length
+  if #a ~= #b then return #a < #b end
+  return a <= b
+end
+
+-- The next ledger seq. With a counter key (a single server) the script increments it, so seq
+-- order is commit order. Without one (Redis Cluster: the counter lives in another slot) the
+-- client allocated ``given`` just before; it must exceed every seq this bucket's log holds,
+-- entries and the ``sealed`` watermark alike, or the log would go out of order (a counter that
+-- went back after a failover) or an entry would land in an already sealed checkpoint range.
+local function next_seq(log, given, counter)
+  local top = redis.call('ZRANGE', log, -1, -1, 'WITHSCORES')
+  local floor = 0
+  if top[2] then floor = tonumber(top[2]) end
+  if given == '' then
+    local seq = redis.call('INCR', counter)
+    if seq <= floor then
+      seq = floor + 1
+      redis.call('SET', counter, seq)
+    end
+    return seq, nil
+  end
+  local seq = tonumber(given)
+  if seq <= floor then return nil, top[2] end
+  return seq, nil
+end
+"""
+
+# KEYS: rec, chain, open, live, log, fam, [counter]
+# ARGV: ident, expected chain hash ('' = none), seq ('' = use counter), entry, entry hash,
+#       token, lease_id, created_at, generation ('' = no family), field/value pairs...
+CLAIM: Final = (
+    _PRELUDE
+    + """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return {'exists', redis.call('HGETALL', KEYS[1])}
+end
+local head = redis.call('HGET', KEYS[2], ARGV[1])
+local head_hash = ''
+if head then head_hash = string.match(head, '^([^:]*):') end
+if head_hash ~= ARGV[2] then return {'chain', head} end
+local seq, floor = next_seq(KEYS[5], ARGV[3], KEYS[7])
+if not seq then return {'seq', floor} end
+redis.call('HSET', KEYS[1], 'lease_id', ARGV[7], unpack(ARGV, 10))
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[5] .. ':' .. ARGV[6] .. ':' .. seq)
+redis.call('ZADD', KEYS[5], seq, ARGV[4])
+redis.call('ZADD', KEYS[3], ARGV[8], ARGV[1])
+redis.call('ZADD', KEYS[4], 0, ARGV[1])
+if ARGV[9] ~= '' then redis.call('ZADD', KEYS[6], ARGV[9], ARGV[1]) end
+return {'ok', tostring(seq)}
+"""
+)
+
+# Every fenced transition: takeover, complete, mark_unknown, release.
+# KEYS: rec, chain, open, live, done, log, fam, [counter]
+# ARGV: ident, expected token, expected status, expected ledger_head, now ('' = no lease check:
+#       only a takeover of a CLAIMED record needs its lease expired), seq ('' = use counter),
+#       entry, entry hash, new token, new status ('' = delete the record), lease_id ('' = keep),
+#       updated_at, number of fields to delete N, N field names, field/value pairs...
+APPLY: Final = (
+    _PRELUDE
+    + """
+local cur = redis.call('HMGET', KEYS[1], 'token', 'status', 'ledger_head', 'lease_expires_at')
+if not cur[1] then return {'gone', redis.call('HGET', KEYS[2], ARGV[1]) or ''} end
+if cur[1] ~= ARGV[2] or cur[2] ~= ARGV[3] or cur[3] ~= ARGV[4] then
+  return {'moved', redis.call('HGETALL', KEYS[1])}
+end
+if ARGV[5] ~= '' and cur[2] == 'CLAIMED' and not (cur[4] and le(cur[4], ARGV[5])) then
+  return {'live', redis.call('HGETALL', KEYS[1])}
+end
+local seq, floor = next_seq(KEYS[6], ARGV[6], KEYS[8])
+if not seq then return {'seq', floor} end
+redis.call('ZADD', KEYS[6], seq, ARGV[7])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[8] .. ':' .. ARGV[9] .. ':' .. seq)
+local status = ARGV[10]
+if status == '' then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  redis.call('ZREM', KEYS[4], ARGV[1])
+  redis.call('ZREM', KEYS[5], ARGV[1])
+  redis.call('ZREM', KEYS[7], ARGV[1])
+  return {'ok', tostring(seq)}
+end
+local n = tonumber(ARGV[13])
+if n > 0 then redis.call('HDEL', KEYS[1], unpack(ARGV, 14, 13 + n)) end
+if ARGV[11] ~= '' then redis.call('HSET', KEYS[1], 'lease_id', ARGV[11]) end
+redis.call('HSET', KEYS[1], unpack(ARGV, 14 + n))
+if status == 'SUCCEEDED' or status == 'FAILED' then
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  redis.call('ZADD', KEYS[5], ARGV[12], ARGV[1])
+end
+return {'ok', tostring(seq)}
+"""
+)
+
+# Purge of one bucket's terminal records, each only if it still is what the client read.
+# KEYS: chain, live, done, log, [counter], then per record: rec, fam
+# ARGV: count, first seq ('' = use counter), has counter ('1'/'0'),
+#       then per record: ident, expected ledger_head, entry, entry hash, token
+PURGE: Final = (
+    _PRELUDE
+    + """
+local count = tonumber(ARGV[1])
+local base = 4
+if ARGV[3] == '1' then base = 5 end
+local counter = KEYS[5]
+local purged = {}
+for i = 0, count - 1 do
+  local rec, fam = KEYS[base + 1 + 2 * i], KEYS[base + 2 + 2 * i]
+  local a = 4 + 5 * i
+  local ident = ARGV[a]
+  local cur = redis.call('HMGET', rec, 'status', 'ledger_head')
+  if (cur[1] == 'SUCCEEDED' or cur[1] == 'FAILED') and cur[2] == ARGV[a + 1] then
+    local given = ''
+    if ARGV[2] ~= '' then given = tostring(tonumber(ARGV[2]) + i) end
+    local seq, floor = next_seq(KEYS[4], given, counter)
+    if not seq then return {'seq', floor} end
+    redis.call('ZADD', KEYS[4], seq, ARGV[a + 2])
+    redis.call('HSET', KEYS[1], ident, ARGV[a + 3] .. ':' .. ARGV[a + 4] .. ':' .. seq)
+    redis.call('DEL', rec)
+    redis.call('ZREM', KEYS[2], ident)
+    redis.call('ZREM', KEYS[3], ident)
+    redis.call('ZREM', fam, ident)
+    purged[#purged + 1] = ident
+  end
+end
+return {'ok', purged}
+"""
+)
+
+# Up to ``limit`` terminal records of a bucket updated at or before the cutoff, oldest first.
+# KEYS: done. ARGV: cutoff (micros), limit, record key prefix.
+PURGE_CANDIDATES: Final = """
+local le = function(a, b)
+  if #a ~= #b then return #a < #b end
+  return a <= b
+end
+local out = {}
+-- Scores are doubles, exact to the microsecond until 2255; after that both the scores and
+-- the cutoff round the same monotonic way, so no due record is missed, and the exact
+-- updated_at drops any record that only rounded into the range.
+local idents = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, ident in ipairs(idents) do
+  local rec = ARGV[3] .. ident
+  local updated = redis.call('HGET', rec, 'updated_at')
+  if updated and le(updated, ARGV[1]) then out[#out + 1] = redis.call('HGETALL', rec) end
+end
+return out
+"""
+
+# Up to ``limit`` records of a bucket needing recovery (UNKNOWN, or CLAIMED with its lease
+# expired at ``now``), oldest first. Walks the open index in created_at order, so it reads the
+# live leases older than the due records it returns.
+# KEYS: open. ARGV: now (micros), limit, record key prefix.
+SCAN: Final = """
+local le = function(a, b)
+  if #a ~= #b then return #a < #b end
+  return a <= b
+end
+local limit = tonumber(ARGV[2])
+local out = {}
+local start = 0
+while #out < limit do
+  local idents = redis.call('ZRANGE', KEYS[1], start, start + 99)
+  if #idents == 0 then break end
+  for _, ident in ipairs(idents) do
+    local rec = ARGV[3] .. ident
+    local cur = redis.call('HMGET', rec, 'status', 'lease_expires_at')
+    if cur[1] == 'UNKNOWN' or (cur[1] == 'CLAIMED' and cur[2] and le(cur[2], ARGV[1])) then
+      out[#out + 1] = redis.call('HGETALL', rec)
+      if #out >= limit then break end
+    end
+  end
+  start = start + 100
+end
+return out
+"""
+
+# (scope, key, ledger_head) of up to ``limit`` records of a bucket after ``after`` (an ident).
+# KEYS: live. ARGV: after ('' = from the start), limit, record key prefix.
+HEADS: Final = """
+local low = '-'
+if ARGV[1] ~= '' then low = '(' .. ARGV[1] end
+local idents = redis.call('ZRANGEBYLEX', KEYS[1], low, '+', 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+for _, ident in ipairs(idents) do
+  local cur = redis.call('HMGET', ARGV[3] .. ident, 'scope', 'key', 'ledger_head')
+  if cur[1] then
+    out[#out + 1] = cur[1]
+    out[#out + 1] = cur[2]
+    out[#out + 1] = cur[3]
+  end
+end
+return out
+"""
+
+# The records of one (scope, family) in a bucket with the highest generation there.
+# KEYS: fam. ARGV: record key prefix.
+NEWEST: Final = """
+local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if not top[2] then return {} end
+local out = {}
+for _, ident in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], top[2], top[2])) do
+  out[#out + 1] = redis.call('HGETALL', ARGV[1] .. ident)
+end
+return out
+"""
+
+# KEYS: checkpoints. ARGV: number, encoded checkpoint. Numbers stay contiguous.
+APPEND_CHECKPOINT: Final = """
+if redis.call('LLEN', KEYS[1]) + 1 ~= tonumber(ARGV[1]) then return 0 end
+redis.call('RPUSH', KEYS[1], ARGV[2])
+return 1
+"""
+
+# Allocate ``count`` seqs on Redis Cluster, the counter first raised above ``floor`` (a bucket
+# reported seqs the counter had not reached: it lost increments in a failover).
+# KEYS: counter. ARGV: count, floor. Returns the last seq allocated.
+SEQ: Final = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+local floor = tonumber(ARGV[2])
+if current < floor then redis.call('SET', KEYS[1], floor) end
+return redis.call('INCRBY', KEYS[1], tonumber(ARGV[1]))
+"""
+
+# KEYS: meta. ARGV: layout version, buckets. Records them on first use; returns what is stored.
+META: Final = """
+redis.call('HSETNX', KEYS[1], 'version', ARGV[1])
+redis.call('HSETNX', KEYS[1], 'buckets', ARGV[2])
+return redis.call('HMGET', KEYS[1], 'version', 'buckets')
+"""

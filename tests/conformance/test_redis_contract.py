@@ -1,0 +1,441 @@
+"""The store contract on Redis: the local server (db 0) and a real 3-master Redis Cluster that
+this module starts on loopback ports, sync (``RedisStore``) and native async (``AsyncRedisStore``).
+
+Each test uses a fresh key prefix, so tests and runs never collide on the shared server, and
+deletes its keys afterwards. A missing server fails the run: it is never skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.retry import Retry
+
+from payonce import (
+    AsyncGuard,
+    Attempt,
+    ConfigurationError,
+    Guard,
+    Intent,
+    Status,
+    StoreUnavailableError,
+    seal_checkpoint,
+    verify_ledger,
+)
+from payonce._model import NewRecord
+from payonce.stores._redis import AsyncRedisStore, RedisStore
+from payonce.stores._redis_core import Effect, Script
+from payonce.testing import AsyncStoreContract, ManualClock, StoreContract
+from tests.redis_cluster import Cluster, delete_prefix, redis_cluster, redis_server
+
+LOCAL_URL = "redis://127.0.0.1:6379/0"
+SECRET = b"payonce-test-secret-0123456789abcdef"
+
+
+def unique_prefix() -> str:
+    return f"payonce-test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def local_redis() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(LOCAL_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        pytest.fail(f"the local Redis at {LOCAL_URL} is not running (never skipped): {exc}")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    with redis_cluster(3) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def cluster_client(cluster: Cluster) -> Iterator[RedisCluster]:
+    client = RedisCluster.from_url(cluster.url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def local_prefix(local_redis: redis.Redis) -> Iterator[str]:
+    prefix = unique_prefix()
+    yield prefix
+    delete_prefix(local_redis, prefix)
+
+
+@pytest.fixture
+def cluster_prefix(cluster_client: RedisCluster) -> Iterator[str]:
+    prefix = unique_prefix()
+    yield prefix
+    delete_prefix(cluster_client, prefix)
+
+
+class TestRedisStore(StoreContract):
+    @pytest.fixture
+    def store(self, local_redis: redis.Redis, local_prefix: str) -> Iterator[RedisStore]:
+        s = RedisStore(LOCAL_URL, prefix=local_prefix)
+        yield s
+        s.close()
+
+
+class TestAsyncRedisStore(AsyncStoreContract):
+    @pytest.fixture
+    def astore(self, local_redis: redis.Redis, local_prefix: str) -> AsyncRedisStore:
+        return AsyncRedisStore(LOCAL_URL, prefix=local_prefix)
+
+
+class TestRedisClusterStore(StoreContract):
+    @pytest.fixture
+    def store(self, cluster: Cluster, cluster_prefix: str) -> Iterator[RedisStore]:
+        s = RedisStore(f"redis+cluster://127.0.0.1:{cluster.ports[0]}", prefix=cluster_prefix)
+        yield s
+        s.close()
+
+
+class TestAsyncRedisClusterStore(AsyncStoreContract):
+    @pytest.fixture
+    def astore(self, cluster: Cluster, cluster_prefix: str) -> AsyncRedisStore:
+        return AsyncRedisStore(
+            f"redis+cluster://127.0.0.1:{cluster.ports[0]}", prefix=cluster_prefix
+        )
+
+
+# -- beyond the contract: start-up checks, layout, the ledger through a guard --------------------
+
+
+@pytest.fixture
+def lru_redis() -> Iterator[int]:
+    """A throwaway server that may evict keys: never the shared one."""
+    with redis_server("--maxmemory-policy", "allkeys-lru") as port:
+        yield port
+
+
+def test_evicting_redis_is_refused(lru_redis: int) -> None:
+    url = f"redis://127.0.0.1:{lru_redis}/0"
+
+    with pytest.raises(ConfigurationError, match="noeviction") as caught:
+        RedisStore(url)
+
+    assert "allkeys-lru" in str(caught.value)
+    assert "allow_unsafe_durability=True" in str(caught.value)
+    with redis.Redis.from_url(url) as client:
+        assert client.dbsize() == 0  # refused before writing anything
+
+
+def test_evicting_redis_is_refused_by_the_async_store(lru_redis: int) -> None:
+    store = AsyncRedisStore(f"redis://127.0.0.1:{lru_redis}/0")
+
+    async def first_use() -> None:
+        try:
+            await store.get("tenant-a", "k1_x")
+        finally:
+            await store.close()
+
+    with pytest.raises(ConfigurationError, match="noeviction"):
+        asyncio.run(first_use())
+
+
+def test_evicting_redis_allowed_explicitly_with_a_warning(
+    lru_redis: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="payonce.stores.redis"):
+        store = RedisStore(f"redis://127.0.0.1:{lru_redis}/0", allow_unsafe_durability=True)
+    try:
+        assert store.get("tenant-a", "k1_absent") is None
+    finally:
+        store.close()
+    assert any("allkeys-lru" in r.getMessage() for r in caplog.records)
+
+
+def test_disabled_config_command_is_refused_unless_confirmed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Managed Redis services rename or deny CONFIG: payonce cannot check, so the user confirms.
+    with redis_server("--rename-command", "CONFIG", "") as port:
+        url = f"redis://127.0.0.1:{port}/0"
+        with pytest.raises(ConfigurationError, match="CONFIG GET is refused"):
+            RedisStore(url)
+        with caplog.at_level(logging.WARNING, logger="payonce.stores.redis"):
+            store = RedisStore(url, allow_unsafe_durability=True)
+        store.close()
+    assert any("could not read the configuration" in r.getMessage() for r in caplog.records)
+
+
+def test_no_persistence_is_allowed_with_a_logged_warning(
+    local_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The local test server runs with --save "" --appendonly no.
+    with caplog.at_level(logging.WARNING, logger="payonce.stores.redis"):
+        store = RedisStore(LOCAL_URL, prefix=local_prefix)
+    store.close()
+    assert any("neither AOF nor RDB" in r.getMessage() for r in caplog.records)
+
+
+def test_password_never_shown(caplog: pytest.LogCaptureFixture) -> None:
+    with redis_server("--requirepass", "s3cret-pw") as port:
+        store = RedisStore(f"redis://:s3cret-pw@127.0.0.1:{port}/0")
+        try:
+            assert "s3cret-pw" not in repr(store)
+            assert ":***@" in repr(store)
+        finally:
+            store.close()
+        with pytest.raises(StoreUnavailableError) as caught:
+            RedisStore(f"redis://:wrong-pw@127.0.0.1:{port}/0")
+    assert "wrong-pw" not in str(caught.value)
+    assert all("pw" not in r.getMessage() for r in caplog.records)
+
+
+def test_unreachable_redis_is_unavailable() -> None:
+    client = redis.Redis(port=1, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
+    with pytest.raises(StoreUnavailableError) as caught:
+        RedisStore(client)
+    assert caught.value.to_dict()["operation"] == "open"
+
+
+@pytest.mark.parametrize("prefix", ["", "pay{once}", "a\0b"])
+def test_bad_prefix_refused(prefix: str) -> None:
+    with pytest.raises(ConfigurationError, match="prefix"):
+        RedisStore(LOCAL_URL, prefix=prefix)
+
+
+def test_bucket_count_is_fixed_per_prefix(local_prefix: str) -> None:
+    RedisStore(LOCAL_URL, prefix=local_prefix, buckets=8).close()
+
+    with pytest.raises(ConfigurationError, match="buckets=8"):
+        RedisStore(LOCAL_URL, prefix=local_prefix, buckets=16)
+    RedisStore(LOCAL_URL, prefix=local_prefix, buckets=8).close()
+
+
+class DeclinedError(Exception):
+    """Declared definite."""
+
+
+class RefusedError(Exception):
+    """Declared not executed."""
+
+
+def _ledger_workload(store: RedisStore) -> int:
+    """Every kind of transition through a guard; returns how many records it leaves."""
+    clock = ManualClock(datetime(2026, 5, 1, 9, 0, tzinfo=UTC))
+    guard = Guard(
+        store,
+        secret=SECRET,
+        scope="tenant-a",
+        clock=clock,
+        lease=timedelta(seconds=30),
+        wait=timedelta(0),
+        definite=(DeclinedError,),
+        not_executed=(RefusedError,),
+    )
+    calls = {"n": 0}
+
+    def charge(attempt: object) -> dict[str, int]:
+        calls["n"] += 1
+        return {"n": calls["n"]}
+
+    def declined(attempt: object) -> None:
+        raise DeclinedError
+
+    def refused(attempt: object) -> None:
+        raise RefusedError
+
+    for n in range(6):  # one second apart: purge takes the oldest first
+        guard.run(Intent("charge", 100 + n, "usd", customer="cus_a", reference=f"ok-{n}"), charge)
+        clock.advance(timedelta(seconds=1))
+    guard.run(Intent("charge", 100, "usd", customer="cus_a", reference="ok-0"), charge)  # replay
+    for fn, reference in ((declined, "declined"), (refused, "refused")):
+        with pytest.raises(Exception):  # noqa: B017, PT011 (the guard's gateway errors)
+            guard.run(Intent("charge", 500, "usd", customer="cus_b", reference=reference), fn)
+    guard.run(Intent("charge", 500, "usd", customer="cus_b", reference="refused"), charge)
+    guard.run(Intent("charge", 700, "usd", customer="cus_c"), charge)  # reference-less: a family
+    guard.run(Intent("charge", 700, "usd", customer="cus_c"), charge)  # same window: replayed
+    clock.advance(timedelta(hours=1))
+    guard.run(Intent("charge", 700, "usd", customer="cus_c"), charge)  # next window
+    seal_checkpoint(store, now=clock.now())
+    clock.advance(timedelta(days=4))
+    assert store.purge(now=clock.now(), retention=timedelta(days=3), limit=3) == 3
+    guard.run(Intent("charge", 100, "usd", customer="cus_a", reference="ok-0"), charge)  # again
+    seal_checkpoint(store, now=clock.now())
+    return calls["n"]
+
+
+@pytest.mark.parametrize("where", ["standalone", "cluster"])
+def test_verify_ledger_after_a_guarded_workload(where: str, request: pytest.FixtureRequest) -> None:
+    if where == "standalone":
+        url, prefix = LOCAL_URL, request.getfixturevalue("local_prefix")
+    else:
+        cluster = request.getfixturevalue("cluster")
+        url = f"redis+cluster://127.0.0.1:{cluster.ports[0]}"
+        prefix = request.getfixturevalue("cluster_prefix")
+    store = RedisStore(url, prefix=prefix)
+    try:
+        calls = _ledger_workload(store)
+
+        report = verify_ledger(store)
+
+        assert calls == 10  # ok-0..5, refused once run, two windows, ok-0 after its purge
+        assert report.checkpoints == 2
+        assert report.keys == 10  # ok-0..5, declined, refused, two windows of cus_c
+        assert report.records == 8  # ok-0..2 purged, ok-0 claimed again
+        assert [r.status for r in store.scan(now=datetime(2030, 1, 1, tzinfo=UTC), limit=9)] == []
+        purged = [e for e in store.entries(after=0, limit=1000) if e.event == "purged"]
+        assert len(purged) == 3
+        record = store.get("tenant-a", purged[0].key)
+        assert record is None or record.status is Status.SUCCEEDED
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"decode_responses": True}, {"protocol": 3}, {"protocol": 3, "decode_responses": True}],
+    ids=["decoded", "resp3", "resp3-decoded"],
+)
+def test_any_client_configuration_reads_the_same(
+    local_prefix: str, options: dict[str, object]
+) -> None:
+    # The store must not depend on how the caller configured the client it passes in.
+    client = redis.Redis.from_url(LOCAL_URL, **options)
+    store = RedisStore(client, prefix=local_prefix)
+    try:
+        now = datetime(2026, 1, 1, tzinfo=UTC)
+        new = NewRecord(
+            "tenant-a", "k1_any", "fp", "{}", "po1_any", "charge", 100, "usd", family="f"
+        )
+        assert store.claim(new, now=now, lease_for=timedelta(seconds=5)).lease is not None
+        done = store.complete(
+            "tenant-a", "k1_any", token=1, status=Status.SUCCEEDED, outcome='{"é":1}', now=now
+        )
+
+        assert store.get("tenant-a", "k1_any") == done
+        assert store.newest("tenant-a", "f") == done
+        view = store.replay_view("tenant-a", "k1_any")
+        assert view is not None
+        assert view.outcome == '{"é":1}'
+        assert store.heads(after=None, limit=5) == [("tenant-a", "k1_any", done.ledger_head)]
+        assert store.purge(now=now + timedelta(days=2), retention=timedelta(days=1), limit=5) == 1
+        assert [e.event for e in store.entries(after=0, limit=5)] == [
+            "claimed",
+            "succeeded",
+            "purged",
+        ]
+    finally:
+        store.close()
+        client.close()
+
+
+def test_async_guard_runs_once_and_replays(local_prefix: str) -> None:
+    async def scenario() -> tuple[list[int], list[bool]]:
+        store = AsyncRedisStore(LOCAL_URL, prefix=local_prefix)
+        await store.connect()
+        guard = AsyncGuard(store, secret=SECRET, scope="tenant-a", clock=ManualClock())
+        calls: list[int] = []
+
+        async def charge(attempt: Attempt) -> dict[str, int]:
+            calls.append(attempt.number)
+            return {"id": 1}
+
+        intent = Intent("charge", 1000, "usd", customer="cus_a", reference="async-1")
+        try:
+            outcomes = await asyncio.gather(*(guard.run(intent, charge) for _ in range(3)))
+            outcomes.append(await guard.run(intent, charge))
+        finally:
+            await store.close()
+        return calls, [o.replayed for o in outcomes]
+
+    calls, replayed = asyncio.run(scenario())
+
+    assert calls == [1]
+    assert replayed.count(False) == 1
+    assert replayed[-1] is True
+
+
+def test_cluster_seq_counter_that_went_back_never_reorders_the_ledger(
+    cluster: Cluster, cluster_client: RedisCluster, cluster_prefix: str
+) -> None:
+    # A failover of the counter's master may lose its newest increments: the buckets refuse
+    # seqs they have passed (and the sealed range), and the counter is raised past them.
+    store = RedisStore(f"redis+cluster://127.0.0.1:{cluster.ports[0]}", prefix=cluster_prefix)
+    try:
+        _ledger_workload(store)
+        before = list(store.entries(after=0, limit=1000))
+        cluster_client.set(f"{cluster_prefix}:seq", 1)
+
+        clock = ManualClock(datetime(2026, 6, 1, tzinfo=UTC))
+        guard = Guard(store, secret=SECRET, scope="tenant-a", clock=clock)
+        for n in range(4):
+            intent = Intent("charge", 900, "usd", customer="cus_z", reference=f"after-{n}")
+            guard.run(intent, lambda attempt: {"n": attempt.number})
+
+        after = list(store.entries(after=0, limit=1000))
+        assert after[: len(before)] == before
+        assert len(after) == len(before) + 8
+        assert min(e.seq for e in after[len(before) :]) > max(e.seq for e in before)
+        report = verify_ledger(store)
+        assert report.entries == len(after)
+        assert seal_checkpoint(store, now=clock.now()) is not None
+        assert verify_ledger(store).checkpoints == 3
+    finally:
+        store.close()
+
+
+class _RepliesLostStore(RedisStore):
+    """Every transition script runs twice and the caller sees only the second reply, as when a
+    reply is lost and the client sends the command again (redis-py retries on a timeout)."""
+
+    def _perform(self, effect: Effect, operation: str) -> Any:
+        if isinstance(effect, Script) and effect.name in ("claim", "apply"):
+            super()._perform(effect, operation)
+        return super()._perform(effect, operation)
+
+
+def test_a_resent_script_recognises_its_own_write(local_prefix: str) -> None:
+    store = _RepliesLostStore(LOCAL_URL, prefix=local_prefix)
+    try:
+        t0 = datetime(2026, 2, 1, tzinfo=UTC)
+        lease = timedelta(seconds=30)
+        new = NewRecord("tenant-a", "k1_resent", "fp", "{}", "po1_resent", "charge", 100, "usd")
+        claimed = store.claim(new, now=t0, lease_for=lease)
+        assert claimed.lease is not None
+        taken = store.takeover("tenant-a", new.key, token=1, now=t0 + lease, lease_for=lease)
+        assert taken.lease is not None
+        assert taken.lease.token == 2
+        marked = store.mark_unknown("tenant-a", new.key, token=2, reason="timeout", now=t0 + lease)
+        assert marked.status is Status.UNKNOWN
+        again = store.takeover("tenant-a", new.key, token=2, now=t0 + lease, lease_for=lease)
+        assert again.lease is not None
+        store.release("tenant-a", new.key, token=3, reason="refused", now=t0 + lease)
+        reclaimed = store.claim(new, now=t0 + 2 * lease, lease_for=lease)
+        assert reclaimed.lease is not None
+        assert reclaimed.lease.token == 4
+        done = store.complete(
+            "tenant-a", new.key, token=4, status=Status.SUCCEEDED, outcome="{}", now=t0 + 2 * lease
+        )
+
+        assert store.get("tenant-a", new.key) == done
+        events = [e.event for e in store.entries(after=0, limit=20)]
+        assert events == [
+            "claimed",
+            "taken_over",
+            "marked_unknown",
+            "taken_over",
+            "released",
+            "claimed",
+            "succeeded",
+        ]
+        assert verify_ledger(store).entries == 7
+    finally:
+        store.close()

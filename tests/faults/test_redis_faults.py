@@ -1,0 +1,312 @@
+"""Races and outages on Redis (SCENARIOS R5 and the store outage of issue 3).
+
+* 16 processes x 2 threads race on one key of the local Redis, 20 rounds on fresh keys: one
+  movement per key, one outcome byte for byte, every other caller replays or is told to wait.
+* An outage: ``CLIENT PAUSE WRITE`` on a throwaway server while the guard claims, and while it
+  records the outcome, with a short socket timeout on the store's client. The caller gets a
+  clear ``StoreUnavailableError`` (or, once the call ran, ``OutcomeUnknownError`` caused by it),
+  the provider is never called without a durable claim, and after the pause a retry of the same
+  intent ends with exactly one movement and one acknowledged outcome.
+
+The race runs on the system clock (processes cannot share a ManualClock) with a 30 s lease, far
+longer than any round; the outage tests move a ManualClock past the lease instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from payonce import (
+    Attempt,
+    Guard,
+    OutcomeUnknownError,
+    Status,
+    StoreUnavailableError,
+)
+from payonce._model import NewRecord, Record
+from payonce.stores._redis import RedisStore
+from payonce.testing import ManualClock
+from tests.faults import worker
+from tests.faults.history import Ack, check_history
+from tests.redis_cluster import delete_prefix, redis_server
+
+ROOT = Path(__file__).resolve().parents[2]
+LOCAL_URL = "redis://127.0.0.1:6379/0"
+PROCESSES = 16
+THREADS_PER_PROCESS = 2
+ROUNDS = 20
+SLOW_CALL = 0.2  # seconds the provider holds the first call open while duplicates arrive
+LEASE = timedelta(seconds=30)
+SOCKET_TIMEOUT = 0.25  # seconds: how long the store's client waits on a paused server
+PAUSE_MS = 20_000  # an upper bound only: each test unpauses explicitly
+_T = datetime(2026, 6, 1, 12, 0, 5, tzinfo=UTC)
+
+
+@pytest.fixture
+def local_prefix() -> Iterator[str]:
+    client = redis.Redis.from_url(LOCAL_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        pytest.fail(f"the local Redis at {LOCAL_URL} is not running (never skipped): {exc}")
+    prefix = f"payonce-race-{uuid.uuid4().hex[:12]}"
+    yield prefix
+    delete_prefix(client, prefix)
+    client.close()
+
+
+def _results(stream: Any, expected: int) -> Iterator[dict[str, Any]]:
+    while expected:
+        line = stream.readline()
+        assert line, "a worker exited early; see its stderr file in tmp_path"
+        parsed = json.loads(line)
+        if "ok" in parsed:
+            expected -= 1
+            yield parsed
+
+
+def _check_round(results: list[dict[str, Any]], movements: list[dict[str, Any]]) -> None:
+    errors = {r["error"] for r in results if not r["ok"]}
+    assert errors <= {"InProgressError"}, errors
+    ok = [r for r in results if r["ok"]]
+    assert len({r["body"] for r in ok}) == 1  # one outcome, byte for byte
+    assert [r["replayed"] for r in ok].count(False) == 1
+    moved = [m for m in movements if m["provider_key"] == ok[0]["provider_key"]]
+    assert len(moved) == 1, moved  # the call ran exactly once in all processes together
+    assert moved[0]["value"] == ok[0]["value"]
+
+
+def test_r5_concurrent_duplicates_processes_on_redis(tmp_path: Path, local_prefix: str) -> None:
+    """16 processes x 2 threads race on one key in Redis, 20 rounds, each on a fresh key."""
+    movements = tmp_path / "movements.txt"
+    command = [
+        sys.executable,
+        "-m",
+        "tests.faults.redis_worker",
+        f"--url={LOCAL_URL}",
+        f"--prefix={local_prefix}",
+        f"--movements={movements}",
+        "--reference=r5-redis",
+        f"--rounds={ROUNDS}",
+        f"--threads={THREADS_PER_PROCESS}",
+        f"--sleep-in-fn={SLOW_CALL}",
+        "--lease=30",
+        "--wait=10",
+    ]
+    acknowledged: list[Ack] = []
+    with ExitStack() as stack:
+        procs = []
+        for n in range(PROCESSES):
+            stderr = stack.enter_context((tmp_path / f"worker-{n}.err").open("w"))
+            proc = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+            )
+            stack.enter_context(proc)
+            stack.callback(proc.kill)  # runs first: a failed round must not leave it blocked
+            procs.append(proc)
+        streams = [p.stdout for p in procs if p.stdout is not None]
+        for rnd in range(ROUNDS):
+            for stream in streams:
+                assert json.loads(stream.readline()) == {"ready": rnd}
+            for proc in procs:
+                assert proc.stdin is not None
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+            results = [r for s in streams for r in _results(s, THREADS_PER_PROCESS)]
+            assert len(results) == PROCESSES * THREADS_PER_PROCESS
+            _check_round(results, worker.read_movements(movements))
+            acknowledged.extend(Ack(r["key"], r["body"]) for r in results if r["ok"])
+        for proc in procs:
+            assert proc.wait(timeout=60) == 0
+
+    store = RedisStore(LOCAL_URL, prefix=local_prefix)
+    try:
+        all_movements = worker.read_movements(movements)
+        assert len(all_movements) == ROUNDS
+        history = check_history(store, all_movements, acknowledged)
+        assert len(history.records) == ROUNDS
+        assert {r.status for r in history.records.values()} == {Status.SUCCEEDED}
+    finally:
+        store.close()
+
+
+# -- outage ---------------------------------------------------------------------------------------
+
+
+class Outage:
+    """A throwaway Redis, an admin connection that pauses it, and a store with a short timeout."""
+
+    def __init__(self, port: int, tmp_path: Path) -> None:
+        self.admin = redis.Redis(port=port)
+        # No client-side retries: a paused server must surface as one timeout, at once.
+        self.client = redis.Redis(
+            port=port, socket_timeout=SOCKET_TIMEOUT, retry=Retry(NoBackoff(), 0)
+        )
+        self.store = RedisStore(self.client, prefix="outage")
+        self.clock = ManualClock(datetime(2026, 6, 1, 12, 0, tzinfo=UTC))
+        self.movements = tmp_path / "movements.txt"
+        self.intent = worker.intent_for("outage-order")
+
+    def guard(self, *, resumable: bool = False) -> Guard:
+        return Guard(
+            self.store,
+            secret=worker.SECRET,
+            scope=worker.SCOPE,
+            clock=self.clock,
+            lease=LEASE,
+            wait=timedelta(0),
+            resumable=resumable,
+        )
+
+    def pause(self) -> None:
+        self.admin.client_pause(PAUSE_MS, all=False)  # CLIENT PAUSE ... WRITE
+
+    def unpause(self) -> None:
+        self.admin.client_unpause()
+
+    def move(self, attempt: Attempt) -> dict[str, str]:
+        """The provider, deduplicating provider keys as Stripe does."""
+        return worker.move(self.movements, attempt.provider_key, attempt.number, dedupe=True)
+
+    def close(self) -> None:
+        self.store.close()
+        self.client.close()
+        self.admin.close()
+
+
+@pytest.fixture
+def outage(tmp_path: Path) -> Iterator[Outage]:
+    with redis_server() as port:
+        setup = Outage(port, tmp_path)
+        try:
+            yield setup
+        finally:
+            setup.unpause()
+            setup.close()
+
+
+def _resolve(outage: Outage) -> Any:
+    """After the outage: past the lease, the same intent again, resumable; returns the outcome."""
+    outage.clock.advance(LEASE + timedelta(seconds=1))
+    return outage.guard(resumable=True).run(outage.intent, outage.move)
+
+
+def test_pause_during_claim_fails_clearly_without_calling_the_provider(outage: Outage) -> None:
+    called: list[Attempt] = []
+
+    def fn(attempt: Attempt) -> dict[str, str]:
+        called.append(attempt)
+        return outage.move(attempt)
+
+    outage.pause()
+    try:
+        with pytest.raises(StoreUnavailableError) as caught:
+            outage.guard().run(outage.intent, fn)
+    finally:
+        outage.unpause()
+
+    assert called == []  # no gateway call without a durable claim
+    assert caught.value.to_dict()["operation"] == "claim"
+    assert "Redis was unavailable" in str(caught.value)
+    assert "TimeoutError" in str(caught.value)
+    key = outage.guard().key_for(outage.intent)
+    # The paused claim was dropped with its connection, or applied once the pause ended.
+    stranded = outage.store.get(worker.SCOPE, key)
+    assert stranded is None or stranded.status is Status.CLAIMED
+
+    outcome = _resolve(outage)
+
+    assert outcome.replayed is False
+    movements = worker.read_movements(outage.movements)
+    assert len(movements) == 1
+    assert outcome.value == movements[0]["value"]
+    check_history(outage.store, movements, [outcome])
+
+
+def test_pause_during_complete_loses_and_doubles_nothing(outage: Outage) -> None:
+    def fn(attempt: Attempt) -> dict[str, str]:
+        answer = outage.move(attempt)  # the money moved; now the store goes away
+        outage.pause()
+        return answer
+
+    try:
+        with pytest.raises(OutcomeUnknownError) as caught:
+            outage.guard().run(outage.intent, fn)
+    finally:
+        outage.unpause()
+
+    cause = caught.value.__cause__
+    assert isinstance(cause, StoreUnavailableError)
+    assert cause.to_dict()["operation"] == "complete"
+    key = outage.guard().key_for(outage.intent)
+    held = outage.store.get(worker.SCOPE, key)
+    assert held is not None
+    assert held.status in (Status.CLAIMED, Status.SUCCEEDED)
+
+    outcome = _resolve(outage)
+    again = outage.guard().run(outage.intent, outage.move)
+
+    movements = worker.read_movements(outage.movements)
+    assert len(movements) == 1  # the resumed attempt reused the provider key: replayed there
+    assert outcome.value == again.value == movements[0]["value"]
+    assert again.replayed is True
+    assert again.body == outcome.body
+    check_history(outage.store, movements, [outcome, again])
+
+
+def test_store_calls_during_a_pause_raise_unavailable(outage: Outage) -> None:
+    new = NewRecord(
+        scope=worker.SCOPE,
+        key="k1_direct",
+        fingerprint="fp_direct",
+        intent='{"reference":"direct"}',
+        provider_key="po1_direct",
+        operation="charge",
+        amount=1000,
+        currency="usd",
+    )
+    claimed = outage.store.claim(new, now=outage.clock.now(), lease_for=LEASE)
+    assert claimed.lease is not None
+    token = claimed.lease.token
+
+    def complete() -> Record:
+        return outage.store.complete(
+            new.scope, new.key, token=token, status=Status.SUCCEEDED, outcome="{}", now=_T
+        )
+
+    outage.pause()
+    try:
+        with pytest.raises(StoreUnavailableError) as caught:
+            complete()
+        # Reads still answer during a WRITE pause: replays keep working.
+        view = outage.store.replay_view(new.scope, new.key)
+    finally:
+        outage.unpause()
+
+    assert caught.value.to_dict()["operation"] == "complete"
+    assert view is not None
+    assert view.status is Status.CLAIMED
+    # The holder retries the same write once Redis is back; it applies exactly once.
+    done = complete()
+    assert (done.status, done.outcome) == (Status.SUCCEEDED, "{}")
+    assert outage.store.get(new.scope, new.key) == done
+    events = [e.event for e in outage.store.entries(after=0, limit=10)]
+    assert events == ["claimed", "succeeded"]
