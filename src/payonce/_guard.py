@@ -36,6 +36,7 @@ from payonce._decide import (
 )
 from payonce._errors import (
     ConfigurationError,
+    ConflictError,
     GatewayRejectedError,
     GatewayUnavailableError,
     InProgressError,
@@ -189,6 +190,76 @@ class _GuardCore:
                 "use run(intent, fn) to guard a function of your own"
             )
         return self.gateway
+
+    def _refund_keys(self, original: Record, sequence: int) -> list[str]:
+        """The keys of the compensations of ``original`` numbered below ``sequence``."""
+        keys = []
+        for earlier in range(sequence):
+            probe = Intent(
+                "refund",
+                1,
+                original.currency,
+                target="ch_probe",
+                reference=_compensation_reference(original.key),
+                sequence=earlier,
+            )
+            key = self.keys.material(self.scope, probe).key
+            assert key is not None
+            keys.append(key)
+        return keys
+
+    def _refund_intent(
+        self,
+        original: Record | None,
+        earlier: list[Record | None],
+        *,
+        key: str,
+        amount: int | None,
+        reason: str,
+        sequence: int,
+    ) -> Intent:
+        """The refund that compensates ``original``: its own key (reference and sequence), linked
+        to the original by metadata, and never more than what is left of the captured amount."""
+        if original is None or original.status is not Status.SUCCEEDED:
+            state = "absent" if original is None else original.status.value
+            raise ConflictError(
+                f"only a SUCCEEDED payment can be compensated; key {key} is {state}. If it is "
+                "UNKNOWN, let the Reconciler resolve it first.",
+                key=key,
+            )
+        if original.operation not in ("charge", "capture"):
+            raise IntentError(
+                f"a {original.operation} cannot be compensated by a refund; only charges and "
+                "captures can",
+                field="key",
+            )
+        value = json.loads(original.outcome or "{}").get("value") or {}
+        target = value.get("id") if isinstance(value, dict) else None
+        if not isinstance(target, str):
+            raise IntentError(
+                "the recorded outcome has no provider object id to refund; compensate payments "
+                "made through guard.execute",
+                field="key",
+            )
+        captured = value.get("amount", original.amount)
+        refunded = sum(r.amount for r in earlier if r is not None and r.status is Status.SUCCEEDED)
+        left = captured - refunded
+        wanted = left if amount is None else amount
+        if wanted > left or wanted <= 0:
+            raise IntentError(
+                f"amount: a refund of {wanted} would exceed what is left of the payment "
+                f"({left} of {captured} minor units after earlier refunds); refund at most {left}",
+                field="amount",
+            )
+        return Intent(
+            "refund",
+            wanted,
+            original.currency,
+            target=target,
+            reference=_compensation_reference(original.key),
+            sequence=sequence,
+            metadata={"payonce_original": original.key, "payonce_reason": reason},
+        )
 
     def _fault(self, point: str) -> None:
         if self._faults is not None:
@@ -345,6 +416,10 @@ class _GuardCore:
             f"the function returned a {type(value).__name__}, which is not JSON-serialisable, so "
             "its outcome could not be recorded although the call ran; return plain JSON values"
         )
+
+
+def _compensation_reference(key: str) -> str:
+    return f"compensate:{key}"
 
 
 _TAKEOVER_REASON: Final = (
@@ -711,6 +786,45 @@ class Guard(_Flows):
             lambda attempt: gateway.execute(intent, attempt.provider_key, key=attempt.key),
         )
 
+    def compensate(
+        self,
+        key: str,
+        *,
+        amount: int | None = None,
+        reason: str = "requested_by_customer",
+        sequence: int = 0,
+    ) -> Outcome:
+        """Refund a SUCCEEDED payment of this scope, at most once per ``sequence``.
+
+        The refund is an intent of its own (reference ``compensate:<key>``, the given
+        ``sequence``), linked to the original by its ``payonce_original`` metadata, so calling
+        this again, concurrently or after a crash, replays the same refund. A further, separate
+        refund of the same payment takes the next ``sequence``.
+
+        Args:
+            key: the record key of the payment (``outcome.key``).
+            amount: minor units to refund; by default what is left of the captured amount.
+            reason: why, kept in the refund's metadata.
+            sequence: 0 for the first refund of this payment, 1, 2, … for further ones.
+
+        Raises:
+            ConflictError: the payment is not SUCCEEDED (UNKNOWN: reconcile it first).
+            IntentError: the amount exceeds what is left, or the payment cannot be refunded.
+            and the errors of ``execute``.
+        """
+        self._require_gateway()
+        original = self.store.get(self.scope, key)
+        earlier = [] if original is None else self._refund_keys(original, sequence)
+        intent = self._refund_intent(
+            original,
+            [self.store.get(self.scope, k) for k in earlier],
+            key=key,
+            amount=amount,
+            reason=reason,
+            sequence=sequence,
+        )
+        return self.execute(intent)
+
     def _guarded(self, prepared: _Prepared, mode: _Mode, fn: Callable[[Attempt], Any]) -> Outcome:
         first_read = None
         if self._read_before_claim and prepared.key is not None:
@@ -803,6 +917,28 @@ class AsyncGuard(_Flows):
             mode,
             lambda attempt: gateway.execute(intent, attempt.provider_key, key=attempt.key),
         )
+
+    async def compensate(
+        self,
+        key: str,
+        *,
+        amount: int | None = None,
+        reason: str = "requested_by_customer",
+        sequence: int = 0,
+    ) -> Outcome:
+        """See ``Guard.compensate``."""
+        self._require_gateway()
+        original = await self.store.get(self.scope, key)
+        earlier = [] if original is None else self._refund_keys(original, sequence)
+        intent = self._refund_intent(
+            original,
+            [await self.store.get(self.scope, k) for k in earlier],
+            key=key,
+            amount=amount,
+            reason=reason,
+            sequence=sequence,
+        )
+        return await self.execute(intent)
 
     async def _guarded(
         self, prepared: _Prepared, mode: _Mode, fn: Callable[[Attempt], Any]

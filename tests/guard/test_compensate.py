@@ -1,0 +1,115 @@
+"""Compensation: an idempotent refund derived from the original record, never more than was
+captured, also under retried and concurrent calls (R20)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+
+from payonce import (
+    ConflictError,
+    GatewayRejectedError,
+    Guard,
+    Intent,
+    IntentError,
+    OutcomeUnknownError,
+    RetryPolicy,
+    Store,
+    verify_ledger,
+)
+from payonce.gateways.simulated import SimulatedGateway
+from payonce.testing import ManualClock
+from tests.conftest import SCOPE, SECRET
+
+CHARGE = Intent("charge", 5000, "usd", payment_method="tok_visa", reference="order-20")
+
+
+def _setup(store: Store, clock: ManualClock) -> tuple[Guard, SimulatedGateway, str]:
+    gateway = SimulatedGateway(idempotent=False, clock=clock)  # payonce alone must be safe
+    guard = Guard(store, secret=SECRET, scope=SCOPE, clock=clock, gateway=gateway)
+    return guard, gateway, guard.execute(CHARGE).key
+
+
+def _refunded(gateway: SimulatedGateway) -> int:
+    return sum(m.amount for m in gateway.movements() if m.operation == "refund")
+
+
+def test_a_retried_full_refund_refunds_once(store: Store, clock: ManualClock) -> None:
+    guard, gateway, key = _setup(store, clock)
+    first = guard.compensate(key)
+    again = guard.compensate(key)
+    assert again.replayed
+    assert again.value == first.value
+    assert _refunded(gateway) == 5000
+    record = store.get(SCOPE, first.key)
+    assert record is not None
+    assert record.intent_fields()["metadata"]["payonce_original"] == key
+    verify_ledger(store)
+
+
+def test_partial_refunds_by_sequence_never_exceed_the_charge(
+    store: Store, clock: ManualClock
+) -> None:
+    guard, gateway, key = _setup(store, clock)
+    guard.compensate(key, amount=3000, sequence=0)
+    guard.compensate(key, amount=2000, sequence=1)
+    with pytest.raises(IntentError, match="refund at most 0") as caught:
+        guard.compensate(key, amount=1, sequence=2)
+    assert caught.value.field == "amount"
+    assert _refunded(gateway) == 5000
+    with pytest.raises(IntentError, match="refund at most 2000"):
+        guard.compensate(key, amount=2500, sequence=1)  # a different amount under a used number
+
+
+def test_sixteen_concurrent_refunds_refund_once(store: Store, clock: ManualClock) -> None:
+    guard, gateway, key = _setup(store, clock)
+    barrier = threading.Barrier(16)
+    results: list[object] = []
+
+    def refund() -> None:
+        barrier.wait()
+        try:
+            results.append(guard.compensate(key))
+        except Exception as exc:  # an InProgressError is an acceptable answer
+            results.append(exc)
+
+    threads = [threading.Thread(target=refund) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(results) == 16
+    assert _refunded(gateway) == 5000
+    assert len([m for m in gateway.movements() if m.operation == "refund"]) == 1
+
+
+def test_concurrent_refunds_under_different_numbers_are_capped_by_the_provider(
+    store: Store, clock: ManualClock
+) -> None:
+    guard, gateway, key = _setup(store, clock)
+    outcomes: list[object] = []
+    for sequence in range(3):
+        try:
+            outcomes.append(guard.compensate(key, amount=2000, sequence=sequence))
+        except (IntentError, GatewayRejectedError) as exc:
+            outcomes.append(exc)
+    assert _refunded(gateway) == 4000
+    assert isinstance(outcomes[2], IntentError)
+
+
+def test_only_a_succeeded_payment_is_compensated(store: Store, clock: ManualClock) -> None:
+    gateway = SimulatedGateway(idempotent=False, clock=clock)
+    gateway.script(["after_send"])
+    guard = Guard(
+        store, secret=SECRET, scope=SCOPE, clock=clock, gateway=gateway, retry=RetryPolicy.never()
+    )
+    with pytest.raises(OutcomeUnknownError):
+        guard.execute(CHARGE)
+    with pytest.raises(ConflictError, match="Reconciler"):
+        guard.compensate(guard.key_for(CHARGE))
+    with pytest.raises(ConflictError, match="absent"):
+        guard.compensate("k1_" + "0" * 64)
+    clock.advance(timedelta(seconds=1))
+    assert _refunded(gateway) == 0
