@@ -163,10 +163,10 @@ _BASELINES = """\
 What payonce does on top: it canonicalises through `Intent`, derives the provider key, builds
 frozen `NewRecord`/`Record`/`Entry` values, asks the pure `decide` function what to do, reads the
 replay columns before taking the write lock (so a replay never writes), reads the key's chain head
-under it (a released or purged key keeps its chain and its fencing tokens), reads the record and
-`MAX(seq) + 1` before each fenced write (the transition is computed from the stored record, not
-from the caller's copy), writes the mutable columns back, and maps driver errors. The
-profile below counts the SQL statements each side runs per call."""
+under it (a released or purged key keeps its chain and its fencing tokens), writes the holder's
+complete as a compare-and-set on the token and the ledger head of the record it handed out
+(falling back to a read when that record changed), writes the mutable columns back, and maps
+driver errors. The profile below counts the SQL statements each side runs per call."""
 
 
 def render(report: Report, command: str) -> str:
