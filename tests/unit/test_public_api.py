@@ -117,6 +117,8 @@ LAYER = {
     "payonce._protocols": 2,
     "payonce._clock": 2,
     "payonce._guard": 3,
+    "payonce._guard_core": 3,
+    "payonce._flow": 3,
     "payonce._once": 3,
     "payonce._ledger": 3,
     "payonce._reconciler": 3,

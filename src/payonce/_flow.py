@@ -1,0 +1,323 @@
+"""The guard's control flow (L3), written once.
+
+The flow is a set of generators that yield effects (a store call, a gateway call, a sleep, the
+guarded call) and receive their results or have their exceptions thrown in; every decision
+inside it comes from the pure ``decide``/``settle`` functions. ``Guard`` and ``AsyncGuard``
+(``payonce._guard``) are thin twin drivers that perform the effects, blocking or awaited, so the
+two cannot drift apart (DESIGN §10).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeAlias
+
+from payonce._bodies import success_body
+from payonce._decide import (
+    Complete,
+    MarkUnknown,
+    Reject,
+    Release,
+    Replay,
+    Retry,
+    TakeOver,
+    Unresolved,
+    Wait,
+    settle,
+)
+from payonce._errors import (
+    GatewayUnavailableError,
+    KeyReuseError,
+    LeaseLostError,
+    OutcomeUnknownError,
+    StoreError,
+)
+from payonce._guard_core import (
+    _FIRST_POLL,
+    _MAX_POLL,
+    _TAKEOVER_REASON,
+    _Classified,
+    _GuardCore,
+    _log,
+    _Mode,
+    _Prepared,
+)
+from payonce._model import (
+    Attempt,
+    Claimed,
+    GatewayResult,
+    Lease,
+    Outcome,
+    OutcomeClass,
+    Record,
+    ReplayView,
+    Status,
+)
+
+__all__: list[str] = []
+
+
+@dataclass(slots=True)
+class _StoreOp:
+    """Effect: call ``store.<name>(*args, **kwargs)``; the driver sends back the result."""
+
+    name: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class _GatewayOp:
+    """Effect: call ``gateway.<name>(*args, **kwargs)``; the driver sends back the result."""
+
+    name: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class _Sleep:
+    """Effect: wait ``duration`` on the guard's clock."""
+
+    duration: timedelta
+
+
+@dataclass(slots=True)
+class _Call:
+    """Effect: call the guarded function with ``attempt``; the driver sends back its value."""
+
+    attempt: Attempt
+
+
+_Effect: TypeAlias = _StoreOp | _GatewayOp | _Sleep | _Call
+# A flow yields effects, receives their results or has their exceptions thrown in, and returns
+# the outcome; the drivers in Guard and AsyncGuard perform the effects.
+_Flow: TypeAlias = Generator[_Effect, Any, Any]
+
+
+class _Flows(_GuardCore):
+    """The guard's control flow over effects (DESIGN §5, §6, §10)."""
+
+    def _key_flow(self, prepared: _Prepared, now: datetime) -> _Flow:
+        if prepared.key is not None:
+            return prepared.key, 0
+        newest = yield _StoreOp("newest", (self.scope, prepared.family))
+        return self._window_key(prepared, newest, now)
+
+    def _replay_first(
+        self, prepared: _Prepared, view: ReplayView | None
+    ) -> tuple[Outcome | None, tuple[Record | None] | None]:
+        """The replay path, answered from the first read before any of the flow runs.
+
+        Returns the outcome when ``view`` is a finished run of this very intent; otherwise what
+        the flow may take as already read: ``(None,)`` for an absent key, or None (the flow
+        reads the whole record, as it must for a live lease or a reuse).
+        """
+        if view is None:
+            return None, (None,)
+        if view.status.terminal and view.fingerprint == prepared.fingerprint:
+            return self._outcome(view, replayed=True), None
+        return None, None
+
+    def _run_flow(
+        self, prepared: _Prepared, mode: _Mode, first_read: tuple[Record | None] | None
+    ) -> _Flow:
+        """``first_read``: ``(record or None,)`` when the driver already read ``prepared.key``."""
+        self._fault("before_claim")
+        waited, poll = timedelta(0), _FIRST_POLL
+        while True:
+            now = self.clock.now()
+            key, generation = yield from self._key_flow(prepared, now)
+            existing = None
+            if first_read is not None:
+                (existing,), first_read = first_read, None
+            elif self._read_before_claim:
+                existing = yield _StoreOp("get", (self.scope, key))
+            if existing is None:
+                new = self._new_record(prepared, key, generation)
+                claimed = yield _StoreOp("claim", (new,), {"now": now, "lease_for": self.lease})
+            else:
+                claimed = Claimed(existing, None)
+            if claimed.lease is not None:
+                return (
+                    yield from self._execute_flow(prepared, claimed.record, claimed.lease, mode)
+                )
+            action = self._decide(claimed.record, prepared, now, mode)
+            if isinstance(action, Replay):
+                return self._outcome(action.record, replayed=True)
+            if isinstance(action, Reject):
+                raise KeyReuseError(key=key, fields=action.fields)
+            if isinstance(action, Unresolved):
+                raise OutcomeUnknownError(key=key, reason=action.reason)
+            if isinstance(action, Wait):
+                # Bounded by the time actually slept, not by a deadline on the clock: a clock
+                # that jumps back must not stretch the wait.
+                if waited >= self.wait:
+                    raise self._in_progress(key, action.until, now)
+                step = max(min(poll, action.until - now, self.wait - waited), timedelta(0))
+                yield _Sleep(step)
+                waited, poll = waited + step, min(poll * 2, _MAX_POLL)
+                continue
+            assert isinstance(action, TakeOver)
+            try:
+                taken = yield _StoreOp(
+                    "takeover",
+                    (self.scope, key),
+                    {"token": action.token, "now": now, "lease_for": self.lease},
+                )
+            except LeaseLostError:
+                continue  # released or purged meanwhile: claim afresh
+            if taken.lease is None:
+                continue  # another caller took it over first: look again
+            if action.resend:
+                return (yield from self._execute_flow(prepared, taken.record, taken.lease, mode))
+            if mode.gateway:
+                return (yield from self._look_up_flow(prepared, taken.record, taken.lease))
+            yield from self._mark_unknown_flow(taken.record, taken.lease, _TAKEOVER_REASON)
+            raise OutcomeUnknownError(key=key, reason=_TAKEOVER_REASON)
+
+    def _execute_flow(
+        self, prepared: _Prepared, record: Record, lease: Lease, mode: _Mode
+    ) -> _Flow:
+        self._fault("after_claim")
+        started, calls = self.clock.now(), 0
+        while True:
+            calls += 1
+            error: Exception | None = None
+            value: Any = None
+            try:
+                value = yield _Call(self._attempt(record, lease))
+            except Exception as exc:  # noqa: BLE001 - every exception of the call is classified
+                error = exc
+            except BaseException:
+                # Interrupted or cancelled mid-call: the call may have happened.
+                yield from self._mark_unknown_flow(
+                    record, lease, "interrupted while the call was running"
+                )
+                raise
+            result = self._classified(value, error)
+            if result.kind is OutcomeClass.SUCCESS:
+                return (yield from self._succeed_flow(record, lease, result.value))
+            now = self.clock.now()
+            # Retries stay inside the lease: a holder never calls after another may take over.
+            attempts_left = (
+                mode.retry.allows(calls, now - started)
+                and now + mode.retry.max_delay < lease.expires_at
+            )
+            step = settle(
+                result.kind,
+                attempts_left=attempts_left,
+                resumable=self._resumable(record, now, mode),
+                retry_after=result.retry_after,
+                earlier_attempts=record.attempt > 1,
+            )
+            if isinstance(step, Retry):
+                yield _Sleep(mode.retry.delay(calls, step.delay, self._rng))
+                continue
+            return (yield from self._settle_flow(record, lease, result, step))
+
+    def _succeed_flow(self, record: Record, lease: Lease, value: Any) -> _Flow:
+        try:
+            body = success_body(value)
+        except (TypeError, ValueError) as exc:
+            reason = self._unserialisable(value)
+            yield from self._mark_unknown_flow(record, lease, reason)
+            raise OutcomeUnknownError(key=record.key, reason=reason) from exc
+        self._fault("before_complete")
+        try:
+            done = yield self._complete(record, lease, Status.SUCCEEDED, body)
+        except StoreError as exc:
+            raise OutcomeUnknownError(
+                key=record.key,
+                reason="the call returned but recording its outcome failed; retrying the same "
+                "intent later resolves it",
+            ) from exc
+        self._fault("after_complete")
+        return self._outcome(done, replayed=False)
+
+    def _look_up_flow(self, prepared: _Prepared, record: Record, lease: Lease) -> _Flow:
+        """Ask the provider what became of a call that may not be resent: adopt what it made,
+        or leave the record UNKNOWN for the Reconciler."""
+        try:
+            found = yield _GatewayOp(
+                "lookup", (prepared.intent, record.provider_key), {"key": record.key}
+            )
+        except Exception as exc:  # noqa: BLE001 - a failed lookup settles nothing
+            found = GatewayResult(OutcomeClass.UNKNOWN, code=type(exc).__name__)
+        if found is None:
+            reason = "the provider has no object for this key yet; the Reconciler decides"
+        elif found.kind is OutcomeClass.SUCCESS:
+            return (yield from self._succeed_flow(record, lease, found.value))
+        elif found.kind is OutcomeClass.DEFINITE:
+            result = self._classified(found, None)
+            return (yield from self._settle_flow(record, lease, result, Complete(Status.FAILED)))
+        else:
+            reason = f"the provider could not say what became of the call ({found.code})"
+        yield from self._mark_unknown_flow(record, lease, reason)
+        raise OutcomeUnknownError(key=record.key, reason=reason)
+
+    def _complete(self, record: Record, lease: Lease, status: Status, body: str) -> _StoreOp:
+        return _StoreOp(
+            "complete",
+            (self.scope, record.key),
+            {"token": lease.token, "status": status, "outcome": body, "now": self.clock.now()},
+        )
+
+    def _settle_flow(
+        self,
+        record: Record,
+        lease: Lease,
+        result: _Classified,
+        step: Complete | Release | MarkUnknown | Retry,
+    ) -> _Flow:
+        if isinstance(step, Complete):
+            try:
+                yield self._complete(record, lease, step.status, self._failure_body(result))
+            except StoreError as store_exc:
+                # The failure itself is definite; the record stays CLAIMED and resolves later.
+                _log_store_failure("complete", record.key, store_exc)
+            raise self._failure(record.key, result) from result.cause
+        if isinstance(step, Release):
+            try:
+                yield _StoreOp(
+                    "release",
+                    (self.scope, record.key),
+                    {"token": lease.token, "reason": result.code, "now": self.clock.now()},
+                )
+            except StoreError as release_exc:
+                # The claim stays; after its lease it resolves as unknown, never as "free".
+                raise OutcomeUnknownError(
+                    key=record.key,
+                    reason="the call was not executed but releasing its claim failed; retry "
+                    "the same intent later",
+                ) from release_exc
+            raise GatewayUnavailableError(
+                key=record.key, code=result.code, retry_after=result.retry_after
+            ) from result.cause
+        reason = self._unknown_reason(result, record)
+        yield from self._mark_unknown_flow(record, lease, reason)
+        raise OutcomeUnknownError(key=record.key, reason=reason) from result.cause
+
+    def _mark_unknown_flow(self, record: Record, lease: Lease, reason: str) -> _Flow:
+        # Best effort: if the store is down the record stays CLAIMED and becomes due for the
+        # Reconciler when its lease expires, which is the same state of knowledge.
+        try:
+            yield _StoreOp(
+                "mark_unknown",
+                (self.scope, record.key),
+                {"token": lease.token, "reason": reason, "now": self.clock.now()},
+            )
+        except StoreError as exc:
+            _log_store_failure("mark_unknown", record.key, exc)
+
+
+def _log_store_failure(operation: str, key: str, exc: StoreError) -> None:
+    # Only the key digest and the error type: never intent fields or secrets (I8).
+    _log.warning(
+        "payonce could not %s key %s (%s); the record resolves after its lease",
+        operation,
+        key,
+        type(exc).__name__,
+    )
