@@ -183,6 +183,9 @@ class _Flows(_GuardCore):
     ) -> _Flow:
         self._fault("after_claim")
         started, calls = self.clock.now(), 0
+        # Whether an earlier call of this lease may have reached the provider: then a later
+        # "not sent" says nothing about it, and the claim must never be released.
+        maybe_sent = record.attempt > 1
         while True:
             calls += 1
             error: Exception | None = None
@@ -198,6 +201,7 @@ class _Flows(_GuardCore):
                 )
                 raise
             result = self._classified(value, error)
+            maybe_sent = maybe_sent or result.kind in (OutcomeClass.UNKNOWN, OutcomeClass.IN_FLIGHT)
             if result.kind is OutcomeClass.SUCCESS:
                 return (yield from self._succeed_flow(record, lease, result.value))
             now = self.clock.now()
@@ -211,7 +215,7 @@ class _Flows(_GuardCore):
                 attempts_left=attempts_left,
                 resumable=self._resumable(record, now, mode),
                 retry_after=result.retry_after,
-                earlier_attempts=record.attempt > 1,
+                earlier_attempts=maybe_sent,
             )
             if isinstance(step, Retry):
                 yield _Sleep(mode.retry.delay(calls, step.delay, self._rng))

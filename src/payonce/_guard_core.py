@@ -383,7 +383,7 @@ class _GuardCore:
     def _unknown_reason(result: _Classified, record: Record) -> str:
         if result.kind is OutcomeClass.NOT_EXECUTED:
             return (
-                f"{result.code}: attempt {record.attempt} was not sent, but an earlier attempt "
+                f"{result.code}: this call was not sent, but an earlier call of the same key "
                 "may have moved money"
             )
         if result.kind is OutcomeClass.IN_FLIGHT:
