@@ -60,21 +60,18 @@ __all__: list[str] = []
 
 
 @dataclass(slots=True)
-class _StoreOp:
-    """Effect: call ``store.<name>(*args, **kwargs)``; the driver sends back the result."""
+class _Op:
+    """Effect: call ``<target>.<name>(*args, **kwargs)`` on the guard's store or gateway; the
+    driver sends back the result."""
 
+    target: str  # "store" or "gateway"
     name: str
     args: tuple[Any, ...]
     kwargs: dict[str, Any] | None = None
 
 
-@dataclass(slots=True)
-class _GatewayOp:
-    """Effect: call ``gateway.<name>(*args, **kwargs)``; the driver sends back the result."""
-
-    name: str
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any] | None = None
+def _StoreOp(name: str, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> _Op:  # noqa: N802 - reads as the effect it builds
+    return _Op("store", name, args, kwargs)
 
 
 @dataclass(slots=True)
@@ -91,7 +88,7 @@ class _Call:
     attempt: Attempt
 
 
-_Effect: TypeAlias = _StoreOp | _GatewayOp | _Sleep | _Call
+_Effect: TypeAlias = _Op | _Sleep | _Call
 # A flow yields effects, receives their results or has their exceptions thrown in, and returns
 # the outcome; the drivers in Guard and AsyncGuard perform the effects.
 _Flow: TypeAlias = Generator[_Effect, Any, Any]
@@ -245,8 +242,8 @@ class _Flows(_GuardCore):
         """Ask the provider what became of a call that may not be resent: adopt what it made,
         or leave the record UNKNOWN for the Reconciler."""
         try:
-            found = yield _GatewayOp(
-                "lookup", (prepared.intent, record.provider_key), {"key": record.key}
+            found = yield _Op(
+                "gateway", "lookup", (prepared.intent, record.provider_key), {"key": record.key}
             )
         except Exception as exc:  # noqa: BLE001 - a failed lookup settles nothing
             found = GatewayResult(OutcomeClass.UNKNOWN, code=type(exc).__name__)
@@ -262,7 +259,7 @@ class _Flows(_GuardCore):
         yield from self._mark_unknown_flow(record, lease, reason)
         raise OutcomeUnknownError(key=record.key, reason=reason)
 
-    def _complete(self, record: Record, lease: Lease, status: Status, body: str) -> _StoreOp:
+    def _complete(self, record: Record, lease: Lease, status: Status, body: str) -> _Op:
         return _StoreOp(
             "complete",
             (self.scope, record.key),

@@ -13,7 +13,7 @@ from typing import Any
 from payonce._errors import (
     ConfigurationError,
 )
-from payonce._flow import _Flow, _Flows, _GatewayOp, _Sleep, _StoreOp
+from payonce._flow import _Flow, _Flows, _Op, _Sleep
 from payonce._guard_core import _Mode, _Prepared
 from payonce._intent import Intent
 from payonce._model import (
@@ -189,13 +189,11 @@ class Guard(_Flows):
                 return stop.value
             result, error = None, None
             try:
-                if isinstance(effect, _StoreOp):
-                    result = getattr(self.store, effect.name)(*effect.args, **(effect.kwargs or {}))
+                if isinstance(effect, _Op):
+                    target = self.store if effect.target == "store" else self.gateway
+                    result = getattr(target, effect.name)(*effect.args, **(effect.kwargs or {}))
                 elif isinstance(effect, _Sleep):
                     self.clock.sleep(effect.duration)
-                elif isinstance(effect, _GatewayOp):
-                    method = getattr(self.gateway, effect.name)
-                    result = method(*effect.args, **(effect.kwargs or {}))
                 else:
                     assert fn is not None
                     result = fn(effect.attempt)
@@ -306,19 +304,17 @@ class AsyncGuard(_Flows):
                 return stop.value
             result, error = None, None
             try:
-                if isinstance(effect, _StoreOp):
-                    method = getattr(self.store, effect.name)
-                    result = await method(*effect.args, **(effect.kwargs or {}))
-                elif isinstance(effect, _Sleep):
+                if isinstance(effect, _Sleep):
                     await self.clock.asleep(effect.duration)
+                    continue
+                if isinstance(effect, _Op):
+                    target = self.store if effect.target == "store" else self.gateway
+                    result = getattr(target, effect.name)(*effect.args, **(effect.kwargs or {}))
                 else:
-                    if isinstance(effect, _GatewayOp):
-                        method = getattr(self.gateway, effect.name)
-                        result = method(*effect.args, **(effect.kwargs or {}))
-                    else:
-                        assert fn is not None
-                        result = fn(effect.attempt)
-                    if inspect.isawaitable(result):
-                        result = await result
+                    assert fn is not None
+                    result = fn(effect.attempt)
+                # The async store is awaited; a gateway or function may be sync or async.
+                if inspect.isawaitable(result):
+                    result = await result
             except BaseException as exc:  # noqa: BLE001 - handed to the flow, which decides
                 error = exc
