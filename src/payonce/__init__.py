@@ -41,7 +41,7 @@ from payonce._model import (
 )
 from payonce._once import once
 from payonce._protocols import AsyncGateway, AsyncStore, Clock, Gateway, Store
-from payonce._reconciler import Reconciler, ReconcileReport
+from payonce._reconciler import AsyncReconciler, Reconciler, ReconcileReport
 from payonce._retry import RetryPolicy
 from payonce.stores import MemoryStore, SQLiteStore, ThreadedAsyncStore, open_store
 
@@ -50,6 +50,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncGateway",
     "AsyncGuard",
+    "AsyncReconciler",
     "AsyncStore",
     "Attempt",
     "Checkpoint",

@@ -16,20 +16,23 @@ It never deletes a money record and never makes a call under a new provider key.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import inspect
 import threading
-from collections.abc import Callable
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
 from payonce._bodies import failure_body, is_declined, success_body
 from payonce._clock import SystemClock
 from payonce._errors import ConfigurationError, IntentError, LeaseLostError, StoreError
 from payonce._intent import Intent
 from payonce._model import GatewayResult, Lease, OutcomeClass, Record, Status
-from payonce._protocols import Clock, Gateway, Store
+from payonce._protocols import AsyncGateway, AsyncStore, Clock, Gateway, Store
 
-__all__ = ["REVIEW", "ReconcileReport", "Reconciler"]
+__all__ = ["REVIEW", "AsyncReconciler", "ReconcileReport", "Reconciler"]
 
 #: The prefix of the reason of every record a pass leaves UNKNOWN: it needs a person (or a later
 #: pass, once the provider can be asked again).
@@ -59,7 +62,161 @@ class ReconcileReport:
     reasons: dict[str, str] = field(default_factory=dict)
 
 
-class Reconciler:
+# A pass is written once, as a generator that yields ("store" | "gateway", method, args,
+# kwargs) and receives the result or has the exception thrown in; Reconciler and AsyncReconciler
+# perform the calls, blocking or awaited.
+_Call = tuple[str, str, tuple[Any, ...], dict[str, Any]]
+_Pass = Generator[_Call, Any, Any]
+
+
+class _ReconcilerCore:
+    """Options and the pass itself, shared by both twins."""
+
+    def __init__(
+        self,
+        store: Any,
+        gateway: Any,
+        *,
+        clock: Clock | None = None,
+        lease: timedelta = timedelta(seconds=60),
+        recheck: timedelta = timedelta(hours=1),
+    ) -> None:
+        if not callable(getattr(gateway, "lookup", None)):
+            raise ConfigurationError("the Reconciler needs a gateway with lookup()")
+        for name, value in (("lease", lease), ("recheck", recheck)):
+            if not isinstance(value, timedelta) or value <= timedelta(0):
+                raise ConfigurationError(f"{name} must be a positive timedelta")
+        self.store = store
+        self.gateway = gateway
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.lease = lease
+        self.recheck = recheck
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(store={self.store!r}, gateway={type(self.gateway).__name__})"
+
+    @staticmethod
+    def _check_batch(batch: int) -> None:
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ConfigurationError("batch must be a positive integer")
+
+    def _pass(self, batch: int) -> _Pass:
+        report = ReconcileReport()
+        due = yield ("store", "scan", (), {"now": self.clock.now(), "limit": batch})
+        for record in due:
+            report.scanned += 1
+            yield from self._resolve(record, report)
+        return report
+
+    def _resolve(self, record: Record, report: ReconcileReport) -> _Pass:
+        now = self.clock.now()
+        if (
+            record.status is Status.UNKNOWN
+            and (record.reason or "").startswith(REVIEW)
+            and now - record.updated_at < self.recheck
+        ):
+            report.skipped += 1
+            return
+        try:
+            taken = yield (
+                "store",
+                "takeover",
+                (record.scope, record.key),
+                {"token": record.token, "now": now, "lease_for": self.lease},
+            )
+        except LeaseLostError:
+            report.skipped += 1  # released or purged meanwhile
+            return
+        if taken.lease is None:
+            report.skipped += 1  # another worker holds or changed it first
+            return
+        held, lease = taken.record, taken.lease
+        try:
+            intent = Intent.from_dict(held.intent_fields())
+        except IntentError:
+            yield from self._flag(held, lease, "the recorded intent no longer validates", report)
+            return
+        found = yield from self._ask("lookup", intent, held)
+        if found is None and self._inside_window(held, now):
+            report.resent += 1
+            found = yield from self._ask("execute", intent, held)
+        yield from self._record(held, lease, found, report)
+
+    def _inside_window(self, record: Record, now: datetime) -> bool:
+        window = getattr(self.gateway, "idempotency_window", None)
+        return window is not None and now - record.created_at < window
+
+    @staticmethod
+    def _ask(method: str, intent: Intent, held: Record) -> _Pass:
+        try:
+            answer: GatewayResult | None = yield (
+                "gateway",
+                method,
+                (intent, held.provider_key),
+                {"key": held.key},
+            )
+        except Exception as exc:  # noqa: BLE001 - a gateway that raises settles nothing
+            return GatewayResult(OutcomeClass.UNKNOWN, code=type(exc).__name__)
+        return answer
+
+    def _record(
+        self, held: Record, lease: Lease, found: GatewayResult | None, report: ReconcileReport
+    ) -> _Pass:
+        now = self.clock.now()
+        if found is not None and found.kind is OutcomeClass.SUCCESS:
+            body, status = success_body(found.value), Status.SUCCEEDED
+        elif found is not None and found.kind is OutcomeClass.DEFINITE:
+            body = failure_body(found.code, declined=is_declined(found), value=found.value)
+            status = Status.FAILED
+        else:
+            yield from self._flag(held, lease, self._why(held, now, found), report)
+            return
+        try:
+            yield (
+                "store",
+                "complete",
+                (held.scope, held.key),
+                {"token": lease.token, "status": status, "outcome": body, "now": now},
+            )
+        except (LeaseLostError, StoreError):
+            report.skipped += 1  # the record stays due; the next pass resolves it
+            return
+        if status is Status.SUCCEEDED:
+            report.succeeded += 1
+        else:
+            report.failed += 1
+
+    def _why(self, held: Record, now: datetime, found: GatewayResult | None) -> str:
+        if found is None:
+            if self._inside_window(held, now):
+                return "not found at the provider, and the resend did not settle it"
+            if getattr(self.gateway, "idempotency_window", None) is None:
+                return (
+                    "not found at the provider, which does not deduplicate on the key; a new "
+                    "attempt needs a person's decision"
+                )
+            return (
+                "not found at the provider after its idempotency window; a new attempt needs a "
+                "person's decision"
+            )
+        return f"the provider could not settle it ({found.kind.value}: {found.code})"
+
+    def _flag(self, held: Record, lease: Lease, why: str, report: ReconcileReport) -> _Pass:
+        try:
+            yield (
+                "store",
+                "mark_unknown",
+                (held.scope, held.key),
+                {"token": lease.token, "reason": REVIEW + why, "now": self.clock.now()},
+            )
+        except (LeaseLostError, StoreError):
+            report.skipped += 1
+            return
+        report.flagged += 1
+        report.reasons[held.key] = why
+
+
+class Reconciler(_ReconcilerCore):
     """Resolves what the guard could not: crashed workers and lost answers.
 
     Args:
@@ -82,19 +239,7 @@ class Reconciler:
         lease: timedelta = timedelta(seconds=60),
         recheck: timedelta = timedelta(hours=1),
     ) -> None:
-        if not callable(getattr(gateway, "lookup", None)):
-            raise ConfigurationError("the Reconciler needs a gateway with lookup()")
-        for name, value in (("lease", lease), ("recheck", recheck)):
-            if not isinstance(value, timedelta) or value <= timedelta(0):
-                raise ConfigurationError(f"{name} must be a positive timedelta")
-        self.store = store
-        self.gateway = gateway
-        self.clock: Clock = clock if clock is not None else SystemClock()
-        self.lease = lease
-        self.recheck = recheck
-
-    def __repr__(self) -> str:
-        return f"Reconciler(store={self.store!r}, gateway={type(self.gateway).__name__})"
+        super().__init__(store, gateway, clock=clock, lease=lease, recheck=recheck)
 
     def run_once(self, batch: int = 100) -> ReconcileReport:
         """One pass over up to ``batch`` records, oldest first.
@@ -102,105 +247,85 @@ class Reconciler:
         Raises:
             StoreUnavailableError: the store could not be read; nothing was resolved.
         """
-        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-            raise ConfigurationError("batch must be a positive integer")
-        report = ReconcileReport()
-        for record in self.store.scan(now=self.clock.now(), limit=batch):
-            report.scanned += 1
-            self._resolve(record, report)
+        self._check_batch(batch)
+        report: ReconcileReport = self._drive(self._pass(batch))
         return report
 
     def run(self, stop: threading.Event, *, interval: timedelta = timedelta(seconds=5)) -> None:
         """Run passes until ``stop`` is set, waiting ``interval`` between passes that found
         nothing to do."""
         while not stop.is_set():
-            report = self.run_once()
-            if report.scanned == 0:
+            if self.run_once().scanned == 0:
                 stop.wait(interval.total_seconds())
 
-    def _resolve(self, record: Record, report: ReconcileReport) -> None:
-        now = self.clock.now()
-        if (
-            record.status is Status.UNKNOWN
-            and (record.reason or "").startswith(REVIEW)
-            and now - record.updated_at < self.recheck
-        ):
-            report.skipped += 1
-            return
-        try:
-            taken = self.store.takeover(
-                record.scope, record.key, token=record.token, now=now, lease_for=self.lease
-            )
-        except LeaseLostError:
-            report.skipped += 1  # released or purged meanwhile
-            return
-        if taken.lease is None:
-            report.skipped += 1  # another worker holds or changed it first
-            return
-        held, lease = taken.record, taken.lease
-        try:
-            intent = Intent.from_dict(held.intent_fields())
-        except IntentError:
-            self._flag(held, lease, "the recorded intent no longer validates", report)
-            return
-        found = self._ask(lambda: self.gateway.lookup(intent, held.provider_key, key=held.key))
-        if found is None and self._inside_window(held, now):
-            report.resent += 1
-            found = self._ask(lambda: self.gateway.execute(intent, held.provider_key, key=held.key))
-        self._record(held, lease, found, report)
+    def _drive(self, flow: _Pass) -> Any:
+        result: Any = None
+        error: Exception | None = None
+        while True:
+            try:
+                target, method, args, kwargs = (
+                    flow.send(result) if error is None else flow.throw(error)
+                )
+            except StopIteration as stop:
+                return stop.value
+            result, error = None, None
+            try:
+                on = self.store if target == "store" else self.gateway
+                result = getattr(on, method)(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - handed to the pass, which decides
+                error = exc
 
-    def _inside_window(self, record: Record, now: datetime) -> bool:
-        window = getattr(self.gateway, "idempotency_window", None)
-        return window is not None and now - record.created_at < window
 
-    @staticmethod
-    def _ask(call: Callable[[], GatewayResult | None]) -> GatewayResult | None:
-        try:
-            return call()
-        except Exception as exc:  # noqa: BLE001 - a gateway that raises settles nothing
-            return GatewayResult(OutcomeClass.UNKNOWN, code=type(exc).__name__)
+class AsyncReconciler(_ReconcilerCore):
+    """The async twin of ``Reconciler``: the same pass, awaited.
 
-    def _record(
-        self, held: Record, lease: Lease, found: GatewayResult | None, report: ReconcileReport
+    ``store`` may be an ``AsyncStore`` or a sync ``Store`` (run in a worker thread); the gateway
+    may be an ``AsyncGateway`` or a sync one.
+    """
+
+    def __init__(
+        self,
+        store: AsyncStore | Store,
+        gateway: AsyncGateway | Gateway,
+        *,
+        clock: Clock | None = None,
+        lease: timedelta = timedelta(seconds=60),
+        recheck: timedelta = timedelta(hours=1),
     ) -> None:
-        now = self.clock.now()
-        if found is not None and found.kind is OutcomeClass.SUCCESS:
-            body, status = success_body(found.value), Status.SUCCEEDED
-        elif found is not None and found.kind is OutcomeClass.DEFINITE:
-            body = failure_body(found.code, declined=is_declined(found), value=found.value)
-            status = Status.FAILED
-        else:
-            self._flag(held, lease, self._why(held, now, found), report)
-            return
-        try:
-            self.store.complete(
-                held.scope, held.key, token=lease.token, status=status, outcome=body, now=now
-            )
-        except (LeaseLostError, StoreError):
-            report.skipped += 1  # the record stays due; the next pass resolves it
-            return
-        if status is Status.SUCCEEDED:
-            report.succeeded += 1
-        else:
-            report.failed += 1
+        from payonce.stores._threaded import ThreadedAsyncStore  # noqa: PLC0415 - L4 adapter
 
-    def _why(self, held: Record, now: datetime, found: GatewayResult | None) -> str:
-        if found is None:
-            if self._inside_window(held, now):
-                return "not found at the provider, and the resend did not settle it"
-            return (
-                "not found at the provider after its idempotency window; a new attempt needs a "
-                "person's decision"
-            )
-        return f"the provider could not settle it ({found.kind.value}: {found.code})"
+        if not inspect.iscoroutinefunction(getattr(store, "scan", None)):
+            store = ThreadedAsyncStore(store)  # type: ignore[arg-type]
+        super().__init__(store, gateway, clock=clock, lease=lease, recheck=recheck)
 
-    def _flag(self, held: Record, lease: Lease, why: str, report: ReconcileReport) -> None:
-        try:
-            self.store.mark_unknown(
-                held.scope, held.key, token=lease.token, reason=REVIEW + why, now=self.clock.now()
-            )
-        except (LeaseLostError, StoreError):
-            report.skipped += 1
-            return
-        report.flagged += 1
-        report.reasons[held.key] = why
+    async def run_once(self, batch: int = 100) -> ReconcileReport:
+        """See ``Reconciler.run_once``."""
+        self._check_batch(batch)
+        report: ReconcileReport = await self._drive(self._pass(batch))
+        return report
+
+    async def run(self, stop: asyncio.Event, *, interval: timedelta = timedelta(seconds=5)) -> None:
+        """Run passes until ``stop`` is set, waiting ``interval`` between idle passes."""
+        while not stop.is_set():
+            if (await self.run_once()).scanned == 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), interval.total_seconds())
+
+    async def _drive(self, flow: _Pass) -> Any:
+        result: Any = None
+        error: Exception | None = None
+        while True:
+            try:
+                target, method, args, kwargs = (
+                    flow.send(result) if error is None else flow.throw(error)
+                )
+            except StopIteration as stop:
+                return stop.value
+            result, error = None, None
+            try:
+                on = self.store if target == "store" else self.gateway
+                result = getattr(on, method)(*args, **kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
+            except Exception as exc:  # noqa: BLE001 - handed to the pass, which decides
+                error = exc

@@ -4,11 +4,13 @@ second movement, never a deleted record, and nothing left UNKNOWN without a revi
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import pytest
 
 from payonce import (
+    AsyncReconciler,
     Guard,
     Intent,
     OutcomeUnknownError,
@@ -159,3 +161,33 @@ def test_two_reconcilers_never_act_on_one_record(store: Store, clock: ManualCloc
     assert taken.lease is None
     assert second.run_once().scanned == 0
     assert gateway.lookups_received == 1
+
+
+@pytest.mark.parametrize("idempotent", [True, False], ids=["dedup", "no-dedup"])
+def test_async_reconciler_resolves_the_same_as_the_sync_one(
+    store: Store, clock: ManualClock, idempotent: bool
+) -> None:
+    gateway = SimulatedGateway(idempotent=idempotent, clock=clock)
+    with pytest.raises(Crash):
+        _guard(store, clock, gateway, faults=_crash_at("before_complete")).execute(INTENT)
+    clock.advance(LEASE)
+    report = asyncio.run(AsyncReconciler(store, gateway, clock=clock).run_once())
+    assert (report.scanned, report.succeeded) == (1, 1)
+    assert _guard(store, clock, gateway).execute(INTENT).replayed
+    assert len(gateway.movements()) == 1
+    verify_ledger(store)
+
+
+def test_async_reconciler_run_stops_when_told(store: Store, clock: ManualClock) -> None:
+    gateway = SimulatedGateway(idempotent=False, clock=clock)
+    reconciler = AsyncReconciler(store, gateway, clock=clock)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(reconciler.run(stop, interval=timedelta(milliseconds=1)))
+        await asyncio.sleep(0)
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
+
+    asyncio.run(main())
+    assert gateway.lookups_received == 0
