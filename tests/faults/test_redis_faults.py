@@ -41,6 +41,7 @@ from payonce.stores._redis import RedisStore
 from payonce.testing import ManualClock
 from tests.faults import worker
 from tests.faults.history import Ack, check_history
+from tests.faults.test_races import _check_round, _results
 from tests.redis_cluster import delete_prefix, redis_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,27 +67,6 @@ def local_prefix() -> Iterator[str]:
     yield prefix
     delete_prefix(client, prefix)
     client.close()
-
-
-def _results(stream: Any, expected: int) -> Iterator[dict[str, Any]]:
-    while expected:
-        line = stream.readline()
-        assert line, "a worker exited early; see its stderr file in tmp_path"
-        parsed = json.loads(line)
-        if "ok" in parsed:
-            expected -= 1
-            yield parsed
-
-
-def _check_round(results: list[dict[str, Any]], movements: list[dict[str, Any]]) -> None:
-    errors = {r["error"] for r in results if not r["ok"]}
-    assert errors <= {"InProgressError"}, errors
-    ok = [r for r in results if r["ok"]]
-    assert len({r["body"] for r in ok}) == 1  # one outcome, byte for byte
-    assert [r["replayed"] for r in ok].count(False) == 1
-    moved = [m for m in movements if m["provider_key"] == ok[0]["provider_key"]]
-    assert len(moved) == 1, moved  # the call ran exactly once in all processes together
-    assert moved[0]["value"] == ok[0]["value"]
 
 
 def test_r5_concurrent_duplicates_processes_on_redis(tmp_path: Path, local_prefix: str) -> None:
