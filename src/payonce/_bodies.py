@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from payonce._keys import canonical_json
-from payonce._model import GatewayResult
+from payonce._model import GatewayAnswer
 
 __all__ = ["failure_body", "is_declined", "success_body"]
 
@@ -32,6 +32,6 @@ def failure_body(code: str | None, *, declined: bool, value: Any = None) -> str:
     return canonical_json(body)
 
 
-def is_declined(result: GatewayResult) -> bool:
+def is_declined(result: GatewayAnswer) -> bool:
     """Whether a definite failure is a payment decline (the adapters keep its decline code)."""
     return bool((result.value or {}).get("decline_code"))

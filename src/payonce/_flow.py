@@ -47,7 +47,7 @@ from payonce._guard_core import (
 from payonce._model import (
     Attempt,
     Claimed,
-    GatewayResult,
+    GatewayAnswer,
     Lease,
     Outcome,
     OutcomeClass,
@@ -246,7 +246,7 @@ class _Flows(_GuardCore):
                 "gateway", "lookup", (prepared.intent, record.provider_key), {"key": record.key}
             )
         except Exception as exc:  # noqa: BLE001 - a failed lookup settles nothing
-            found = GatewayResult(OutcomeClass.UNKNOWN, code=type(exc).__name__)
+            found = GatewayAnswer(OutcomeClass.UNKNOWN, code=type(exc).__name__)
         if found is None:
             reason = "the provider has no object for this key yet; the Reconciler decides"
         elif found.kind is OutcomeClass.SUCCESS:

@@ -33,7 +33,7 @@ from payonce._intent import Intent
 from payonce._keys import Keys, canonical_json, fingerprint_of
 from payonce._model import (
     Attempt,
-    GatewayResult,
+    GatewayAnswer,
     Lease,
     NewRecord,
     Outcome,
@@ -78,7 +78,7 @@ class _Mode:
 
     resumable: bool  # run: the caller's word; execute: decided per record (see _resumable)
     retry: RetryPolicy
-    gateway: bool  # results are GatewayResults; resend inside the window; look up otherwise
+    gateway: bool  # results are GatewayAnswers; resend inside the window; look up otherwise
 
 
 @dataclass(slots=True)
@@ -318,7 +318,7 @@ class _GuardCore:
     def _classified(self, value: Any, exc: Exception | None) -> _Classified:
         if exc is not None:
             return _Classified(self._classify(exc), code=type(exc).__name__, cause=exc)
-        if isinstance(value, GatewayResult):
+        if isinstance(value, GatewayAnswer):
             return _Classified(
                 value.kind,
                 value=value.value,

@@ -17,7 +17,7 @@ __all__ = [
     "Claimed",
     "Entry",
     "Event",
-    "GatewayResult",
+    "GatewayAnswer",
     "Lease",
     "NewRecord",
     "Outcome",
@@ -65,8 +65,8 @@ class OutcomeClass(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class GatewayResult:
-    """What one gateway call came to, classified once, at the adapter (DESIGN §6).
+class GatewayAnswer:
+    """What the gateway said to one call, classified once, at the adapter (DESIGN §6).
 
     Attributes:
         kind: the outcome class; the guard's next step follows from it alone.

@@ -16,7 +16,7 @@ from payonce._model import (
     Checkpoint,
     Claimed,
     Entry,
-    GatewayResult,
+    GatewayAnswer,
     NewRecord,
     Record,
     ReplayView,
@@ -231,13 +231,13 @@ class Gateway(Protocol):
 
     idempotency_window: timedelta | None
 
-    def execute(self, intent: Intent, provider_key: str, *, key: str) -> GatewayResult:
+    def execute(self, intent: Intent, provider_key: str, *, key: str) -> GatewayAnswer:
         """Make the movement ``intent`` describes, sending ``provider_key`` as the provider's
         idempotency key and ``key`` as the ``payonce_key`` metadata. Never raises for an answer
         of the provider: every answer, and every transport failure, is a classified result."""
         ...
 
-    def lookup(self, intent: Intent, provider_key: str, *, key: str) -> GatewayResult | None:
+    def lookup(self, intent: Intent, provider_key: str, *, key: str) -> GatewayAnswer | None:
         """Find the movement payonce made for ``key`` (by ``payonce_key`` metadata through the
         provider's list endpoints): its classified result, or None when the provider has no
         such object. A result of class UNKNOWN means the provider could not be asked."""
@@ -250,10 +250,10 @@ class AsyncGateway(Protocol):
 
     idempotency_window: timedelta | None
 
-    async def execute(self, intent: Intent, provider_key: str, *, key: str) -> GatewayResult:
+    async def execute(self, intent: Intent, provider_key: str, *, key: str) -> GatewayAnswer:
         """See ``Gateway.execute``."""
         ...
 
-    async def lookup(self, intent: Intent, provider_key: str, *, key: str) -> GatewayResult | None:
+    async def lookup(self, intent: Intent, provider_key: str, *, key: str) -> GatewayAnswer | None:
         """See ``Gateway.lookup``."""
         ...

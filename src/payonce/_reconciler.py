@@ -29,7 +29,7 @@ from payonce._bodies import failure_body, is_declined, success_body
 from payonce._clock import SystemClock
 from payonce._errors import ConfigurationError, IntentError, LeaseLostError, StoreError
 from payonce._intent import Intent
-from payonce._model import GatewayResult, Lease, OutcomeClass, Record, Status
+from payonce._model import GatewayAnswer, Lease, OutcomeClass, Record, Status
 from payonce._protocols import AsyncGateway, AsyncStore, Clock, Gateway, Store
 
 __all__ = ["REVIEW", "AsyncReconciler", "ReconcileReport", "Reconciler"]
@@ -149,18 +149,18 @@ class _ReconcilerCore:
     @staticmethod
     def _ask(method: str, intent: Intent, held: Record) -> _Pass:
         try:
-            answer: GatewayResult | None = yield (
+            answer: GatewayAnswer | None = yield (
                 "gateway",
                 method,
                 (intent, held.provider_key),
                 {"key": held.key},
             )
         except Exception as exc:  # noqa: BLE001 - a gateway that raises settles nothing
-            return GatewayResult(OutcomeClass.UNKNOWN, code=type(exc).__name__)
+            return GatewayAnswer(OutcomeClass.UNKNOWN, code=type(exc).__name__)
         return answer
 
     def _record(
-        self, held: Record, lease: Lease, found: GatewayResult | None, report: ReconcileReport
+        self, held: Record, lease: Lease, found: GatewayAnswer | None, report: ReconcileReport
     ) -> _Pass:
         now = self.clock.now()
         if found is not None and found.kind is OutcomeClass.SUCCESS:
@@ -186,7 +186,7 @@ class _ReconcilerCore:
         else:
             report.failed += 1
 
-    def _why(self, held: Record, now: datetime, found: GatewayResult | None) -> str:
+    def _why(self, held: Record, now: datetime, found: GatewayAnswer | None) -> str:
         if found is None:
             if self._inside_window(held, now):
                 return "not found at the provider, and the resend did not settle it"

@@ -23,7 +23,7 @@ from payonce import (
     AsyncGateway,
     ConfigurationError,
     Gateway,
-    GatewayResult,
+    GatewayAnswer,
     Intent,
     OutcomeClass,
 )
@@ -50,7 +50,7 @@ def refund(target: str, amount: int, ref: str = "refund-1") -> Intent:
     return Intent("refund", amount, "usd", target=target, reference=ref)
 
 
-def run(gw: SimulatedGateway, intent: Intent, n: int | str = 1) -> GatewayResult:
+def run(gw: SimulatedGateway, intent: Intent, n: int | str = 1) -> GatewayAnswer:
     return gw.execute(intent, f"po1_{n}", key=f"k1_{n}")
 
 
@@ -556,7 +556,7 @@ def test_lookup_before_and_after_the_window(clock: ManualClock, gw: SimulatedGat
     assert gw.lookup(charge(), "po1_1", key="k1_1") is None  # nothing exists yet
     made = run(gw, charge())
     inside = gw.lookup(charge(), "po1_1", key="k1_1")
-    assert inside == GatewayResult(OutcomeClass.SUCCESS, value=made.value)
+    assert inside == GatewayAnswer(OutcomeClass.SUCCESS, value=made.value)
     clock.advance(25 * HOUR)
     after = gw.lookup(charge(), "po1_1", key="k1_1")
     assert after == inside  # found by metadata, not by the forgotten provider key
@@ -575,10 +575,10 @@ def test_lookup_prefers_the_object_that_moved_money(plain: SimulatedGateway) -> 
 # -- reproducibility ----------------------------------------------------------------------------
 
 
-def _workload(seed: int, clock: ManualClock) -> tuple[list[GatewayResult], list[Any]]:
+def _workload(seed: int, clock: ManualClock) -> tuple[list[GatewayAnswer], list[Any]]:
     rates = dict.fromkeys(FAULTS - {"slow"}, 0.08) | {"slow": 0.05}
     gw = SimulatedGateway(clock=clock, seed=seed, rates=rates)
-    results: list[GatewayResult | None] = []
+    results: list[GatewayAnswer | None] = []
     for n in range(80):
         intent = charge(f"order-{n % 25}")  # repeats: replays, in-flight-free duplicates
         results.append(gw.execute(intent, f"po1_{n % 25}", key=f"k1_{n % 25}"))
@@ -603,7 +603,7 @@ def test_the_same_seed_gives_the_same_faults_results_and_ids() -> None:
 def test_async_twin_shares_the_provider_logic(clock: ManualClock) -> None:
     gw = AsyncSimulatedGateway(clock=clock, idempotent=True)
 
-    async def scenario() -> list[GatewayResult | None]:
+    async def scenario() -> list[GatewayAnswer | None]:
         gw.script([Fault("slow", duration=timedelta(minutes=1)), "after_send"])
         return [
             await gw.execute(charge(), "po1_1", key="k1_1"),

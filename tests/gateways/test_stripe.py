@@ -28,7 +28,7 @@ from requests.structures import CaseInsensitiveDict
 from payonce import Intent
 from payonce._errors import ConfigurationError
 from payonce._keys import Keys
-from payonce._model import GatewayResult, OutcomeClass
+from payonce._model import GatewayAnswer, OutcomeClass
 from payonce._protocols import AsyncGateway, Gateway
 from payonce.gateways import AsyncStripeGateway, StripeGateway
 from payonce.gateways._stripe import stripe_call
@@ -60,7 +60,7 @@ def charge(amount: int = 1000, pm: str = "tok_visa", **fields: Any) -> Intent:
     )  # fmt: skip
 
 
-def run(gateway: StripeGateway, intent: Intent) -> tuple[GatewayResult, str, str]:
+def run(gateway: StripeGateway, intent: Intent) -> tuple[GatewayAnswer, str, str]:
     key, provider_key = keys_for(intent)
     return gateway.execute(intent, provider_key, key=key), key, provider_key
 
@@ -326,7 +326,7 @@ def test_delayed_answer_still_succeeds(mock: StripeMock) -> None:
 # under warnings-as-errors that warning would abort every async request before it is sent.
 @pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw:DeprecationWarning")
 def test_async_gateway_charges_replays_declines_and_looks_up(mock: StripeMock) -> None:
-    async def main() -> list[GatewayResult | None]:
+    async def main() -> list[GatewayAnswer | None]:
         http = stripe.HTTPXClient(timeout=10.0)
         client = stripe.StripeClient(API_KEY, base_addresses={"api": mock.url}, http_client=http)
         gateway = AsyncStripeGateway(client)
@@ -699,7 +699,7 @@ def test_nothing_payonce_logs_or_returns_contains_the_api_key(
     gateway = StripeGateway(make_client(mock.url))
     customer = make_client(mock.url).v1.customers.create(params={"source": "tok_visa"})
     customer_id = customer["id"]
-    results: list[GatewayResult | None] = []
+    results: list[GatewayAnswer | None] = []
     for intent in (
         Intent("charge", 1000, "usd", customer=customer_id, reference="secret-scan-order"),
         charge(pm="tok_chargeDeclined"),

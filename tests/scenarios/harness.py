@@ -37,7 +37,7 @@ import stripe
 
 from payonce import Event, Guard, Intent, Reconciler, Record, Status, Store
 from payonce._keys import Keys
-from payonce._model import GatewayResult
+from payonce._model import GatewayAnswer
 from payonce._reconciler import REVIEW
 from payonce.gateways._simulated import Fault, SimulatedGateway
 from payonce.gateways.stripe import StripeGateway
@@ -148,7 +148,7 @@ class Recorded:
         self.idempotency_window = inner.idempotency_window
         self.lookups = 0
 
-    def execute(self, intent: Intent, provider_key: str, *, key: str) -> GatewayResult:
+    def execute(self, intent: Intent, provider_key: str, *, key: str) -> GatewayAnswer:
         if self.scope is not None:
             record = self.store.get(self.scope, key)
         else:  # the Reconciler's: it serves every scope
@@ -163,7 +163,7 @@ class Recorded:
             local.stack = stack
         stack.append((attempt, generation))
         try:
-            result: GatewayResult = self.inner.execute(intent, provider_key, key=key)
+            result: GatewayAnswer = self.inner.execute(intent, provider_key, key=key)
         finally:
             stack.pop()
         self.log.append(
@@ -173,9 +173,9 @@ class Recorded:
         )
         return result
 
-    def lookup(self, intent: Intent, provider_key: str, *, key: str) -> GatewayResult | None:
+    def lookup(self, intent: Intent, provider_key: str, *, key: str) -> GatewayAnswer | None:
         self.lookups += 1
-        found: GatewayResult | None = self.inner.lookup(intent, provider_key, key=key)
+        found: GatewayAnswer | None = self.inner.lookup(intent, provider_key, key=key)
         return found
 
 

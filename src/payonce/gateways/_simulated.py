@@ -19,7 +19,7 @@ from payonce._clock import SystemClock
 from payonce._errors import ConfigurationError
 from payonce._intent import Intent
 from payonce._keys import canonical_json
-from payonce._model import GatewayResult, OutcomeClass
+from payonce._model import GatewayAnswer, OutcomeClass
 from payonce._protocols import Clock
 
 __all__ = [
@@ -222,7 +222,7 @@ class _Capture:
 @dataclass(slots=True)
 class _Entry:
     params: str
-    answer: GatewayResult | None  # None while the first call with the key is in flight
+    answer: GatewayAnswer | None  # None while the first call with the key is in flight
     created: datetime
 
 
@@ -236,7 +236,7 @@ class _Pending:
     provider_key: str
     key: str
     fault: Fault | None
-    replay: GatewayResult | None
+    replay: GatewayAnswer | None
     delay: timedelta
 
 
@@ -246,8 +246,8 @@ def _result(
     *,
     value: Any = None,
     retry_after: timedelta | None = None,
-) -> GatewayResult:
-    return GatewayResult(kind=kind, value=value, code=code, retry_after=retry_after)
+) -> GatewayAnswer:
+    return GatewayAnswer(kind=kind, value=value, code=code, retry_after=retry_after)
 
 
 class _SimulatedBase:
@@ -391,7 +391,7 @@ class _SimulatedBase:
         pk: str,
         key: str,
         fault: Fault | None,
-        result: GatewayResult | None,
+        result: GatewayAnswer | None,
         *,
         rx: bool,
     ) -> None:
@@ -408,7 +408,7 @@ class _SimulatedBase:
             )
         )
 
-    def _begin(self, intent: Intent, pk: str, key: str) -> GatewayResult | _Pending:
+    def _begin(self, intent: Intent, pk: str, key: str) -> GatewayAnswer | _Pending:
         with self._lock:
             scripted, fault = self._next_fault(self._queue, self._by_key, pk)
             if not scripted:
@@ -420,8 +420,8 @@ class _SimulatedBase:
                 self._record(op, pk, key, fault, refused, rx=False)
                 return refused
             self._received += 1
-            early: GatewayResult | None = None
-            replay: GatewayResult | None = None
+            early: GatewayAnswer | None = None
+            replay: GatewayAnswer | None = None
             obj_kind, params = provider_params(intent, key)
             hint = None if fault is None else fault.retry_after
             if kind == "status_429":
@@ -440,7 +440,7 @@ class _SimulatedBase:
                 delay += fault.duration
             return _Pending(obj_kind, params, op, pk, key, fault, replay, delay)
 
-    def _admit(self, pk: str, params: str) -> tuple[GatewayResult | None, GatewayResult | None]:
+    def _admit(self, pk: str, params: str) -> tuple[GatewayAnswer | None, GatewayAnswer | None]:
         """The provider's idempotency layer: (an early answer, or a stored answer to replay)."""
         now = self._clock.now()
         entry = self._keys.get(pk)
@@ -472,7 +472,7 @@ class _SimulatedBase:
             if self._idempotent and p.replay is None:
                 self._keys.pop(p.provider_key, None)
 
-    def _finish(self, p: _Pending) -> GatewayResult:
+    def _finish(self, p: _Pending) -> GatewayAnswer:
         with self._lock:
             if p.replay is not None:
                 result = p.replay
@@ -489,7 +489,7 @@ class _SimulatedBase:
             self._record(p.operation, p.provider_key, p.key, p.fault, result, rx=True)
             return result
 
-    def _perform(self, p: _Pending) -> tuple[GatewayResult, bool]:
+    def _perform(self, p: _Pending) -> tuple[GatewayAnswer, bool]:
         """Execute a new call: (its answer, whether the idempotency layer stores it)."""
         fault_kind = None if p.fault is None else p.fault.kind
         if p.fault is not None and fault_kind == "status_500":
@@ -516,7 +516,7 @@ class _SimulatedBase:
             Movement(obj.id, op, amount, obj.currency, obj.customer, key, pk, now)
         )
 
-    def _apply(self, p: _Pending, decline: str | None) -> tuple[GatewayResult, bool]:
+    def _apply(self, p: _Pending, decline: str | None) -> tuple[GatewayAnswer, bool]:
         if p.kind in ("capture", "refund"):
             return self._act_on_charge(p, decline)
         params, now = p.params, self._clock.now()
@@ -550,7 +550,7 @@ class _SimulatedBase:
         self._move(obj, op, amount, p.provider_key, p.key)
         return _result(OutcomeClass.SUCCESS, value=_view(obj)), True
 
-    def _act_on_charge(self, p: _Pending, decline: str | None) -> tuple[GatewayResult, bool]:
+    def _act_on_charge(self, p: _Pending, decline: str | None) -> tuple[GatewayAnswer, bool]:
         params = p.params
         amount, currency = int(params["amount"]), str(params["currency"])
         charge = self._objects.get(str(params["target"]))
@@ -598,13 +598,13 @@ class _SimulatedBase:
 
     # -- lookup -----------------------------------------------------------------------------
 
-    def _lookup(self, intent: Intent, pk: str, key: str) -> GatewayResult | None:
+    def _lookup(self, intent: Intent, pk: str, key: str) -> GatewayAnswer | None:
         with self._lock:
             self._lookups += 1
             scripted, fault = self._next_fault(self._lookup_queue, self._lookup_by_key, pk)
             if not scripted:
                 fault = self._draw(lookup=True)
-            found: GatewayResult | None
+            found: GatewayAnswer | None
             if fault is not None:
                 found = _result(OutcomeClass.UNKNOWN, "api_connection_error")
             else:
@@ -612,7 +612,7 @@ class _SimulatedBase:
             self._record("lookup", pk, key, fault, found, rx=True)
             return found
 
-    def _find(self, intent: Intent, key: str) -> GatewayResult | None:
+    def _find(self, intent: Intent, key: str) -> GatewayAnswer | None:
         # By metadata, as Stripe's list endpoints do: independent of the idempotency window.
         views: list[tuple[dict[str, Any], str | None]] = []
         if intent.operation == "capture":
@@ -709,10 +709,10 @@ class SimulatedGateway(_SimulatedBase):
         )
         self._sleep = sleep if sleep is not None else self._clock.sleep
 
-    def execute(self, intent: Intent, provider_key: str, *, key: str) -> GatewayResult:
+    def execute(self, intent: Intent, provider_key: str, *, key: str) -> GatewayAnswer:
         """Make the movement ``intent`` describes; never raises for a provider answer."""
         begun = self._begin(intent, provider_key, key)
-        if isinstance(begun, GatewayResult):
+        if isinstance(begun, GatewayAnswer):
             return begun
         if begun.delay > timedelta(0):
             try:
@@ -722,7 +722,7 @@ class SimulatedGateway(_SimulatedBase):
                 raise
         return self._finish(begun)
 
-    def lookup(self, intent: Intent, provider_key: str, *, key: str) -> GatewayResult | None:
+    def lookup(self, intent: Intent, provider_key: str, *, key: str) -> GatewayAnswer | None:
         """Find the object payonce created for ``key`` by its metadata, or None."""
         return self._lookup(intent, provider_key, key)
 
@@ -756,10 +756,10 @@ class AsyncSimulatedGateway(_SimulatedBase):
         )
         self._asleep = sleep if sleep is not None else self._clock.asleep
 
-    async def execute(self, intent: Intent, provider_key: str, *, key: str) -> GatewayResult:
+    async def execute(self, intent: Intent, provider_key: str, *, key: str) -> GatewayAnswer:
         """See ``SimulatedGateway.execute``."""
         begun = self._begin(intent, provider_key, key)
-        if isinstance(begun, GatewayResult):
+        if isinstance(begun, GatewayAnswer):
             return begun
         if begun.delay > timedelta(0):
             try:
@@ -769,6 +769,6 @@ class AsyncSimulatedGateway(_SimulatedBase):
                 raise
         return self._finish(begun)
 
-    async def lookup(self, intent: Intent, provider_key: str, *, key: str) -> GatewayResult | None:
+    async def lookup(self, intent: Intent, provider_key: str, *, key: str) -> GatewayAnswer | None:
         """See ``SimulatedGateway.lookup``."""
         return self._lookup(intent, provider_key, key)

@@ -5,7 +5,7 @@ client). Both twins share everything but the I/O:
 
 - ``stripe_call`` turns an Intent into the one Stripe request that makes its movement (the only
   place where intents meet provider parameters);
-- ``classify`` turns every answer of the SDK, object or exception, into a ``GatewayResult``
+- ``classify`` turns every answer of the SDK, object or exception, into a ``GatewayAnswer``
   (DESIGN §6; the only place where Stripe's errors are read);
 - every request carries payonce's provider key as ``Idempotency-Key`` (so the SDK never invents
   one) and ``max_network_retries=0`` (payonce retries, with the same key, and must see every
@@ -30,7 +30,7 @@ from typing import Any, Final, cast
 
 from payonce._errors import ConfigurationError
 from payonce._intent import Intent
-from payonce._model import GatewayResult, OutcomeClass
+from payonce._model import GatewayAnswer, OutcomeClass
 
 try:
     import stripe
@@ -46,7 +46,7 @@ _log = logging.getLogger("payonce.gateways.stripe")
 
 #: Stripe keeps an idempotency key for at least 24 hours; after that a resend may move money again.
 DEFAULT_WINDOW: Final = timedelta(hours=24)
-#: Suffix of ``GatewayResult.code`` when Stripe answered ``Stripe-Should-Retry: false``: resending
+#: Suffix of ``GatewayAnswer.code`` when Stripe answered ``Stripe-Should-Retry: false``: resending
 #: the same request would only replay this answer, so only ``lookup`` can tell more.
 NO_RETRY: Final = ":no_retry"
 _PAGE: Final = 100  # Stripe's largest list page
@@ -274,7 +274,7 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         todo.extend(e for e in linked if isinstance(e, BaseException))
 
 
-def _transport(exc: stripe.APIConnectionError) -> GatewayResult:
+def _transport(exc: stripe.APIConnectionError) -> GatewayAnswer:
     """A request that got no HTTP answer: NOT_EXECUTED only if it provably never left."""
     causes = list(_causes(exc))
     names = {cls.__name__ for cause in causes for cls in type(cause).__mro__}
@@ -283,12 +283,12 @@ def _transport(exc: stripe.APIConnectionError) -> GatewayResult:
     timeout = any("Timeout" in type(cause).__name__ for cause in causes)
     if names & _BEFORE_SEND:
         code = "connect_timeout" if timeout else "connection_failed"
-        return GatewayResult(OutcomeClass.NOT_EXECUTED, code=code)
+        return GatewayAnswer(OutcomeClass.NOT_EXECUTED, code=code)
     # Sent (or possibly sent): a reset, a read timeout or a dropped answer. Stripe may have acted.
-    return GatewayResult(OutcomeClass.UNKNOWN, code="timeout" if timeout else "connection_lost")
+    return GatewayAnswer(OutcomeClass.UNKNOWN, code="timeout" if timeout else "connection_lost")
 
 
-def _error(exc: stripe.StripeError) -> GatewayResult:
+def _error(exc: stripe.StripeError) -> GatewayAnswer:
     if isinstance(exc, stripe.APIConnectionError):
         return _transport(exc)
     headers = exc.headers
@@ -309,25 +309,25 @@ def _error(exc: stripe.StripeError) -> GatewayResult:
     if status is None or status < 400:
         # No status, or a success the SDK could not read (an unparsable body): Stripe may have
         # acted, and nothing here says what it did.
-        return GatewayResult(OutcomeClass.UNKNOWN, code=code, **common)
+        return GatewayAnswer(OutcomeClass.UNKNOWN, code=code, **common)
     if status == 409:
         # idempotency_key_in_use: another request with this key is executing; Stripe saves
         # nothing for this one. Unless Stripe says a retry is pointless, wait and resend.
         if final:
-            return GatewayResult(OutcomeClass.UNKNOWN, code=code + NO_RETRY, **common)
-        return GatewayResult(OutcomeClass.IN_FLIGHT, code=code, **common)
+            return GatewayAnswer(OutcomeClass.UNKNOWN, code=code + NO_RETRY, **common)
+        return GatewayAnswer(OutcomeClass.IN_FLIGHT, code=code, **common)
     if status == 429 or isinstance(exc, stripe.RateLimitError):
-        return GatewayResult(
+        return GatewayAnswer(
             OutcomeClass.NOT_EXECUTED, code=code + (NO_RETRY if final else ""), **common
         )
     if status in (401, 403):
         # Refused before any endpoint ran (bad key, a restricted key without the permission).
         code = "authentication_error" if status == 401 else "permission_error"
-        return GatewayResult(OutcomeClass.NOT_EXECUTED, code=code, **common)
+        return GatewayAnswer(OutcomeClass.NOT_EXECUTED, code=code, **common)
     if status >= 500:
         # Stripe stores a 500 under the key and replays it: the outcome stays unknown either
         # way; with Stripe-Should-Retry: false a resend cannot tell more, only lookup can.
-        return GatewayResult(
+        return GatewayAnswer(
             OutcomeClass.UNKNOWN, code=code + (NO_RETRY if final else ""), **common
         )
     # 400, 402, 404 and the other 4xx: a definite answer; no money moved for this request.
@@ -338,10 +338,10 @@ def _error(exc: stripe.StripeError) -> GatewayResult:
             if isinstance(found, str):
                 value[name] = found
     value = {name: item for name, item in value.items() if item is not None}
-    return GatewayResult(OutcomeClass.DEFINITE, value=value, code=code, **common)
+    return GatewayAnswer(OutcomeClass.DEFINITE, value=value, code=code, **common)
 
 
-def _object(obj: stripe.StripeObject) -> GatewayResult:
+def _object(obj: stripe.StripeObject) -> GatewayAnswer:
     response = obj.last_response
     replayed = response is not None and _header(response.headers, "idempotent-replayed") == "true"
     value = _keep(obj)
@@ -355,11 +355,11 @@ def _object(obj: stripe.StripeObject) -> GatewayResult:
                 value["decline_code"] = _get(error, "decline_code")
         code = str(failure or _get(obj, "status"))
         value["code"] = code
-        return GatewayResult(OutcomeClass.DEFINITE, value=value, code=code, replayed=replayed)
-    return GatewayResult(OutcomeClass.SUCCESS, value=value, replayed=replayed)
+        return GatewayAnswer(OutcomeClass.DEFINITE, value=value, code=code, replayed=replayed)
+    return GatewayAnswer(OutcomeClass.SUCCESS, value=value, replayed=replayed)
 
 
-def classify(answer: stripe.StripeObject | stripe.StripeError) -> GatewayResult:
+def classify(answer: stripe.StripeObject | stripe.StripeError) -> GatewayAnswer:
     """Classify one answer of the Stripe SDK (DESIGN §6). The only place that reads them.
 
     - 2xx object (charge, PaymentIntent, refund, …): SUCCESS; DEFINITE when its status says it
@@ -443,15 +443,15 @@ def _captured(obj: stripe.StripeObject) -> bool:
     return bool(_get(obj, "captured"))
 
 
-def _found(obj: stripe.StripeObject) -> GatewayResult:
+def _found(obj: stripe.StripeObject) -> GatewayAnswer:
     result = _object(obj)
     # A lookup reads; nothing was replayed by Stripe's idempotency layer.
-    return GatewayResult(result.kind, value=result.value, code=result.code)
+    return GatewayAnswer(result.kind, value=result.value, code=result.code)
 
 
-def _unreachable(exc: stripe.StripeError) -> GatewayResult:
+def _unreachable(exc: stripe.StripeError) -> GatewayAnswer:
     result = classify(exc)
-    return GatewayResult(OutcomeClass.UNKNOWN, code=result.code, retry_after=result.retry_after)
+    return GatewayAnswer(OutcomeClass.UNKNOWN, code=result.code, retry_after=result.retry_after)
 
 
 class _StripeBase:
@@ -495,16 +495,16 @@ class _StripeBase:
         return getattr(getattr(self._client.v1, service), method)
 
     @staticmethod
-    def _plan(intent: Intent, key: str) -> StripeCall | GatewayResult:
+    def _plan(intent: Intent, key: str) -> StripeCall | GatewayAnswer:
         try:
             return stripe_call(intent, key=key)
         except _UnmappableError as exc:
             # Nothing was sent, and the same intent will never map: a definite failure.
             value = {"type": "payonce_error", "code": "unsupported_intent", "reason": str(exc)}
-            return GatewayResult(OutcomeClass.DEFINITE, value=value, code="unsupported_intent")
+            return GatewayAnswer(OutcomeClass.DEFINITE, value=value, code="unsupported_intent")
 
     @staticmethod
-    def _report(intent: Intent, key: str, result: GatewayResult, what: str) -> GatewayResult:
+    def _report(intent: Intent, key: str, result: GatewayAnswer, what: str) -> GatewayAnswer:
         # Digests and classes only: no parameters, ids, messages or bodies (I8).
         _log.debug(
             "stripe %s %s key=%s: %s code=%s replayed=%s",
@@ -517,7 +517,7 @@ class _StripeBase:
         )
         return result
 
-    def _scan(self, page: Any, key: str) -> tuple[GatewayResult | None, str | None]:
+    def _scan(self, page: Any, key: str) -> tuple[GatewayAnswer | None, str | None]:
         """The object of ``page`` stamped with ``key`` (or None) and the cursor of the next
         page (None at the end)."""
         data = cast(list[stripe.StripeObject], page.data)
@@ -543,13 +543,13 @@ class StripeGateway(_StripeBase):
         ConfigurationError: a client that is not a ``StripeClient``, or a bad option.
     """
 
-    def execute(self, intent: Intent, provider_key: str, *, key: str) -> GatewayResult:
+    def execute(self, intent: Intent, provider_key: str, *, key: str) -> GatewayAnswer:
         """Send the request for ``intent`` with ``provider_key`` as its idempotency key.
 
         Never raises for an answer of Stripe or a transport failure; see ``classify``.
         """
         plan = self._plan(intent, key)
-        if isinstance(plan, GatewayResult):
+        if isinstance(plan, GatewayAnswer):
             return self._report(intent, key, plan, "refused")
         method = self._method(plan.service, plan.method)
         args = () if plan.target is None else (plan.target,)
@@ -561,7 +561,7 @@ class StripeGateway(_StripeBase):
 
     def lookup(
         self, intent: Intent, provider_key: str, *, key: str, since: datetime | None = None
-    ) -> GatewayResult | None:
+    ) -> GatewayAnswer | None:
         """Find the object payonce made for ``key``; it only reads.
 
         Stripe offers no read by idempotency key, and its Search API lags and does not cover refunds
@@ -619,7 +619,7 @@ class StripeGateway(_StripeBase):
             if query.retrieve is not None and exc.http_status == 404:
                 return None  # no such target: nothing was captured
             return self._report(intent, key, _unreachable(exc), "lookup")
-        incomplete = GatewayResult(OutcomeClass.UNKNOWN, code="lookup_incomplete")
+        incomplete = GatewayAnswer(OutcomeClass.UNKNOWN, code="lookup_incomplete")
         return self._report(intent, key, incomplete, "lookup")
 
 
@@ -631,10 +631,10 @@ class AsyncStripeGateway(_StripeBase):
         ConfigurationError: a client that is not a ``StripeClient``, or a bad option.
     """
 
-    async def execute(self, intent: Intent, provider_key: str, *, key: str) -> GatewayResult:
+    async def execute(self, intent: Intent, provider_key: str, *, key: str) -> GatewayAnswer:
         """See ``StripeGateway.execute``."""
         plan = self._plan(intent, key)
-        if isinstance(plan, GatewayResult):
+        if isinstance(plan, GatewayAnswer):
             return self._report(intent, key, plan, "refused")
         method = self._method(plan.service, plan.method + "_async")
         args = () if plan.target is None else (plan.target,)
@@ -646,7 +646,7 @@ class AsyncStripeGateway(_StripeBase):
 
     async def lookup(
         self, intent: Intent, provider_key: str, *, key: str, since: datetime | None = None
-    ) -> GatewayResult | None:
+    ) -> GatewayAnswer | None:
         """See ``StripeGateway.lookup``."""
         try:
             query = _query(intent, since)
@@ -673,5 +673,5 @@ class AsyncStripeGateway(_StripeBase):
             if query.retrieve is not None and exc.http_status == 404:
                 return None  # no such target: nothing was captured
             return self._report(intent, key, _unreachable(exc), "lookup")
-        incomplete = GatewayResult(OutcomeClass.UNKNOWN, code="lookup_incomplete")
+        incomplete = GatewayAnswer(OutcomeClass.UNKNOWN, code="lookup_incomplete")
         return self._report(intent, key, incomplete, "lookup")
