@@ -41,7 +41,13 @@ from payonce._model import (
 )
 from payonce._once import once
 from payonce._protocols import AsyncGateway, AsyncStore, Clock, Gateway, Store
-from payonce._reconciler import AsyncReconciler, Reconciler, ReconcileReport
+from payonce._reconciler import (
+    AsyncReconciler,
+    AuditReport,
+    Discrepancy,
+    Reconciler,
+    ReconcileReport,
+)
 from payonce._retry import RetryPolicy
 from payonce.stores import MemoryStore, SQLiteStore, ThreadedAsyncStore, open_store
 
@@ -53,10 +59,12 @@ __all__ = [
     "AsyncReconciler",
     "AsyncStore",
     "Attempt",
+    "AuditReport",
     "Checkpoint",
     "Clock",
     "ConfigurationError",
     "ConflictError",
+    "Discrepancy",
     "Entry",
     "Event",
     "Gateway",

@@ -12,6 +12,11 @@ asks the provider what became of the call:
   that could not be asked): the record stays UNKNOWN, flagged for review with the reason.
 
 It never deletes a money record and never makes a call under a new provider key.
+
+``audit`` is the other direction (SCENARIOS R19): it reads the ledger's ``succeeded`` entries,
+asks the provider about each SUCCEEDED record, and reports typed discrepancies (``Discrepancy``)
+where the provider disagrees. It only reads: a discrepancy needs a person, never an automatic
+change of a money record.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
+import logging
 import threading
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -29,10 +36,22 @@ from payonce._bodies import failure_body, is_declined, success_body
 from payonce._clock import SystemClock
 from payonce._errors import ConfigurationError, IntentError, LeaseLostError, StoreError
 from payonce._intent import Intent
-from payonce._model import GatewayAnswer, Lease, OutcomeClass, Record, Status
+from payonce._model import Event, GatewayAnswer, Lease, OutcomeClass, Record, Status
 from payonce._protocols import AsyncGateway, AsyncStore, Clock, Gateway, Store
 
-__all__ = ["REVIEW", "AsyncReconciler", "ReconcileReport", "Reconciler"]
+__all__ = [
+    "GATEWAY_FAILED",
+    "LEDGER_WITHOUT_GATEWAY",
+    "OBJECT_MISMATCH",
+    "REVIEW",
+    "AsyncReconciler",
+    "AuditReport",
+    "Discrepancy",
+    "ReconcileReport",
+    "Reconciler",
+]
+
+_log = logging.getLogger("payonce.reconciler")
 
 #: The prefix of the reason of every record a pass leaves UNKNOWN: it needs a person (or a later
 #: pass, once the provider can be asked again).
@@ -60,6 +79,64 @@ class ReconcileReport:
     flagged: int = 0
     skipped: int = 0
     reasons: dict[str, str] = field(default_factory=dict)
+
+
+#: payonce recorded a success, and the provider has no object for the record's key.
+LEDGER_WITHOUT_GATEWAY: Final = "ledger_without_gateway"
+#: payonce recorded a success, and the provider's object for the key failed.
+GATEWAY_FAILED: Final = "gateway_failed"
+#: The provider's object for the key is not the one recorded (another id, amount or currency).
+OBJECT_MISMATCH: Final = "object_mismatch"
+
+# Operations whose recorded ``amount`` is the amount of the object lookup finds. A capture's
+# lookup reads the charge it captured, whose amount is the authorisation's.
+_SAME_AMOUNT: Final = frozenset({"charge", "refund", "payout", "transfer"})
+_ENTRY_PAGE: Final = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Discrepancy:
+    """One SUCCEEDED record the provider disagrees with.
+
+    Attributes:
+        kind: ``ledger_without_gateway``, ``gateway_failed`` or ``object_mismatch``.
+        scope / key: the record.
+        operation: the record's operation.
+        seq: the ledger sequence number of the record's ``succeeded`` entry.
+        reason: what differs and what to do next (provider ids and codes only).
+    """
+
+    kind: str
+    scope: str
+    key: str
+    operation: str
+    seq: int
+    reason: str
+
+
+@dataclass(slots=True)
+class AuditReport:
+    """What one audit found.
+
+    Attributes:
+        checked: SUCCEEDED records the provider was asked about.
+        matched: of those, the ones the provider agrees with.
+        unverified: keys the provider could not be asked about (an UNKNOWN lookup, a recorded
+            intent that no longer validates): audit them again later.
+        skipped: ``succeeded`` entries whose record is gone (purged) or no longer SUCCEEDED.
+        discrepancies: every disagreement, oldest entry first.
+        cursor: the sequence number of the last ledger entry read; pass it as ``after`` to
+            continue where this audit stopped.
+        complete: True when the audit read up to the end of the ledger.
+    """
+
+    checked: int = 0
+    matched: int = 0
+    unverified: list[str] = field(default_factory=list)
+    skipped: int = 0
+    discrepancies: list[Discrepancy] = field(default_factory=list)
+    cursor: int = 0
+    complete: bool = False
 
 
 # A pass is written once, as a generator that yields ("store" | "gateway", method, args,
@@ -215,6 +292,101 @@ class _ReconcilerCore:
         report.flagged += 1
         report.reasons[held.key] = why
 
+    @staticmethod
+    def _check_audit(since: datetime | None, after: int, limit: int) -> None:
+        if since is not None and (not isinstance(since, datetime) or since.tzinfo is None):
+            raise ConfigurationError("since must be an aware UTC datetime, or None for all")
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise ConfigurationError("after must be a ledger sequence number (0 for the start)")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ConfigurationError("limit must be a positive integer")
+
+    def _audit(self, since: datetime | None, after: int, limit: int) -> _Pass:
+        """Read ``succeeded`` entries after ``after`` (at or after ``since``) and ask the
+        provider about each record still SUCCEEDED, until ``limit`` were asked or the ledger
+        ends. Reads only: no store write, no gateway call but ``lookup``."""
+        report = AuditReport(cursor=after)
+        seen: set[tuple[str, str]] = set()
+        while True:
+            batch = yield ("store", "entries", (), {"after": report.cursor, "limit": _ENTRY_PAGE})
+            if not batch:
+                report.complete = True
+                return report
+            for entry in batch:
+                report.cursor = entry.seq
+                if entry.event is not Event.SUCCEEDED or (since is not None and entry.at < since):
+                    continue
+                if (entry.scope, entry.key) in seen:
+                    continue
+                seen.add((entry.scope, entry.key))
+                record = yield ("store", "get", (entry.scope, entry.key), {})
+                if record is None or record.status is not Status.SUCCEEDED:
+                    report.skipped += 1
+                    continue
+                report.checked += 1
+                yield from self._audit_one(record, entry.seq, report)
+                if report.checked >= limit:
+                    return report
+
+    def _audit_one(self, record: Record, seq: int, report: AuditReport) -> _Pass:
+        try:
+            intent = Intent.from_dict(record.intent_fields())
+        except IntentError:
+            report.unverified.append(record.key)
+            return
+        found = yield from self._ask("lookup", intent, record)
+        recorded = (json.loads(record.outcome or "{}").get("value")) or {}
+        if not isinstance(recorded, dict):
+            recorded = {}
+        kind, why = _disagreement(record, recorded, found)
+        if kind is None:
+            if found is not None and found.kind is OutcomeClass.UNKNOWN:
+                report.unverified.append(record.key)
+            else:
+                report.matched += 1
+            return
+        _log.warning("payonce audit: %s for key %s (%s)", kind, record.key, record.operation)
+        report.discrepancies.append(
+            Discrepancy(kind, record.scope, record.key, record.operation, seq, why)
+        )
+
+
+def _disagreement(
+    record: Record, recorded: dict[str, Any], found: GatewayAnswer | None
+) -> tuple[str | None, str]:
+    """The discrepancy between a SUCCEEDED record and what the provider holds, if any."""
+    if found is None:
+        return LEDGER_WITHOUT_GATEWAY, (
+            f"payonce recorded {recorded.get('id') or 'a success'} for this {record.operation}, "
+            "and the provider has no object with its payonce_key; check the provider's "
+            "dashboard before acting: never repeat the movement under a new key"
+        )
+    if found.kind is OutcomeClass.UNKNOWN:
+        return None, ""
+    if found.kind is not OutcomeClass.SUCCESS:
+        return GATEWAY_FAILED, (
+            f"payonce recorded a success, and the provider's object failed ({found.code}); "
+            "check the provider's dashboard and settle it by hand"
+        )
+    value = found.value or {}
+    differs = [
+        name
+        for name in ("id", "currency", "amount")
+        if name in recorded
+        and name in value
+        and (name != "amount" or record.operation in _SAME_AMOUNT)
+        and recorded[name] != value[name]
+    ]
+    if differs:
+        shown = ", ".join(
+            f"{n} {recorded[n]!r} recorded, {value[n]!r} at the provider" for n in differs
+        )
+        return OBJECT_MISMATCH, (
+            f"the provider's object for this key is not the one recorded ({shown}); check "
+            "both objects at the provider"
+        )
+    return None, ""
+
 
 class Reconciler(_ReconcilerCore):
     """Resolves what the guard could not: crashed workers and lost answers.
@@ -257,6 +429,32 @@ class Reconciler(_ReconcilerCore):
         while not stop.is_set():
             if self.run_once().scanned == 0:
                 stop.wait(interval.total_seconds())
+
+    def audit(
+        self, *, since: datetime | None = None, after: int = 0, limit: int = 100
+    ) -> AuditReport:
+        """Check SUCCEEDED records against the provider (SCENARIOS R19); change nothing.
+
+        Reads the ledger's ``succeeded`` entries with a sequence number above ``after`` (and,
+        if given, stamped at or after ``since``), looks each record still SUCCEEDED up at the
+        provider by its ``payonce_key``, and reports every disagreement as a ``Discrepancy``:
+        ``ledger_without_gateway`` (the provider has no such object), ``gateway_failed`` (its
+        object failed) or ``object_mismatch`` (another id, amount or currency). No record or
+        ledger entry is written, and the provider is only read.
+
+        Args:
+            since: audit only successes recorded at or after this instant.
+            after: the ledger sequence number to start after (``AuditReport.cursor`` of a
+                previous audit continues it).
+            limit: the most records to ask the provider about in this call.
+
+        Raises:
+            ConfigurationError: for a bad argument.
+            StoreUnavailableError: the store could not be read.
+        """
+        self._check_audit(since, after, limit)
+        report: AuditReport = self._drive(self._audit(since, after, limit))
+        return report
 
     def _drive(self, flow: _Pass) -> Any:
         result: Any = None
@@ -310,6 +508,14 @@ class AsyncReconciler(_ReconcilerCore):
             if (await self.run_once()).scanned == 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), interval.total_seconds())
+
+    async def audit(
+        self, *, since: datetime | None = None, after: int = 0, limit: int = 100
+    ) -> AuditReport:
+        """See ``Reconciler.audit``."""
+        self._check_audit(since, after, limit)
+        report: AuditReport = await self._drive(self._audit(since, after, limit))
+        return report
 
     async def _drive(self, flow: _Pass) -> Any:
         result: Any = None

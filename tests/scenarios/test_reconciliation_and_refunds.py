@@ -12,15 +12,18 @@ from datetime import timedelta
 import pytest
 
 from payonce import (
+    Event,
     GatewayRejectedError,
     InProgressError,
     Outcome,
     OutcomeUnknownError,
+    PaymentDeclinedError,
     PayonceError,
     RetryPolicy,
     Status,
 )
-from payonce._reconciler import REVIEW
+from payonce._reconciler import LEDGER_WITHOUT_GATEWAY, REVIEW
+from tests.conftest import SCOPE
 from tests.scenarios.harness import (
     DROP,
     LEASE,
@@ -82,27 +85,41 @@ def test_r19_reconciliation_adopts_resolves_and_flags_never_deletes(world: World
     check(world, acks)
 
 
-def test_r19_gateway_success_without_a_provider_record_is_a_typed_discrepancy(
-    world: World,
-) -> None:
-    # tok_forget: the provider answers success but keeps nothing. The payonce record is kept,
-    # and the history checker reports the ledger entry without a gateway object (I2).
-    intent = world.intent("r19-forget", pm="tok_forget" if world.g1 else "tok_visa")
-    outcome = world.guard().execute(intent)
-    if not world.g1:
-        # G2 has no such token: make the provider lose its object by hand.
-        assert world.sim is not None
-        # The provider forgets what it made (its private state: no public way).
-        world.sim._objects.clear()
-        world.sim._movements.clear()
-        world.sim.attempts.clear()
+def test_r19_audit_reports_a_success_the_provider_does_not_hold(world: World) -> None:
+    # tok_forget: the provider answers success and keeps nothing (the mock's token on G1, the
+    # simulated provider's twin of it on G2). The audit reports it as a typed discrepancy and
+    # changes nothing; the history checker sees the same hole (I2).
+    kept = world.guard().execute(world.intent("r19-kept"))
+    forgotten = world.guard().execute(world.intent("r19-forget", pm="tok_forget"))
+    with pytest.raises(PaymentDeclinedError):  # FAILED records are not audited
+        world.guard().execute(world.intent("r19-declined", pm="tok_chargeDeclined"))
+    refund = world.guard().execute(world.refund(kept.value["id"], 400, "r19-refund"))
     world.reconcile()
-    record = world.record(intent)
-    assert record is not None
-    assert record.status is Status.SUCCEEDED  # never deleted
-    assert world.charges() == []
+    records = all_records(world.store)
+    entries = list(world.store.entries(after=0, limit=100_000))
+    calls = len(world.calls())
+    report = world.reconciler().audit()
+    assert (report.checked, report.matched, report.unverified) == (3, 2, [])
+    [found] = report.discrepancies
+    assert (found.kind, found.key, found.operation) == (
+        LEDGER_WITHOUT_GATEWAY,
+        forgotten.key,
+        "charge",
+    )
+    assert found.scope == SCOPE
+    assert forgotten.value["id"] in found.reason
+    assert "never repeat the movement under a new key" in found.reason
+    [succeeded] = [e for e in entries if e.key == forgotten.key and e.event is Event.SUCCEEDED]
+    assert found.seq == succeeded.seq
+    assert (report.complete, report.cursor) == (True, entries[-1].seq)
+    # It only reads: records, ledger and provider as they were; no execute call.
+    assert all_records(world.store) == records
+    assert list(world.store.entries(after=0, limit=100_000)) == entries
+    assert len(world.calls()) == calls
+    assert world.charges(forgotten.key) == []
+    assert refund.key not in {d.key for d in report.discrepancies}
     with pytest.raises(AssertionError, match=r"I2: .*(not at the provider|nothing moved)"):
-        check(world, [outcome])
+        check(world, [kept, forgotten, refund])
 
 
 def _refund_all(world: World, intents: list, threads: int) -> list[object]:

@@ -69,6 +69,8 @@ _DECLINING: Final = {
     "pm_card_chargeDeclinedInsufficientFunds": "insufficient_funds",
 }
 _RANDOM_DECLINES: Final = ("card_declined", "insufficient_funds")
+# stripe-stateful-mock's token that answers success and keeps nothing: the provider forgot.
+_FORGETTING: Final = "tok_forget"
 _ID_ALPHABET: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
 
@@ -543,6 +545,9 @@ class _SimulatedBase:
             decline_code=decline,
             amount_captured=captured if p.kind in ("charge", "payment_intent") else 0,
         )
+        if decline is None and _FORGETTING in (params.get("source"), params.get("payment_method")):
+            # Success answered, nothing kept: no object, no movement, nothing under the key.
+            return _result(OutcomeClass.SUCCESS, value=_view(obj)), False
         self._objects[obj.id] = obj
         if decline is not None:
             return _result(OutcomeClass.DEFINITE, decline, value=_view(obj)), True
@@ -674,6 +679,9 @@ class SimulatedGateway(_SimulatedBase):
        (``resource_missing``, ``currency_mismatch``, ``charge_already_captured``,
        ``amount_too_large`` for refunds beyond what was captured and not yet refunded) are
        DEFINITE without a value and not stored.
+       A charge paid with ``tok_forget`` answers SUCCESS and keeps nothing (no object, no
+       movement, nothing under the key), like stripe-stateful-mock: a provider that lost a
+       movement payonce recorded (``Reconciler.audit`` reports it).
     5. ``after_send``: the provider did everything above (a movement if it executed, the answer
        stored under the key), then the answer was lost: UNKNOWN ``connection_lost``.
 
