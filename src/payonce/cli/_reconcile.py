@@ -1,0 +1,211 @@
+"""``payonce reconcile``: resolve crashed workers and lost answers against the provider."""
+
+import enum
+import signal
+import sys
+import threading
+from dataclasses import fields
+from datetime import timedelta
+from types import FrameType
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from payonce._clock import SystemClock
+from payonce._protocols import Gateway, Store
+from payonce._reconciler import Reconciler, ReconcileReport
+from payonce.cli._common import (
+    DEFAULT_STORE,
+    EXIT_OK,
+    EXIT_PROBLEM,
+    JsonOption,
+    Out,
+    StoreOption,
+    UsageError,
+    env,
+    handled,
+    open_for_reading,
+)
+
+__all__ = ["GatewayName", "reconcile"]
+
+_COUNTS = ("scanned", "succeeded", "failed", "resent", "flagged", "skipped")
+
+
+class GatewayName(enum.StrEnum):
+    """The providers ``reconcile`` can ask."""
+
+    STRIPE = "stripe"
+    SIMULATED = "simulated"
+
+
+def reconcile(
+    once: Annotated[
+        bool, typer.Option("--once", help="Run one pass and exit instead of until Ctrl-C.")
+    ] = False,
+    batch: Annotated[
+        int, typer.Option("--batch", min=1, metavar="N", help="Records per pass, oldest first.")
+    ] = 100,
+    gateway: Annotated[
+        GatewayName,
+        typer.Option(
+            "--gateway",
+            case_sensitive=False,
+            help="stripe: the API key comes from the environment variable STRIPE_API_KEY only. "
+            "simulated: an in-process provider that knows no earlier call (it settles records "
+            "by making them anew), for demos and tests only.",
+        ),
+    ] = GatewayName.STRIPE,
+    api_base: Annotated[
+        str | None,
+        typer.Option(
+            "--stripe-api-base",
+            metavar="URL",
+            help="Send Stripe requests to a Stripe-compatible server at URL (e.g. a test mock).",
+        ),
+    ] = None,
+    interval: Annotated[
+        float,
+        typer.Option(
+            "--interval",
+            min=0.01,
+            metavar="SECONDS",
+            help="Without --once: how long to wait after a pass that found nothing to do.",
+        ),
+    ] = 5.0,
+    store_url: StoreOption = DEFAULT_STORE,
+    as_json: JsonOption = False,
+) -> None:
+    """Resolve stale CLAIMED and UNKNOWN records: ask the provider what became of each call.
+
+    Prints the counts per resolution (succeeded, failed, resent, flagged for review, skipped).
+    With --once, exit 1 when records still need recovery after the pass (those flagged for
+    review need a person). Without --once it runs until SIGINT or SIGTERM, then prints the
+    totals and exits 0.
+    """
+    out = Out(as_json)
+    with handled(out):
+        provider = _gateway(gateway, api_base)
+        store = open_for_reading(store_url)
+        try:
+            reconciler = Reconciler(store, provider, clock=SystemClock())
+            if once:
+                report = reconciler.run_once(batch)
+                left = len(store.scan(now=reconciler.clock.now(), limit=batch))
+                code = EXIT_PROBLEM if left else EXIT_OK
+                _finish(out, report, left=left, capped=left >= batch, passes=1)
+                raise typer.Exit(code)
+            total, passes = _run(out, reconciler, store, batch, timedelta(seconds=interval))
+        finally:
+            store.close()
+    _finish(out, total, left=None, capped=False, passes=passes)
+
+
+def _gateway(name: GatewayName, api_base: str | None) -> Gateway:
+    if name is GatewayName.SIMULATED:
+        if api_base is not None:
+            raise UsageError("--stripe-api-base applies to --gateway stripe only; remove it")
+        from payonce.gateways.simulated import SimulatedGateway  # noqa: PLC0415
+
+        return SimulatedGateway(clock=SystemClock())
+    api_key = env("STRIPE_API_KEY")
+    if api_key is None:
+        raise UsageError(
+            "--gateway stripe needs the Stripe API key in the environment variable "
+            "STRIPE_API_KEY (it is never taken as an option, so it stays out of shell history "
+            "and process lists); set it and run again"
+        )
+    try:
+        import stripe  # noqa: PLC0415 - the stripe extra is optional
+
+        from payonce.gateways.stripe import StripeGateway  # noqa: PLC0415
+    except ModuleNotFoundError as exc:
+        raise UsageError(
+            f"--gateway stripe needs the stripe extra: pip install 'payonce[stripe]' ({exc.name} "
+            "is missing)"
+        ) from None
+    options: dict[str, Any] = {}
+    if api_base is not None:
+        options["base_addresses"] = {"api": api_base}
+    return StripeGateway(stripe.StripeClient(api_key, **options))
+
+
+def _run(
+    out: Out, reconciler: Reconciler, store: Store, batch: int, interval: timedelta
+) -> tuple[ReconcileReport, int]:
+    # Reconciler.run(stop) cannot take --batch or hand back its reports, and it starts the next
+    # pass at once whenever the scan returned anything, records resting after a review flag
+    # included; this loop waits whenever a pass changed nothing.
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+        # A second Ctrl-C ends the process at once, even inside a slow provider call.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    total, passes = ReconcileReport(), 0
+    if not out.json:
+        out.console.print(f"Reconciling {store!r} every pass of up to {batch}; Ctrl-C stops.")
+        sys.stdout.flush()
+    while not stop.is_set():
+        report = reconciler.run_once(batch)
+        passes += 1
+        for name in _COUNTS:
+            setattr(total, name, getattr(total, name) + getattr(report, name))
+        total.reasons.update(report.reasons)
+        if out.json:
+            out.emit({"pass": passes, **_counts(report)})
+        else:
+            out.console.print(
+                f"pass {passes}: " + ", ".join(f"{n} {getattr(report, n)}" for n in _COUNTS)
+            )
+            sys.stdout.flush()
+        if report.scanned == report.skipped:
+            stop.wait(interval.total_seconds())
+    return total, passes
+
+
+def _counts(report: ReconcileReport) -> dict[str, Any]:
+    return {f.name: getattr(report, f.name) for f in fields(report) if f.name != "reasons"}
+
+
+def _finish(
+    out: Out, report: ReconcileReport, *, left: int | None, capped: bool, passes: int
+) -> None:
+    if out.json:
+        data: dict[str, Any] = {"passes": passes, **_counts(report), "reasons": report.reasons}
+        if left is not None:
+            data["still_due"] = left
+            data["still_due_capped"] = capped
+        out.emit(data)
+        return
+    title = "Reconcile pass" if passes == 1 else f"Reconcile: {passes} passes"
+    table = Table(title=title, title_justify="left")
+    table.add_column("resolution")
+    table.add_column("records", justify="right")
+    for name, label in (
+        ("scanned", "scanned (needed recovery)"),
+        ("succeeded", "succeeded (found at the provider or resent)"),
+        ("failed", "failed (definite failure at the provider)"),
+        ("resent", "resent with the same provider key"),
+        ("flagged", "flagged for review (left UNKNOWN)"),
+        ("skipped", "skipped (held elsewhere, or flagged recently)"),
+    ):
+        table.add_row(label, str(getattr(report, name)))
+    out.console.print(table)
+    if report.reasons:
+        reasons = Table(title="Flagged for review", title_justify="left")
+        reasons.add_column("key", overflow="fold")
+        reasons.add_column("reason", overflow="fold")
+        for key, why in sorted(report.reasons.items()):
+            reasons.add_row(key, why)
+        out.console.print(reasons)
+    if left:
+        more = " or more" if capped else ""
+        out.console.print(
+            f"{left}{more} record(s) still need recovery: see them with `payonce show KEY`; "
+            "those flagged for review need a person's decision before any new attempt."
+        )
