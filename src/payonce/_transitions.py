@@ -8,6 +8,7 @@ next record and its ledger entry, and writes both in that same transaction. The 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -28,6 +29,18 @@ __all__ = [
 ]
 
 _COMPLETE_EVENTS = {Status.SUCCEEDED: Event.SUCCEEDED, Status.FAILED: Event.FAILED}
+# The metadata name by which guard.compensate links a compensation to the payment it undoes.
+_ORIGINAL = "payonce_original"
+
+
+def _link(intent_json: str, detail: dict[str, object]) -> dict[str, object]:
+    """``detail`` plus ``{"compensates": <original key>}`` for a compensation's intent, so that
+    the ledger itself links it to the payment it undoes (the record does, through its intent)."""
+    # The substring test keeps the JSON parse off every other claim's path.
+    if f'"{_ORIGINAL}"' not in intent_json:
+        return detail
+    original = json.loads(intent_json).get("metadata", {}).get(_ORIGINAL)
+    return {**detail, "compensates": original} if isinstance(original, str) else detail
 
 
 def _entry(
@@ -86,11 +99,14 @@ def claim_transition(
         status_to=Status.CLAIMED,
         token=token,
         attempt=1,
-        detail={
-            "fingerprint": new.fingerprint,
-            "operation": new.operation,
-            "provider_key": new.provider_key,
-        },
+        detail=_link(
+            new.intent,
+            {
+                "fingerprint": new.fingerprint,
+                "operation": new.operation,
+                "provider_key": new.provider_key,
+            },
+        ),
         prev_hash=prev_hash or GENESIS,
     )
     record = Record(
@@ -194,7 +210,10 @@ def complete_transition(
         status_to=status,
         token=token,
         attempt=current.attempt,
-        detail={"outcome_sha256": hashlib.sha256(outcome.encode("utf-8")).hexdigest()},
+        detail=_link(
+            current.intent,
+            {"outcome_sha256": hashlib.sha256(outcome.encode("utf-8")).hexdigest()},
+        ),
         prev_hash=current.ledger_head,
     )
     updated = replace(

@@ -3,6 +3,7 @@ captured, also under retried and concurrent calls (R20)."""
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import timedelta
 
@@ -10,6 +11,7 @@ import pytest
 
 from payonce import (
     ConflictError,
+    Event,
     GatewayRejectedError,
     Guard,
     Intent,
@@ -46,6 +48,25 @@ def test_a_retried_full_refund_refunds_once(store: Store, clock: ManualClock) ->
     record = store.get(SCOPE, first.key)
     assert record is not None
     assert record.intent_fields()["metadata"]["payonce_original"] == key
+    verify_ledger(store)
+
+
+def test_the_compensation_is_linked_to_the_original_in_the_record_and_the_ledger(
+    store: Store, clock: ManualClock
+) -> None:
+    guard, _, key = _setup(store, clock)
+    refund = guard.compensate(key, amount=1200, reason="duplicate")
+    record = store.get(SCOPE, refund.key)
+    assert record is not None
+    fields = record.intent_fields()
+    assert fields["reference"] == f"compensate:{key}"
+    assert fields["metadata"] == {"payonce_original": key, "payonce_reason": "duplicate"}
+    entries = list(store.entries(after=0, limit=1000))
+    linked = [e for e in entries if e.key == refund.key]
+    assert [e.event for e in linked] == [Event.CLAIMED, Event.SUCCEEDED]
+    assert all(json.loads(e.detail)["compensates"] == key for e in linked)
+    # The payment's own entries link to nothing; the chain of each still verifies.
+    assert all("compensates" not in json.loads(e.detail) for e in entries if e.key == key)
     verify_ledger(store)
 
 
