@@ -5,12 +5,15 @@ is its native-async twin on ``AsyncConnectionPool`` (no threads). Both install w
 ``postgres`` extra. Each operation is a flow of ``payonce.stores._postgres_sql``; this module only
 drives flows on pooled connections and maps driver errors, once, at this boundary.
 
-Round trips. A claim is one call of the server-side function ``payonce_claim``: it inserts with
-``ON CONFLICT DO NOTHING`` and, in a new statement, reads the winner, so a replay is one round
-trip that never writes. The claim's ledger entry is hashed in Python against the chain head the
-caller expects; for a key never seen that is the genesis, and the function refuses (writing
-nothing) when the key has earlier lives, answering with their head: a second round trip, only
-for a key released or purged before.
+Round trips. By default (``read_first``) the guard first reads five columns of the record: a
+retry of a finished intent is answered by that one ``SELECT``, the cheapest replay there is. A
+claim is one call of the server-side function ``payonce_claim``: it inserts with ``ON CONFLICT DO
+NOTHING`` and, in a new statement, reads the winner, so with ``read_first=False`` a replay is
+still one round trip that never writes (a heavier one), and a fresh call saves the read. The
+claim's ledger entry is hashed in Python against the chain head the caller expects; for a key
+never seen that is the genesis, and the function refuses (writing nothing) when the key has
+earlier lives, answering with their head: a second round trip, only for a key released or purged
+before.
 
 Fenced writes (complete, mark_unknown, release, takeover) are one statement each: an UPDATE (or
 DELETE) conditional on the token and on the record's ledger head, with the ledger INSERT fed by
@@ -53,6 +56,7 @@ from payonce.stores._postgres_sql import MIGRATIONS, Flow, Flows, Query
 __all__ = ["MIGRATIONS", "AsyncPostgresStore", "PostgresStore"]
 
 _T = TypeVar("_T")
+_TUPLES_OK: Final = psycopg.pq.ExecStatus.TUPLES_OK
 
 _RETRY_STATES: Final = frozenset({"40001", "40P01"})  # serialization failure, deadlock
 # Connection, resources, operator intervention (shutdown, cancel), system, and a read-only
@@ -146,6 +150,11 @@ class PostgresStore(Flows):
             or an open ``psycopg_pool.ConnectionPool`` you own (the store never closes it; give it
             ``kwargs={"autocommit": True}``).
         min_size / max_size: the size of the pool the store creates from a connection string.
+        read_first: answer a retry of a finished intent with one small read before any claim
+            (the default): a replay is one five-column ``SELECT``, a fresh call pays that read
+            as one extra round trip. False claims first: a fresh call saves the read and a
+            replay goes through the claim function instead. Safety is the same either way: the
+            claim, never the read, decides who calls.
         allow_unsafe_durability: accept a server with ``fsync`` off or ``synchronous_commit``
             off/local (logged as a warning) instead of refusing it.
         timeout: how long to wait for a connection (at start and from the pool).
@@ -159,8 +168,8 @@ class PostgresStore(Flows):
 
     # seq comes from an identity column: a rolled-back insert leaves a gap.
     gapless_ledger = False
-    # A claim answers with the existing record in the same round trip.
-    read_before_claim = False
+    # See ``read_first``; the instance sets it.
+    read_before_claim = True
 
     def __init__(
         self,
@@ -168,11 +177,13 @@ class PostgresStore(Flows):
         *,
         min_size: int = 1,
         max_size: int = 10,
+        read_first: bool = True,
         allow_unsafe_durability: bool = False,
         timeout: timedelta = timedelta(seconds=30),
     ) -> None:
         super().__init__()
         _validate(min_size, max_size, timeout)
+        self.read_before_claim = bool(read_first)
         self._closed = False
         if isinstance(conninfo_or_pool, psycopg_pool.ConnectionPool):
             self._pool = conninfo_or_pool
@@ -379,13 +390,20 @@ def _drive(conn: psycopg.Connection[Any], flow: Flow[_T]) -> _T:
         return result
 
 
+def _has_rows(cur: psycopg.Cursor[Any] | psycopg.AsyncCursor[Any]) -> bool:
+    # Not ``cur.description``: it builds a Column object per column on every call, a measurable
+    # share of a replay's client time (18 columns on a claim).
+    result = cur.pgresult
+    return result is not None and result.status == _TUPLES_OK
+
+
 def _execute(conn: psycopg.Connection[Any], query: Query) -> list[tuple[Any, ...]]:
     with conn.cursor() as cur:
         if query.many:
             cur.executemany(query.text, query.params or ())
             return []
         cur.execute(query.text, query.params)
-        return cur.fetchall() if cur.description is not None else []
+        return cur.fetchall() if _has_rows(cur) else []
 
 
 # -- the async store -------------------------------------------------------------------------------
@@ -400,7 +418,8 @@ class AsyncPostgresStore(Flows):
     Args:
         conninfo_or_pool: a libpq connection string or URL, or an open ``AsyncConnectionPool``
             you own (give it ``kwargs={"autocommit": True}``).
-        min_size / max_size / allow_unsafe_durability / timeout: as for ``PostgresStore``.
+        min_size / max_size / read_first / allow_unsafe_durability / timeout: as for
+            ``PostgresStore``.
 
     Raises:
         ConfigurationError: bad options (at construction); unsafe durability settings or a newer
@@ -408,7 +427,7 @@ class AsyncPostgresStore(Flows):
     """
 
     gapless_ledger = False
-    read_before_claim = False
+    read_before_claim = True
 
     def __init__(
         self,
@@ -416,11 +435,13 @@ class AsyncPostgresStore(Flows):
         *,
         min_size: int = 1,
         max_size: int = 10,
+        read_first: bool = True,
         allow_unsafe_durability: bool = False,
         timeout: timedelta = timedelta(seconds=30),
     ) -> None:
         super().__init__()
         _validate(min_size, max_size, timeout)
+        self.read_before_claim = bool(read_first)
         self._closed = False
         self._opened = False
         self._allow_unsafe = allow_unsafe_durability
@@ -603,4 +624,4 @@ async def _aexecute(conn: psycopg.AsyncConnection[Any], query: Query) -> list[tu
             await cur.executemany(query.text, query.params or ())
             return []
         await cur.execute(query.text, query.params)
-        return await cur.fetchall() if cur.description is not None else []
+        return await cur.fetchall() if _has_rows(cur) else []

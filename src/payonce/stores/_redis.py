@@ -193,6 +193,11 @@ class RedisStore(RedisCore):
         buckets: how many hash slots the records spread over (fixed when the prefix is first
             used). More buckets spread a cluster's load over more masters; scans, purges and
             ``newest`` visit every bucket.
+        read_first: answer a retry of a finished intent with one ``HMGET`` of five fields before
+            any claim (the default): the cheapest replay, at one extra round trip per fresh call.
+            False runs the claim script first on a single server (a fresh call saves the read; a
+            replay sends the whole claim). On Redis Cluster the store always reads first: there a
+            claim costs a sequence allocation before its script.
         allow_unsafe_durability: run against a Redis whose ``maxmemory-policy`` is not
             ``noeviction``, or whose configuration cannot be read, with a logged warning.
 
@@ -208,6 +213,7 @@ class RedisStore(RedisCore):
         *,
         prefix: str = "payonce",
         buckets: int = 16,
+        read_first: bool = True,
         allow_unsafe_durability: bool = False,
     ) -> None:
         url = client_or_url if isinstance(client_or_url, str) else None
@@ -219,7 +225,7 @@ class RedisStore(RedisCore):
                 "redis.asyncio clients use AsyncRedisStore.",
                 option="client",
             )
-        super().__init__(prefix=prefix, buckets=buckets, cluster=cluster)
+        super().__init__(prefix=prefix, buckets=buckets, cluster=cluster, read_first=read_first)
         self._client = client
         self._owned = url is not None
         self._where = _describe(client, url)
@@ -431,6 +437,7 @@ class AsyncRedisStore(RedisCore):
         *,
         prefix: str = "payonce",
         buckets: int = 16,
+        read_first: bool = True,
         allow_unsafe_durability: bool = False,
     ) -> None:
         url = client_or_url if isinstance(client_or_url, str) else None
@@ -442,7 +449,7 @@ class AsyncRedisStore(RedisCore):
                 "redis.asyncio.cluster.RedisCluster or a URL; for sync clients use RedisStore.",
                 option="client",
             )
-        super().__init__(prefix=prefix, buckets=buckets, cluster=cluster)
+        super().__init__(prefix=prefix, buckets=buckets, cluster=cluster, read_first=read_first)
         self._client = client
         self._owned = url is not None
         self._where = _describe(client, url)

@@ -256,7 +256,7 @@ class RedisCore:
     # seq has gaps on Redis Cluster (allocated before the compare-and-set); see the module doc.
     gapless_ledger = False
 
-    def __init__(self, *, prefix: str, buckets: int, cluster: bool) -> None:
+    def __init__(self, *, prefix: str, buckets: int, cluster: bool, read_first: bool) -> None:
         _check_options(prefix, buckets)
         self._prefix = prefix
         self._cluster = cluster
@@ -264,9 +264,10 @@ class RedisCore:
         self._seq_key = f"{prefix}:seq"
         self._checkpoint_key = f"{prefix}:checkpoints"
         self._meta_key = f"{prefix}:meta"
-        # On a single server a claim answers with the existing record in its one round trip.
-        # On Cluster a claim costs a seq allocation first, so the guard reads the replay first.
-        self.read_before_claim = cluster
+        # A replay is one HMGET of five fields when the guard reads first. On a single server a
+        # claim could answer with the existing record in its one round trip instead (read_first
+        # False); on Cluster a claim costs a seq allocation first, so reading first always wins.
+        self.read_before_claim = bool(read_first) or cluster
         self._recent: dict[str, tuple[Record, str]] = {}
         self._recent_lock = threading.Lock()
 

@@ -1,0 +1,115 @@
+"""``read_first`` on PostgreSQL and Redis: both orders give the same answers, at their round trips.
+
+By default the guard reads five fields before it claims (a replay is one small read); with
+``read_first=False`` it claims first (a fresh call saves that read, a replay goes through the
+claim). The claim decides who calls in both, so every answer below must be the same.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+from uuid import uuid4
+
+import pytest
+
+from payonce import Attempt, Guard, Intent, KeyReuseError, OutcomeUnknownError, Store
+from payonce.testing import ManualClock
+from tests.conftest import _POSTGRES, _REDIS, SCOPE, SECRET
+
+BACKENDS = ("postgres", "redis")
+
+
+def _store(backend: str, *, read_first: bool) -> Store:
+    from payonce.stores._postgres import PostgresStore  # noqa: PLC0415
+    from payonce.stores._redis import RedisStore  # noqa: PLC0415
+
+    if backend == "postgres":
+        _POSTGRES.fresh_store().close()  # creates (once) and empties the run's database
+        return PostgresStore(_POSTGRES.conninfo, max_size=4, read_first=read_first)
+    prefix = f"payonce-test-{uuid4().hex[:12]}"
+    _REDIS.prefixes.append(prefix)
+    return RedisStore(_REDIS.url, prefix=prefix, read_first=read_first)
+
+
+def _counted(store: Store, calls: Counter[str]) -> None:
+    """Count the guard's replay reads and claims on this very store instance."""
+    for name in ("replay_view", "claim"):
+        method: Callable[..., Any] = getattr(store, name)
+
+        def counting(*args: Any, _method: Callable[..., Any] = method, _name: str = name,
+                     **kwargs: Any) -> Any:  # fmt: skip
+            calls[_name] += 1
+            return _method(*args, **kwargs)
+
+        setattr(store, name, counting)
+
+
+@pytest.fixture(params=[(b, rf) for b in BACKENDS for rf in (True, False)], ids=str)
+def setup(request: pytest.FixtureRequest) -> Iterator[tuple[Guard, Counter[str], bool]]:
+    backend, read_first = request.param
+    store = _store(backend, read_first=read_first)
+    calls: Counter[str] = Counter()
+    _counted(store, calls)
+    try:
+        yield Guard(store, secret=SECRET, scope=SCOPE, clock=ManualClock()), calls, read_first
+    finally:
+        store.close()
+
+
+def _charge(attempt: Attempt) -> dict[str, str]:
+    return {"id": f"ch_{attempt.number}"}
+
+
+def test_the_store_reports_its_order(setup: tuple[Guard, Counter[str], bool]) -> None:
+    guard, _, read_first = setup
+    assert guard.store.read_before_claim is read_first  # type: ignore[attr-defined]
+
+
+def test_fresh_call_then_replay_in_either_order(setup: tuple[Guard, Counter[str], bool]) -> None:
+    guard, calls, read_first = setup
+    intent = Intent("charge", 1200, "usd", customer="cus_rf", reference="order-rf-1")
+    called: list[str] = []
+
+    def fn(attempt: Attempt) -> dict[str, str]:
+        called.append(attempt.provider_key)
+        return {"id": "ch_rf"}
+
+    first = guard.run(intent, fn)
+    assert calls == Counter({"replay_view": 1, "claim": 1} if read_first else {"claim": 1})
+    calls.clear()
+    again = guard.run(intent, fn)
+    assert (first.replayed, again.replayed) == (False, True)
+    assert again.value == first.value == {"id": "ch_rf"}
+    assert len(called) == 1
+    # A replay is the one small read when reading first, the claim otherwise: never both.
+    assert calls == Counter({"replay_view": 1} if read_first else {"claim": 1})
+
+
+def test_changed_parameters_are_refused_in_either_order(
+    setup: tuple[Guard, Counter[str], bool],
+) -> None:
+    guard, _, _ = setup
+    guard.run(Intent("charge", 1200, "usd", customer="cus_rf", reference="order-rf-2"), _charge)
+    with pytest.raises(KeyReuseError) as caught:
+        guard.run(Intent("charge", 1300, "usd", customer="cus_rf", reference="order-rf-2"), _charge)
+    assert "amount" in caught.value.fields
+
+
+def test_an_unknown_outcome_is_never_called_again_in_either_order(
+    setup: tuple[Guard, Counter[str], bool],
+) -> None:
+    guard, _, _ = setup
+    intent = Intent("charge", 1200, "usd", customer="cus_rf", reference="order-rf-3")
+    calls: list[int] = []
+
+    def lost(attempt: Attempt) -> dict[str, str]:
+        calls.append(attempt.number)
+        raise TimeoutError("the answer was lost after the request was sent")
+
+    with pytest.raises(OutcomeUnknownError):
+        guard.run(intent, lost)
+    with pytest.raises(OutcomeUnknownError):
+        guard.run(intent, lost)
+    assert calls == [1]
