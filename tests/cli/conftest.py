@@ -18,6 +18,7 @@ import pytest
 from payonce import Guard, Intent, PayonceError, SQLiteStore, Store
 from payonce.testing import ManualClock
 from tests.conftest import SECRET
+from tests.stripe_server import StripeMock, stripe_mock
 
 REPO = Path(__file__).resolve().parents[2]
 # Variables the CLI reads: the tests set them explicitly, never inherit them.
@@ -148,6 +149,12 @@ def known(seeded: Seeded) -> Seeded:
         age=45 * day,
     )
     return seeded
+
+
+@pytest.fixture(scope="session")
+def stripe_server() -> Iterator[StripeMock]:
+    with stripe_mock() as server:
+        yield server
 
 
 @pytest.fixture
