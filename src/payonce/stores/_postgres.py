@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -64,6 +65,14 @@ _RETRY_STATES: Final = frozenset({"40001", "40P01"})  # serialization failure, d
 # fixes, after which the same intent is retried.
 _UNAVAILABLE_CLASSES: Final = frozenset({"08", "53", "57", "58", "25", "40"})
 _ATTEMPTS: Final = 5
+# After a write's answer was lost, how long to wait for a connection to read whether it
+# committed; past it the write's own StoreUnavailableError stands (the outage is real).
+_RECHECK: Final = timedelta(seconds=2)
+_LANDED: Final = (
+    "the answer to a PostgreSQL %s was lost (connection failure), and a fresh read shows it "
+    "committed; it counts as done"
+)
+_log = logging.getLogger("payonce.stores.postgres")
 _BACKOFF: Final = timedelta(milliseconds=10)
 
 
@@ -103,6 +112,20 @@ def _masked(conninfo: str) -> str:
         return "<unparsable conninfo>"
     shown = ("host", "port", "dbname", "user")
     return " ".join(f"{name}={params[name]}" for name in shown if params.get(name))
+
+
+def _as_record(record: Record | None) -> Record:
+    assert record is not None  # a landed complete or mark_unknown leaves its record
+    return record
+
+
+def _as_claimed(record: Record | None) -> Claimed:
+    assert record is not None  # a landed takeover leaves its record
+    return Claimed(record, record.lease)
+
+
+def _as_nothing(record: Record | None) -> None:
+    return None
 
 
 def _closed(operation: str) -> StoreUnavailableError:
@@ -211,14 +234,19 @@ class PostgresStore(Flows):
         return f"PostgresStore({self._target!r})"
 
     def _run(
-        self, operation: str, flow: Callable[[], Flow[_T]], *, transaction: bool = False
+        self,
+        operation: str,
+        flow: Callable[[], Flow[_T]],
+        *,
+        transaction: bool = False,
+        timeout: float | None = None,
     ) -> _T:
         """Drive a flow on one pooled connection; retry it whole on 40001/40P01."""
         if self._closed:
             raise _closed(operation)
         for attempt in range(_ATTEMPTS):
             try:
-                with self._pool.connection() as conn:
+                with self._pool.connection(timeout=timeout) as conn:
                     if not transaction:
                         return _drive(conn, flow())
                     with conn.transaction():
@@ -229,6 +257,31 @@ class PostgresStore(Flows):
                     continue
                 raise (_closed(operation) if self._closed else _translate(exc, operation)) from exc
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _write(
+        self,
+        operation: str,
+        flow: Callable[[list[str]], Flow[_T]],
+        landed: Callable[[list[str]], Flow[tuple[bool, Record | None]]],
+        adopt: Callable[[Record | None], _T],
+    ) -> _T:
+        """Run a fenced write; if its answer was lost, read whether it committed (R15c)."""
+        sent: list[str] = []
+        try:
+            return self._run(operation, lambda: flow(sent))
+        except StoreUnavailableError as error:
+            if self._closed or not sent:
+                raise
+            try:
+                done, record = self._run(
+                    operation, lambda: landed(sent), timeout=_RECHECK.total_seconds()
+                )
+            except StoreError:
+                raise error from error.__cause__  # the read failed too: the first error stands
+            if not done:
+                raise
+            _log.warning(_LANDED, operation)
+            return adopt(record)
 
     def claim(self, new: NewRecord, *, now: datetime, lease_for: timedelta) -> Claimed:
         """Create the record as CLAIMED, first writer wins; see ``Store.claim``.
@@ -247,9 +300,13 @@ class PostgresStore(Flows):
             LeaseLostError: the record no longer exists (released or purged meanwhile).
             StoreUnavailableError: the database could not be reached or did not answer.
         """
-        return self._run(
+        return self._write(
             "takeover",
-            lambda: self._takeover_flow(scope, key, token=token, now=now, lease_for=lease_for),
+            lambda sent: self._takeover_flow(
+                scope, key, token=token, now=now, lease_for=lease_for, sent=sent
+            ),
+            lambda sent: self._landed_flow(scope, key, sent, deletes=False),
+            _as_claimed,
         )
 
     def complete(
@@ -262,11 +319,13 @@ class PostgresStore(Flows):
             ValueError: ``status`` is neither SUCCEEDED nor FAILED.
             StoreUnavailableError: the database could not be reached or did not answer.
         """
-        return self._run(
+        return self._write(
             "complete",
-            lambda: self._complete_flow(
-                scope, key, token=token, status=status, outcome=outcome, now=now
+            lambda sent: self._complete_flow(
+                scope, key, token=token, status=status, outcome=outcome, now=now, sent=sent
             ),
+            lambda sent: self._landed_flow(scope, key, sent, deletes=False),
+            _as_record,
         )
 
     def mark_unknown(
@@ -278,9 +337,13 @@ class PostgresStore(Flows):
             LeaseLostError: the record is gone or no longer CLAIMED under ``token``.
             StoreUnavailableError: the database could not be reached or did not answer.
         """
-        return self._run(
+        return self._write(
             "mark_unknown",
-            lambda: self._unknown_flow(scope, key, token=token, reason=reason, now=now),
+            lambda sent: self._unknown_flow(
+                scope, key, token=token, reason=reason, now=now, sent=sent
+            ),
+            lambda sent: self._landed_flow(scope, key, sent, deletes=False),
+            _as_record,
         )
 
     def release(self, scope: str, key: str, *, token: int, reason: str, now: datetime) -> None:
@@ -290,8 +353,13 @@ class PostgresStore(Flows):
             LeaseLostError: the record is gone or no longer CLAIMED under ``token``.
             StoreUnavailableError: the database could not be reached or did not answer.
         """
-        self._run(
-            "release", lambda: self._release_flow(scope, key, token=token, reason=reason, now=now)
+        self._write(
+            "release",
+            lambda sent: self._release_flow(
+                scope, key, token=token, reason=reason, now=now, sent=sent
+            ),
+            lambda sent: self._landed_flow(scope, key, sent, deletes=True),
+            _as_nothing,
         )
 
     def get(self, scope: str, key: str) -> Record | None:
@@ -488,21 +556,31 @@ class AsyncPostgresStore(Flows):
         return self
 
     async def _run(
-        self, operation: str, flow: Callable[[], Flow[_T]], *, transaction: bool = False
+        self,
+        operation: str,
+        flow: Callable[[], Flow[_T]],
+        *,
+        transaction: bool = False,
+        timeout: float | None = None,
     ) -> _T:
         if not self._opened:
             await self.open()
-        return await self._run_opened(operation, flow, transaction=transaction)
+        return await self._run_opened(operation, flow, transaction=transaction, timeout=timeout)
 
     async def _run_opened(
-        self, operation: str, flow: Callable[[], Flow[_T]], *, transaction: bool = False
+        self,
+        operation: str,
+        flow: Callable[[], Flow[_T]],
+        *,
+        transaction: bool = False,
+        timeout: float | None = None,
     ) -> _T:
         """Drive a flow on one pooled connection; retry it whole on 40001/40P01."""
         if self._closed:
             raise _closed(operation)
         for attempt in range(_ATTEMPTS):
             try:
-                async with self._pool.connection() as conn:
+                async with self._pool.connection(timeout=timeout) as conn:
                     if not transaction:
                         return await _adrive(conn, flow())
                     async with conn.transaction():
@@ -514,6 +592,31 @@ class AsyncPostgresStore(Flows):
                 raise (_closed(operation) if self._closed else _translate(exc, operation)) from exc
         raise AssertionError("unreachable: the last attempt returns or raises")
 
+    async def _write(
+        self,
+        operation: str,
+        flow: Callable[[list[str]], Flow[_T]],
+        landed: Callable[[list[str]], Flow[tuple[bool, Record | None]]],
+        adopt: Callable[[Record | None], _T],
+    ) -> _T:
+        """See ``PostgresStore._write``."""
+        sent: list[str] = []
+        try:
+            return await self._run(operation, lambda: flow(sent))
+        except StoreUnavailableError as error:
+            if self._closed or not sent:
+                raise
+            try:
+                done, record = await self._run(
+                    operation, lambda: landed(sent), timeout=_RECHECK.total_seconds()
+                )
+            except StoreError:
+                raise error from error.__cause__  # the read failed too: the first error stands
+            if not done:
+                raise
+            _log.warning(_LANDED, operation)
+            return adopt(record)
+
     async def claim(self, new: NewRecord, *, now: datetime, lease_for: timedelta) -> Claimed:
         """See ``PostgresStore.claim``."""
         return await self._run("claim", lambda: self._claim_flow(new, now, lease_for))
@@ -522,37 +625,52 @@ class AsyncPostgresStore(Flows):
         self, scope: str, key: str, *, token: int, now: datetime, lease_for: timedelta
     ) -> Claimed:
         """See ``PostgresStore.takeover``."""
-        return await self._run(
+        return await self._write(
             "takeover",
-            lambda: self._takeover_flow(scope, key, token=token, now=now, lease_for=lease_for),
+            lambda sent: self._takeover_flow(
+                scope, key, token=token, now=now, lease_for=lease_for, sent=sent
+            ),
+            lambda sent: self._landed_flow(scope, key, sent, deletes=False),
+            _as_claimed,
         )
 
     async def complete(
         self, scope: str, key: str, *, token: int, status: Status, outcome: str, now: datetime
     ) -> Record:
         """See ``PostgresStore.complete``."""
-        return await self._run(
+        return await self._write(
             "complete",
-            lambda: self._complete_flow(
-                scope, key, token=token, status=status, outcome=outcome, now=now
+            lambda sent: self._complete_flow(
+                scope, key, token=token, status=status, outcome=outcome, now=now, sent=sent
             ),
+            lambda sent: self._landed_flow(scope, key, sent, deletes=False),
+            _as_record,
         )
 
     async def mark_unknown(
         self, scope: str, key: str, *, token: int, reason: str, now: datetime
     ) -> Record:
         """See ``PostgresStore.mark_unknown``."""
-        return await self._run(
+        return await self._write(
             "mark_unknown",
-            lambda: self._unknown_flow(scope, key, token=token, reason=reason, now=now),
+            lambda sent: self._unknown_flow(
+                scope, key, token=token, reason=reason, now=now, sent=sent
+            ),
+            lambda sent: self._landed_flow(scope, key, sent, deletes=False),
+            _as_record,
         )
 
     async def release(
         self, scope: str, key: str, *, token: int, reason: str, now: datetime
     ) -> None:
         """See ``PostgresStore.release``."""
-        await self._run(
-            "release", lambda: self._release_flow(scope, key, token=token, reason=reason, now=now)
+        await self._write(
+            "release",
+            lambda sent: self._release_flow(
+                scope, key, token=token, reason=reason, now=now, sent=sent
+            ),
+            lambda sent: self._landed_flow(scope, key, sent, deletes=True),
+            _as_nothing,
         )
 
     async def get(self, scope: str, key: str) -> Record | None:

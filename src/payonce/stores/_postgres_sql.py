@@ -431,8 +431,13 @@ class Flows:
         key: str,
         token: int,
         step: Callable[[Record | None], tuple[Record | None, Entry]],
+        *,
+        sent: list[str] | None = None,
     ) -> Flow[Record | None]:
-        """Apply ``step`` (a fenced transition; a None record deletes) by compare-and-set."""
+        """Apply ``step`` (a fenced transition; a None record deletes) by compare-and-set.
+
+        ``sent`` collects the hash of every entry this flow sends, so that ``_landed_flow`` can
+        tell afterwards whether a write whose answer was lost committed."""
         current = self._remembered.get(scope, key)
         fresh = False
         for _ in range(_LOOPS):
@@ -448,6 +453,8 @@ class Flows:
                 continue
             assert current is not None  # step fences: it refuses a missing record
             where = (scope, key, current.token, current.ledger_head)
+            if sent is not None:
+                sent.append(entry.hash)
             if record is None:
                 rows = yield Query(DELETE_FENCED, (*where, *_entry_params(entry)))
             else:
@@ -464,7 +471,14 @@ class Flows:
         raise _livelock(operation)
 
     def _takeover_flow(
-        self, scope: str, key: str, *, token: int, now: datetime, lease_for: timedelta
+        self,
+        scope: str,
+        key: str,
+        *,
+        token: int,
+        now: datetime,
+        lease_for: timedelta,
+        sent: list[str] | None = None,
     ) -> Flow[Claimed]:
         current = self._remembered.get(scope, key)
         fresh = False
@@ -480,6 +494,8 @@ class Flows:
                 current = None
                 continue
             record, entry = takeover_transition(current, now=now, lease_for=lease_for, seq=0)
+            if sent is not None:
+                sent.append(entry.hash)
             rows = yield Query(
                 UPDATE_FENCED,
                 (
@@ -494,35 +510,74 @@ class Flows:
         raise _livelock("takeover")
 
     def _complete_flow(
-        self, scope: str, key: str, *, token: int, status: Status, outcome: str, now: datetime
+        self,
+        scope: str,
+        key: str,
+        *,
+        token: int,
+        status: Status,
+        outcome: str,
+        now: datetime,
+        sent: list[str] | None = None,
     ) -> Flow[Record]:
         def step(current: Record | None) -> tuple[Record | None, Entry]:
             return complete_transition(
                 current, key=key, token=token, status=status, outcome=outcome, now=now, seq=0
             )
 
-        record = yield from self._fenced_flow("complete", scope, key, token, step)
+        record = yield from self._fenced_flow("complete", scope, key, token, step, sent=sent)
         assert record is not None
         return record
 
     def _unknown_flow(
-        self, scope: str, key: str, *, token: int, reason: str, now: datetime
+        self,
+        scope: str,
+        key: str,
+        *,
+        token: int,
+        reason: str,
+        now: datetime,
+        sent: list[str] | None = None,
     ) -> Flow[Record]:
         def step(current: Record | None) -> tuple[Record | None, Entry]:
             return unknown_transition(current, key=key, token=token, reason=reason, now=now, seq=0)
 
-        record = yield from self._fenced_flow("mark_unknown", scope, key, token, step)
+        record = yield from self._fenced_flow("mark_unknown", scope, key, token, step, sent=sent)
         assert record is not None
         return record
 
     def _release_flow(
-        self, scope: str, key: str, *, token: int, reason: str, now: datetime
+        self,
+        scope: str,
+        key: str,
+        *,
+        token: int,
+        reason: str,
+        now: datetime,
+        sent: list[str] | None = None,
     ) -> Flow[None]:
         def step(current: Record | None) -> tuple[Record | None, Entry]:
             entry = release_transition(current, key=key, token=token, reason=reason, now=now, seq=0)
             return None, entry
 
-        yield from self._fenced_flow("release", scope, key, token, step)
+        yield from self._fenced_flow("release", scope, key, token, step, sent=sent)
+
+    def _landed_flow(
+        self, scope: str, key: str, sent: list[str], *, deletes: bool
+    ) -> Flow[tuple[bool, Record | None]]:
+        """Whether a fenced write whose answer was lost (R15c) committed, from a fresh read.
+
+        A write landed when the record's ledger head is an entry it sent: only the holder of the
+        fencing token computes entries with that token, so no other writer produces that head. A
+        release (``deletes``) landed when the record is gone. Anything else means it did not
+        land, or the record moved on since (a takeover): the caller keeps the original error.
+        """
+        record = yield from self._read_flow(scope, key)
+        if not sent:
+            return False, record  # the write was never sent
+        if deletes:
+            return record is None, record
+        return record is not None and record.ledger_head in sent, record
 
     def _view_flow(self, scope: str, key: str) -> Flow[ReplayView | None]:
         rows = yield Query(SELECT_VIEW, (scope, key))

@@ -1,0 +1,343 @@
+"""R15c on PostgreSQL: the connection dies during COMMIT; payonce re-reads and never acts twice.
+
+Two cases, for the claim and for the complete:
+
+- **killed during COMMIT** (real): a deferred constraint trigger, present only in this test's
+  database, takes an advisory lock at commit time for the store's tagged connections. The test
+  holds that lock, waits until ``pg_stat_activity`` shows the store's backend waiting on it
+  (the commit is in progress), and terminates the backend with ``pg_terminate_backend``. The
+  transaction never commits.
+- **committed, answer lost** (injected at the driver boundary): the statement commits on the
+  real server, then the client's connection is closed before the answer is used, as when the
+  network drops the reply to a COMMIT.
+
+Expected: a claim cut off either way raises ``StoreUnavailableError`` and nothing is called; a
+complete cut off re-reads on a fresh connection: if it committed, the caller gets the outcome;
+if not, ``OutcomeUnknownError`` and the record stays CLAIMED for a takeover. Afterwards the
+history checker finds one movement and a verifying ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from payonce import (
+    AsyncGuard,
+    Attempt,
+    Event,
+    Guard,
+    InProgressError,
+    Outcome,
+    OutcomeUnknownError,
+    Status,
+    StoreUnavailableError,
+    verify_ledger,
+)
+from payonce.stores import _postgres
+from payonce.stores._postgres import AsyncPostgresStore, PostgresStore
+from payonce.stores._postgres_sql import CLAIM, UPDATE_FENCED, Query
+from payonce.testing import ManualClock
+from tests.faults import pg_worker, worker
+from tests.faults.history import check_history
+
+LEASE = timedelta(seconds=30)
+LOCK = 4215  # the advisory lock the commit-time trigger waits on
+TAG = "payonce-r15c"
+Admin = psycopg.Connection[tuple[Any, ...]]
+
+# Fires at COMMIT (deferred) for connections whose application_name starts with the tag, and
+# waits there while the test holds the advisory lock. Created only in this module's database.
+HOLD_AT_COMMIT = f"""
+CREATE FUNCTION payonce_test_hold_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF current_setting('application_name') LIKE '{TAG}%' THEN
+        PERFORM pg_advisory_xact_lock({LOCK});
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER payonce_test_hold_at_commit
+    AFTER INSERT OR UPDATE ON payonce_records DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION payonce_test_hold_at_commit();
+"""
+
+
+@pytest.fixture(scope="module")
+def database() -> Iterator[str]:
+    name, conninfo = pg_worker.create_database()
+    try:
+        PostgresStore(conninfo).close()
+        with pg_worker.admin_connection(conninfo) as conn:
+            conn.execute(HOLD_AT_COMMIT)
+        yield conninfo
+    finally:
+        pg_worker.drop_database(name)
+
+
+@pytest.fixture
+def admin(database: str) -> Iterator[Admin]:
+    with pg_worker.admin_connection(database) as conn:
+        pg_worker.empty_tables(conn)
+        yield conn
+
+
+class Case:
+    """A guard over a PostgresStore on tagged connections, and a deduplicating provider."""
+
+    def __init__(self, database: str, tmp_path: Path, label: str) -> None:
+        self.tag = f"{TAG}-{label}"
+        self.store = PostgresStore(make_conninfo(database, application_name=self.tag))
+        self.clock = ManualClock(datetime.now(UTC))
+        self.guard = Guard(
+            self.store,
+            secret=worker.SECRET,
+            scope=worker.SCOPE,
+            clock=self.clock,
+            lease=LEASE,
+            wait=timedelta(0),
+        )
+        self.intent = worker.intent_for(f"r15c-{label}")
+        self.key = self.guard.key_for(self.intent)
+        self.movements = tmp_path / f"movements-{label}.txt"
+        self.calls: list[Attempt] = []
+
+    def provider(self, during: Callable[[], None] | None = None) -> Callable[[Attempt], Any]:
+        def fn(attempt: Attempt) -> dict[str, str]:
+            self.calls.append(attempt)
+            answer = worker.move(self.movements, attempt.provider_key, attempt.number, dedupe=True)
+            if during is not None:
+                during()
+            return answer
+
+        return fn
+
+    def in_thread(self, fn: Callable[[Attempt], Any]) -> Future[Outcome]:
+        pool = ThreadPoolExecutor(max_workers=1)
+        future = pool.submit(self.guard.run, self.intent, fn)
+        pool.shutdown(wait=False)
+        return future
+
+    def terminate_at_commit(self, admin: Admin, future: Future[Outcome]) -> None:
+        """Wait until the store's backend waits on the commit-time lock, then terminate it."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not future.done():
+            row = admin.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = %s"
+                " AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
+                (self.tag,),
+            ).fetchone()
+            if row is not None:
+                assert admin.execute("SELECT pg_terminate_backend(%s)", row).fetchone() == (True,)
+                return
+            time.sleep(0.005)  # polling the server for a state, not timing anything
+        raise AssertionError("the store's commit never waited on the held lock")
+
+    def events(self) -> list[Event]:
+        return [e.event for e in self.store.entries(after=0, limit=100) if e.key == self.key]
+
+
+@pytest.fixture
+def case(database: str, admin: Admin, tmp_path: Path) -> Iterator[Callable[[str], Case]]:
+    made: list[Case] = []
+
+    def make(label: str) -> Case:
+        made.append(Case(database, tmp_path, label))
+        return made[-1]
+
+    yield make
+    for c in made:
+        c.store.close()
+
+
+@pytest.fixture
+def lose_answer(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], list[str]]:
+    """Arm a lost answer: the next statement with this text commits, then its connection dies."""
+
+    def arm(text: str) -> list[str]:
+        lost: list[str] = []
+        real = _postgres._execute
+
+        def execute(conn: psycopg.Connection[Any], query: Query) -> list[tuple[Any, ...]]:
+            rows = real(conn, query)
+            if query.text == text and not lost:
+                lost.append(text)
+                conn.close()  # the pool discards it; the server has committed
+                raise psycopg.OperationalError("server closed the connection unexpectedly")
+            return rows
+
+        monkeypatch.setattr(_postgres, "_execute", execute)
+        return lost
+
+    return arm
+
+
+# -- the complete ----------------------------------------------------------------------------------
+
+
+def test_r15c_complete_killed_during_commit_stays_claimed_and_resolves_once(
+    case: Callable[[str], Case], admin: Admin, database: str
+) -> None:
+    c = case("complete-killed")
+    with pg_worker.admin_connection(database) as holder:
+
+        def hold_commits() -> None:
+            # Inside the call, after the money moved: the complete's COMMIT will wait for this.
+            holder.execute("SELECT pg_advisory_lock(%s)", (LOCK,))
+
+        future = c.in_thread(c.provider(during=hold_commits))
+        c.terminate_at_commit(admin, future)
+        with pytest.raises(OutcomeUnknownError) as caught:
+            future.result(timeout=30)
+        holder.execute("SELECT pg_advisory_unlock(%s)", (LOCK,))
+
+    cause = caught.value.__cause__
+    assert isinstance(cause, StoreUnavailableError)
+    assert cause.to_dict()["operation"] == "complete"
+    # The fresh read found the claim's state: the COMMIT did not happen, nothing half-written.
+    record = c.store.get(worker.SCOPE, c.key)
+    assert record is not None
+    assert (record.status, record.outcome) == (Status.CLAIMED, None)
+    assert c.events() == [Event.CLAIMED]
+    movements = worker.read_movements(c.movements)
+    assert len(movements) == 1
+
+    # After the lease a resumable retry takes over with the same provider key; the provider
+    # replays its first answer: one movement, one recorded outcome.
+    c.clock.advance(LEASE + timedelta(seconds=1))
+    outcome = c.guard.run(c.intent, c.provider(), resumable=True)
+    assert len({a.provider_key for a in c.calls}) == 1
+    assert worker.read_movements(c.movements) == movements
+    check_history(c.store, movements, [outcome])
+    assert c.guard.run(c.intent, c.provider()).replayed
+
+
+def test_r15c_complete_committed_but_answer_lost_counts_as_done(
+    case: Callable[[str], Case],
+    lose_answer: Callable[[str], list[str]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    c = case("complete-lost")
+    lost = lose_answer(UPDATE_FENCED)
+    with caplog.at_level(logging.WARNING, logger="payonce.stores.postgres"):
+        outcome = c.guard.run(c.intent, c.provider())
+
+    assert lost == [UPDATE_FENCED]  # the fault fired: the connection died after the COMMIT
+    assert not outcome.replayed
+    assert any("shows it committed" in r.getMessage() for r in caplog.records)
+    record = c.store.get(worker.SCOPE, c.key)
+    assert record is not None
+    assert record.status is Status.SUCCEEDED
+    assert c.events() == [Event.CLAIMED, Event.SUCCEEDED]  # written once, not twice
+    movements = worker.read_movements(c.movements)
+    assert len(movements) == 1
+    check_history(c.store, movements, [outcome])
+    again = c.guard.run(c.intent, c.provider())
+    assert (again.replayed, again.value) == (True, outcome.value)
+    assert len(c.calls) == 1
+    assert verify_ledger(c.store).entries == 2  # raises LedgerCorruptedError if tampered
+
+
+# -- the claim ---------------------------------------------------------------------------------
+
+
+def test_r15c_claim_killed_during_commit_calls_nothing(
+    case: Callable[[str], Case], admin: Admin, database: str
+) -> None:
+    c = case("claim-killed")
+    with pg_worker.admin_connection(database) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (LOCK,))
+        future = c.in_thread(c.provider())
+        c.terminate_at_commit(admin, future)
+        with pytest.raises(StoreUnavailableError) as caught:
+            future.result(timeout=30)
+        holder.execute("SELECT pg_advisory_unlock(%s)", (LOCK,))
+
+    assert caught.value.to_dict()["operation"] == "claim"
+    assert c.calls == []  # no gateway call without a durable claim
+    assert c.store.get(worker.SCOPE, c.key) is None  # the COMMIT never happened
+    outcome = c.guard.run(c.intent, c.provider())
+    assert not outcome.replayed
+    movements = worker.read_movements(c.movements)
+    assert len(movements) == 1
+    check_history(c.store, movements, [outcome])
+
+
+def test_r15c_claim_committed_but_answer_lost_never_calls_twice(
+    case: Callable[[str], Case], lose_answer: Callable[[str], list[str]]
+) -> None:
+    c = case("claim-lost")
+    lost = lose_answer(CLAIM)
+    with pytest.raises(StoreUnavailableError):
+        c.guard.run(c.intent, c.provider())
+    assert lost == [CLAIM]
+    assert c.calls == []
+    # The claim did commit: a retry re-reads it and finds a live lease that nobody will finish.
+    record = c.store.get(worker.SCOPE, c.key)
+    assert record is not None
+    assert record.status is Status.CLAIMED
+    with pytest.raises(InProgressError):
+        c.guard.run(c.intent, c.provider())
+    assert c.calls == []
+    # After the lease a resumable retry takes it over and calls once, with the same provider key.
+    c.clock.advance(LEASE + timedelta(seconds=1))
+    outcome = c.guard.run(c.intent, c.provider(), resumable=True)
+    assert [a.provider_key for a in c.calls] == [record.provider_key]
+    movements = worker.read_movements(c.movements)
+    assert len(movements) == 1
+    check_history(c.store, movements, [outcome])
+
+
+# -- the async store -------------------------------------------------------------------------------
+
+
+def test_r15c_async_complete_committed_but_answer_lost_counts_as_done(
+    database: str, admin: Admin, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    lost: list[str] = []
+    real = _postgres._aexecute
+
+    async def execute(conn: psycopg.AsyncConnection[Any], query: Query) -> list[tuple[Any, ...]]:
+        rows = await real(conn, query)
+        if query.text == UPDATE_FENCED and not lost:
+            lost.append(query.text)
+            await conn.close()
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return rows
+
+    monkeypatch.setattr(_postgres, "_aexecute", execute)
+    movements = tmp_path / "movements.txt"
+    calls = threading.Event()
+
+    async def scenario() -> tuple[Outcome, Outcome]:
+        store = AsyncPostgresStore(database)
+        try:
+            guard = AsyncGuard(
+                store, secret=worker.SECRET, scope=worker.SCOPE, clock=ManualClock(), lease=LEASE
+            )
+            intent = worker.intent_for("r15c-async")
+
+            async def fn(attempt: Attempt) -> dict[str, str]:
+                assert not calls.is_set(), "called twice"
+                calls.set()
+                return worker.move(movements, attempt.provider_key, attempt.number, dedupe=True)
+
+            first = await guard.run(intent, fn)
+            return first, await guard.run(intent, fn)
+        finally:
+            await store.close()
+
+    first, again = asyncio.run(scenario())
+    assert lost == [UPDATE_FENCED]
+    assert (first.replayed, again.replayed) == (False, True)
+    assert len(worker.read_movements(movements)) == 1
