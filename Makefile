@@ -35,7 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 demo: $(STAMP)
-	$(BIN)/python -m payonce.demo $(DEMO_ARGS)
+	$(BIN)/payonce demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,6 +1,5 @@
 """``payonce demo``: agents moving money through a flaky provider, without and with payonce."""
 
-import importlib
 from pathlib import Path
 from typing import Annotated
 
@@ -44,8 +43,8 @@ def demo(
     out = Out(as_json)
     with handled(out):
         # Loaded on use: the demo is the heaviest module and no other command needs it.
-        module = importlib.import_module("payonce.demo")
-        run_demo, print_summary = module.run_demo, module.print_summary
+        from payonce.demo import print_summary, run_demo  # noqa: PLC0415
+
         console = Console(stderr=as_json, highlight=False)
         demo_run = run_demo(
             agents=agents,
