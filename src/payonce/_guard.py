@@ -138,28 +138,40 @@ class Guard(_Flows):
         reason: str = "requested_by_customer",
         sequence: int = 0,
     ) -> Outcome:
-        """Refund a SUCCEEDED payment of this scope, at most once per ``sequence``.
+        """Undo a SUCCEEDED payment of this scope: refund it, or cancel a hold never captured.
 
-        The refund is an intent of its own (reference ``compensate:<key>``, the given
-        ``sequence``), linked to the original by its ``payonce_original`` metadata, so calling
-        this again, concurrently or after a crash, replays the same refund. A further, separate
-        refund of the same payment takes the next ``sequence``.
+        A charge recorded as authorised but not captured (a Charge with ``captured: false``, a
+        PaymentIntent in ``requires_capture``) is cancelled (voided) whole instead of refunded:
+        an intent ``cancel`` of its own key. Anything else is refunded, at most once per
+        ``sequence``, never beyond what is left of the captured amount.
+
+        The compensation is an intent of its own (reference ``compensate:<key>``, the given
+        ``sequence``), linked to the original in its record (``payonce_original`` metadata,
+        also sent to the provider) and in the ledger (``compensates`` in its entries' detail),
+        so calling this again, concurrently or after a crash, replays the same refund or
+        cancel. A further, separate refund of the same payment takes the next ``sequence``.
+
+        The choice follows the recorded outcome. A hold captured since through a ``capture``
+        intent is compensated through that capture's key: the cancel here would be refused by
+        the provider (recorded FAILED, replayed).
 
         Args:
             key: the record key of the payment (``outcome.key``).
-            amount: minor units to refund; by default what is left of the captured amount.
-            reason: why, kept in the refund's metadata.
-            sequence: 0 for the first refund of this payment, 1, 2, … for further ones.
+            amount: minor units to refund; by default what is left of the captured amount. A
+                hold is released whole: omit it, or give the whole amount.
+            reason: why, kept in the compensation's metadata.
+            sequence: 0 for the first refund of this payment, 1, 2, … for further ones (a
+                cancel is always 0).
 
         Raises:
             ConflictError: the payment is not SUCCEEDED (UNKNOWN: reconcile it first).
-            IntentError: the amount exceeds what is left, or the payment cannot be refunded.
+            IntentError: the amount exceeds what is left, or the payment cannot be compensated.
             and the errors of ``execute``.
         """
         self._require_gateway()
         original = self.store.get(self.scope, key)
-        earlier = [] if original is None else self._refund_keys(original, sequence)
-        intent = self._refund_intent(
+        earlier = [] if original is None else self._compensation_keys(original, sequence)
+        intent = self._compensation_intent(
             original,
             [self.store.get(self.scope, k) for k in earlier],
             key=key,
@@ -271,8 +283,8 @@ class AsyncGuard(_Flows):
         """See ``Guard.compensate``."""
         self._require_gateway()
         original = await self.store.get(self.scope, key)
-        earlier = [] if original is None else self._refund_keys(original, sequence)
-        intent = self._refund_intent(
+        earlier = [] if original is None else self._compensation_keys(original, sequence)
+        intent = self._compensation_intent(
             original,
             [await self.store.get(self.scope, k) for k in earlier],
             key=key,

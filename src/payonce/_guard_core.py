@@ -171,24 +171,24 @@ class _GuardCore:
             )
         return self.gateway
 
-    def _refund_keys(self, original: Record, sequence: int) -> list[str]:
-        """The keys of the compensations of ``original`` numbered below ``sequence``."""
+    def _compensation_keys(self, original: Record, sequence: int) -> list[str]:
+        """The keys of the refunds of ``original`` numbered below ``sequence``."""
         keys = []
-        for earlier in range(sequence):
+        for number in range(sequence):
             probe = Intent(
                 "refund",
                 1,
                 original.currency,
                 target="ch_probe",
                 reference=_compensation_reference(original.key),
-                sequence=earlier,
+                sequence=number,
             )
             key = self.keys.material(self.scope, probe).key
             assert key is not None
             keys.append(key)
         return keys
 
-    def _refund_intent(
+    def _compensation_intent(
         self,
         original: Record | None,
         earlier: list[Record | None],
@@ -198,8 +198,9 @@ class _GuardCore:
         reason: str,
         sequence: int,
     ) -> Intent:
-        """The refund that compensates ``original``: its own key (reference and sequence), linked
-        to the original by metadata, and never more than what is left of the captured amount."""
+        """The intent that undoes ``original``: a cancel of a hold never captured (the whole of
+        it, once), else a refund of at most what is left of the captured amount. Its own key
+        (reference and sequence), linked to the original by metadata."""
         if original is None or original.status is not Status.SUCCEEDED:
             state = "absent" if original is None else original.status.value
             raise ConflictError(
@@ -221,14 +222,38 @@ class _GuardCore:
                 "made through guard.execute",
                 field="key",
             )
-        captured = value.get("amount", original.amount)
-        refunded = sum(r.amount for r in earlier if r is not None and r.status is Status.SUCCEEDED)
-        left = captured - refunded
+        link = {"payonce_original": original.key, "payonce_reason": reason}
+        authorised = value.get("amount", original.amount)
+        if original.operation == "charge" and _uncaptured(value):
+            if sequence != 0:
+                raise IntentError(
+                    "sequence: a hold that was never captured is released once, as "
+                    "compensation 0; call compensate without sequence",
+                    field="sequence",
+                )
+            if amount is not None and amount != authorised:
+                raise IntentError(
+                    f"amount: the payment was authorised but never captured, so it is released "
+                    f"whole ({authorised} minor units); omit amount, or capture less first",
+                    field="amount",
+                )
+            return Intent(
+                "cancel",
+                authorised,
+                original.currency,
+                target=target,
+                reference=_compensation_reference(original.key),
+                metadata=link,
+            )
+        done = [r for r in earlier if r is not None and r.status is Status.SUCCEEDED]
+        refunded = sum(r.amount for r in done)
+        left = authorised - refunded
         wanted = left if amount is None else amount
         if wanted > left or wanted <= 0:
             raise IntentError(
                 f"amount: a refund of {wanted} would exceed what is left of the payment "
-                f"({left} of {captured} minor units after earlier refunds); refund at most {left}",
+                f"({left} of {authorised} minor units after earlier refunds); refund at most "
+                f"{left}",
                 field="amount",
             )
         return Intent(
@@ -238,7 +263,7 @@ class _GuardCore:
             target=target,
             reference=_compensation_reference(original.key),
             sequence=sequence,
-            metadata={"payonce_original": original.key, "payonce_reason": reason},
+            metadata=link,
         )
 
     def _fault(self, point: str) -> None:
@@ -400,6 +425,12 @@ class _GuardCore:
 
 def _compensation_reference(key: str) -> str:
     return f"compensate:{key}"
+
+
+def _uncaptured(value: dict[str, Any]) -> bool:
+    """Whether a recorded charge is a hold that was never captured: a charge with
+    ``captured: false`` or a PaymentIntent in ``requires_capture`` (as the charge answered)."""
+    return value.get("captured") is False or value.get("status") == "requires_capture"
 
 
 _TAKEOVER_REASON: Final = (

@@ -22,9 +22,12 @@ from payonce._errors import IntentError
 __all__ = ["OPERATIONS", "Intent", "format_amount"]
 
 #: Operations payonce knows how to guard. ``charge`` and ``subscription`` move money from a
-#: customer; ``capture`` and ``refund`` act on an earlier charge (``target``); ``payout`` and
+#: customer; ``capture`` and ``refund`` act on an earlier charge (``target``); ``cancel`` releases
+#: an authorisation that was never captured (``target``, its whole amount); ``payout`` and
 #: ``transfer`` move money out.
-OPERATIONS: Final = frozenset({"charge", "capture", "refund", "payout", "transfer", "subscription"})
+OPERATIONS: Final = frozenset(
+    {"charge", "capture", "refund", "cancel", "payout", "transfer", "subscription"}
+)
 
 # Ids look like the provider's: a known prefix, then the characters Stripe uses. A payment method
 # may also be a test token chain such as ``tok_500|tok_visa|n1`` (stripe-stateful-mock).
@@ -221,14 +224,15 @@ class Intent:
     """An immutable, validated description of one money movement.
 
     Args:
-        operation: one of ``charge``, ``capture``, ``refund``, ``payout``, ``transfer``,
-            ``subscription``.
+        operation: one of ``charge``, ``capture``, ``refund``, ``cancel``, ``payout``,
+            ``transfer``, ``subscription``.
         amount: a positive ``int`` in the currency's minor units (1000 is $10.00, 1000 is ¥1000).
         currency: a lowercase ISO 4217 code.
         customer: the provider's customer id (``cus_…``).
         payment_method: ``pm_…`` (PaymentIntents) or ``tok_…``/``src_…``/``card_…`` (Charges).
         destination: where a payout or transfer goes (``acct_…``, ``ba_…``, ``card_…``).
-        target: the charge or PaymentIntent a capture or refund acts on (``ch_…``, ``pi_…``).
+        target: the charge or PaymentIntent a capture, refund or cancel acts on (``ch_…``,
+            ``pi_…``).
         reference: the business id (order, invoice, period, batch): 1 to 255 printable ASCII
             characters. It is key material; amount and currency are not, so a retry that changed
             the amount collides and fails instead of charging twice.
@@ -279,7 +283,7 @@ class Intent:
 
     def _check_shape(self) -> None:
         op = self.operation
-        if op in ("capture", "refund") and self.target is None:
+        if op in ("capture", "refund", "cancel") and self.target is None:
             raise _fail("target", f"a {op} needs target: the 'ch_…' or 'pi_…' it acts on")
         if op == "transfer" and self.destination is None:
             raise _fail("destination", "a transfer needs destination: the 'acct_…' to pay")

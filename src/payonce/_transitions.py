@@ -35,7 +35,8 @@ _ORIGINAL = "payonce_original"
 
 def _link(intent_json: str, detail: dict[str, object]) -> dict[str, object]:
     """``detail`` plus ``{"compensates": <original key>}`` for a compensation's intent, so that
-    the ledger itself links it to the payment it undoes (the record does, through its intent)."""
+    every entry of a compensation links it to the payment it undoes in the ledger itself (the
+    record does, through its intent)."""
     # The substring test keeps the JSON parse off every other claim's path.
     if f'"{_ORIGINAL}"' not in intent_json:
         return detail
@@ -170,7 +171,7 @@ def takeover_transition(
         status_to=Status.CLAIMED,
         token=token,
         attempt=attempt,
-        detail={"previous_token": record.token},
+        detail=_link(record.intent, {"previous_token": record.token}),
         prev_hash=record.ledger_head,
     )
     updated = replace(
@@ -241,7 +242,7 @@ def unknown_transition(
         status_to=Status.UNKNOWN,
         token=token,
         attempt=current.attempt,
-        detail={"reason": reason},
+        detail=_link(current.intent, {"reason": reason}),
         prev_hash=current.ledger_head,
     )
     updated = replace(
@@ -269,7 +270,7 @@ def release_transition(
         status_to=None,
         token=token,
         attempt=current.attempt,
-        detail={"reason": reason},
+        detail=_link(current.intent, {"reason": reason}),
         prev_hash=current.ledger_head,
     )
 
@@ -287,6 +288,6 @@ def purge_transition(record: Record, *, now: datetime, seq: int) -> Entry:
         status_to=None,
         token=record.token,
         attempt=record.attempt,
-        detail={},
+        detail=_link(record.intent, {}),
         prev_hash=record.ledger_head,
     )

@@ -141,6 +141,8 @@ def test_every_operation_answers_with_only_the_documented_value_fields(
         expected = {"id", "object", "status", "amount", "currency"}
         if r.kind is OutcomeClass.DEFINITE:
             expected |= {"decline_code"}
+        if r.value["object"] == "charge":
+            expected |= {"captured"}  # as Stripe's charges say whether the hold was captured
         assert set(r.value) == expected <= VALUE_FIELDS
         assert "cus_secret42" not in repr(r)
         assert "tok_" not in repr(r)
@@ -487,6 +489,60 @@ def test_capture_of_an_uncaptured_charge(gw: SimulatedGateway) -> None:
     assert found is not None
     assert found.value == cap.value
     assert [m.operation for m in gw.movements()] == ["authorization", "capture", "refund"]
+
+
+@pytest.mark.parametrize(
+    "hold",
+    [{"params": {"capture": False}}, {"payment_method": "pm_card_visa",
+                                      "params": {"capture_method": "manual"}}],
+    ids=["charge", "payment_intent"],
+)  # fmt: skip
+def test_cancel_releases_a_hold_whole_and_once(
+    plain: SimulatedGateway, hold: dict[str, Any]
+) -> None:
+    auth = run(plain, charge(**hold), "auth")
+    assert auth.value is not None
+    target, kind = auth.value["id"], auth.value["object"]
+    assert auth.value.get("captured", False) is False
+
+    def cancel(amount: int, n: str) -> GatewayAnswer:
+        return run(plain, Intent("cancel", amount, "usd", target=target, reference=n), n)
+
+    assert cancel(400, "part").code == "amount_mismatch"  # a hold is released whole
+    done = cancel(1000, "v1")
+    assert done.kind is OutcomeClass.SUCCESS
+    assert done.value is not None
+    assert (done.value["id"], done.value["status"], done.value["amount"]) == (
+        target,
+        "canceled",
+        1000,
+    )
+    # Without the provider's idempotency a second cancel is refused, never a second release.
+    twice = cancel(1000, "v2")
+    assert twice.kind is OutcomeClass.DEFINITE
+    assert twice.code == (
+        "payment_intent_unexpected_state" if kind == "payment_intent" else "charge_already_refunded"
+    )
+    late = run(plain, Intent("capture", 1000, "usd", target=target, reference="c"), "c")
+    assert late.code == twice.code  # a released hold cannot be captured either
+    assert [m.operation for m in plain.movements()] == ["authorization", "void"]
+    found = plain.lookup(Intent("cancel", 1000, "usd", target=target, reference="v1"), "po1_v1",
+                         key="k1_v1")  # fmt: skip
+    assert found is not None
+    assert (found.kind, found.value) == (OutcomeClass.SUCCESS, done.value)
+    assert (
+        plain.lookup(
+            Intent("cancel", 1000, "usd", target=target, reference="v2"), "po1_v2", key="k1_v2"
+        )
+        is None
+    )
+
+
+def test_cancel_of_a_captured_charge_is_refused(plain: SimulatedGateway) -> None:
+    ch = run(plain, charge()).value["id"]
+    refused = run(plain, Intent("cancel", 1000, "usd", target=ch, reference="v"), "v")
+    assert (refused.kind, refused.code) == (OutcomeClass.DEFINITE, "charge_already_captured")
+    assert [m.operation for m in plain.movements()] == ["charge"]
 
 
 def test_refunds_never_exceed_what_was_captured(gw: SimulatedGateway) -> None:

@@ -229,6 +229,38 @@ def test_capture_of_an_uncaptured_charge(gateway: StripeGateway) -> None:
     assert found.value == captured.value
 
 
+def test_cancel_of_an_uncaptured_charge_releases_it_whole(
+    gateway: StripeGateway, client: Any
+) -> None:
+    authorised, _, _ = run(gateway, charge(1500, params={"capture": False}))
+    assert authorised.value is not None
+    target = authorised.value["id"]
+    reference = f"void-{uuid.uuid4().hex}"
+    part = Intent("cancel", 500, "usd", target=target, reference=reference + "-part")
+    refused, _, _ = run(gateway, part)  # a hold is released whole, never in part
+    assert refused.kind is OutcomeClass.DEFINITE
+    cancel = Intent("cancel", 1500, "usd", target=target, reference=reference)
+    key, provider_key = keys_for(cancel)
+    assert gateway.lookup(cancel, provider_key, key=key) is None  # nothing released yet
+    released = gateway.execute(cancel, provider_key, key=key)
+    assert released.kind is OutcomeClass.SUCCESS
+    assert released.value is not None
+    # Stripe voids an authorisation by a refund of all of it: no money had moved.
+    assert (released.value["object"], released.value["amount"]) == ("refund", 1500)
+    assert released.value["charge"] == target
+    stored = client.v1.charges.retrieve(target)
+    assert (stored["captured"], stored["amount_refunded"]) == (False, 1500)
+    again = gateway.execute(cancel, provider_key, key=key)
+    assert (again.kind, again.replayed, again.value) == (
+        OutcomeClass.SUCCESS,
+        True,
+        released.value,
+    )
+    found = gateway.lookup(cancel, provider_key, key=key)
+    assert found is not None
+    assert (found.kind, found.value) == (OutcomeClass.SUCCESS, released.value)
+
+
 def test_lookup_finds_a_charge_by_payonce_key(gateway: StripeGateway) -> None:
     # The mock stores charges with ``customer: null``, so its customer filter never matches: the
     # customer-filtered list is covered by the recorded session below.
@@ -581,6 +613,44 @@ def test_payment_intent_capture_and_refund_parameters() -> None:
     assert gateway.execute(capture, "po1_c", key=key).kind is OutcomeClass.SUCCESS
     assert session.sent[0]["path"] == "/v1/payment_intents/pi_3RecordedIntent0001/capture"
     assert session.sent[0]["fields"]["amount_to_capture"] == "4200"
+
+
+def test_payment_intent_cancel_is_a_success_and_found_by_its_status() -> None:
+    key = "k1_" + "c" * 64
+    cancel = Intent("cancel", 4200, "usd", target="pi_3RecordedIntent0001", reference="x")
+    call = stripe_call(cancel, key=key)
+    assert (call.service, call.method, call.target, call.params) == (
+        "payment_intents", "cancel", "pi_3RecordedIntent0001", {},
+    )  # fmt: skip
+    canceled = {**PAYMENT_INTENT, "status": "canceled", "amount_received": 0}
+    held = {**PAYMENT_INTENT, "status": "requires_capture", "amount_received": 0}
+    gateway, session = recorded(
+        (200, canceled, {}),
+        (200, canceled, {"Idempotent-Replayed": "true"}),
+        (200, canceled, {}),
+        (200, held, {}),
+        (400, {"error": {"code": "payment_intent_unexpected_state",
+                         "type": "invalid_request_error"}}, {}),
+    )  # fmt: skip
+    done = gateway.execute(cancel, "po1_x", key=key)
+    # "canceled" is what a cancel asks for: a success, not the failed payment classify reads.
+    assert (done.kind, done.code) == (OutcomeClass.SUCCESS, None)
+    assert done.value is not None
+    assert (done.value["status"], "code" in done.value) == ("canceled", False)
+    assert session.sent[0]["path"] == "/v1/payment_intents/pi_3RecordedIntent0001/cancel"
+    assert session.sent[0]["headers"]["Idempotency-Key"] == "po1_x"
+    replayed = gateway.execute(cancel, "po1_x", key=key)
+    assert (replayed.kind, replayed.replayed) == (OutcomeClass.SUCCESS, True)
+    found = gateway.lookup(cancel, "po1_x", key=key)
+    assert found is not None
+    assert (found.kind, found.value) == (OutcomeClass.SUCCESS, done.value)
+    assert session.sent[2]["method"] == "GET"
+    assert gateway.lookup(cancel, "po1_x", key=key) is None  # still held: not cancelled
+    captured = gateway.execute(cancel, "po1_y", key=key)  # captured meanwhile: refused
+    assert (captured.kind, captured.code) == (
+        OutcomeClass.DEFINITE,
+        "payment_intent_unexpected_state",
+    )
 
 
 def test_payout_transfer_and_subscription_parameters() -> None:

@@ -3,6 +3,7 @@ captured, also under retried and concurrent calls (R20)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from datetime import timedelta
@@ -10,13 +11,16 @@ from datetime import timedelta
 import pytest
 
 from payonce import (
+    AsyncGuard,
     ConflictError,
     Event,
     GatewayRejectedError,
     Guard,
     Intent,
     IntentError,
+    Outcome,
     OutcomeUnknownError,
+    Reconciler,
     RetryPolicy,
     Store,
     verify_ledger,
@@ -134,3 +138,146 @@ def test_only_a_succeeded_payment_is_compensated(store: Store, clock: ManualCloc
         guard.compensate("k1_" + "0" * 64)
     clock.advance(timedelta(seconds=1))
     assert _refunded(gateway) == 0
+
+
+HOLDS = pytest.mark.parametrize(
+    "hold",
+    [
+        Intent("charge", 5000, "usd", payment_method="tok_visa", reference="order-hold",
+               params={"capture": False}),
+        Intent("charge", 5000, "usd", payment_method="pm_card_visa", reference="order-hold",
+               params={"capture_method": "manual"}),
+    ],
+    ids=["charge-captured-false", "payment-intent-requires-capture"],
+)  # fmt: skip
+
+
+def _voids(gateway: SimulatedGateway) -> list[str]:
+    return [m.operation for m in gateway.movements() if m.operation in ("void", "refund")]
+
+
+@HOLDS
+def test_a_hold_never_captured_is_cancelled_not_refunded(
+    store: Store, clock: ManualClock, hold: Intent
+) -> None:
+    gateway = SimulatedGateway(idempotent=False, clock=clock)
+    guard = Guard(store, secret=SECRET, scope=SCOPE, clock=clock, gateway=gateway)
+    held = guard.execute(hold)
+    cancelled = guard.compensate(held.key)
+    assert cancelled.value["status"] == "canceled"
+    assert cancelled.value["id"] == held.value["id"]
+    record = store.get(SCOPE, cancelled.key)
+    assert record is not None
+    assert (record.operation, record.amount) == ("cancel", 5000)
+    assert record.intent_fields()["metadata"]["payonce_original"] == held.key
+    again = guard.compensate(held.key)  # its own key: replayed, never a second call
+    assert (again.replayed, again.body) == (True, cancelled.body)
+    assert _voids(gateway) == ["void"]
+    entries = [e for e in store.entries(after=0, limit=1000) if e.key == cancelled.key]
+    assert all(json.loads(e.detail)["compensates"] == held.key for e in entries)
+    verify_ledger(store)
+
+
+@HOLDS
+def test_a_hold_is_released_whole_and_once(store: Store, clock: ManualClock, hold: Intent) -> None:
+    gateway = SimulatedGateway(idempotent=False, clock=clock)
+    guard = Guard(store, secret=SECRET, scope=SCOPE, clock=clock, gateway=gateway)
+    held = guard.execute(hold)
+    calls = gateway.calls_received
+    with pytest.raises(IntentError, match="released whole") as part:
+        guard.compensate(held.key, amount=1000)
+    assert part.value.field == "amount"
+    with pytest.raises(IntentError, match="released once") as later:
+        guard.compensate(held.key, sequence=1)
+    assert later.value.field == "sequence"
+    assert gateway.calls_received == calls  # refused before any call
+    assert guard.compensate(held.key, amount=5000).value["status"] == "canceled"
+    assert _voids(gateway) == ["void"]
+
+
+def test_sixteen_concurrent_compensations_of_a_hold_release_it_once(
+    store: Store, clock: ManualClock
+) -> None:
+    gateway = SimulatedGateway(idempotent=False, clock=clock)
+    guard = Guard(store, secret=SECRET, scope=SCOPE, clock=clock, gateway=gateway)
+    held = guard.execute(
+        Intent("charge", 5000, "usd", payment_method="tok_visa", reference="order-hold",
+               params={"capture": False})
+    )  # fmt: skip
+    barrier = threading.Barrier(16)
+    results: list[object] = []
+
+    def cancel() -> None:
+        barrier.wait()
+        try:
+            results.append(guard.compensate(held.key))
+        except Exception as exc:  # an InProgressError is an acceptable answer
+            results.append(exc)
+
+    threads = [threading.Thread(target=cancel) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(results) == 16
+    assert {type(r).__name__ for r in results} <= {"Outcome", "InProgressError"}
+    assert _voids(gateway) == ["void"]
+
+
+def test_a_cancel_whose_answer_was_lost_is_found_by_the_reconciler(
+    store: Store, clock: ManualClock
+) -> None:
+    gateway = SimulatedGateway(idempotent=False, clock=clock)
+    guard = Guard(
+        store, secret=SECRET, scope=SCOPE, clock=clock, gateway=gateway, retry=RetryPolicy.never()
+    )
+    held = guard.execute(
+        Intent("charge", 5000, "usd", payment_method="tok_visa", reference="order-hold",
+               params={"capture": False})
+    )  # fmt: skip
+    gateway.script(["after_send"])
+    with pytest.raises(OutcomeUnknownError):
+        guard.compensate(held.key)
+    clock.advance(timedelta(minutes=2))
+    report = Reconciler(store, gateway, clock=clock).run_once()
+    assert (report.succeeded, report.resent) == (1, 0)
+    again = guard.compensate(held.key)
+    assert again.replayed
+    assert again.value["status"] == "canceled"
+    assert _voids(gateway) == ["void"]
+
+
+def test_a_hold_captured_since_is_refunded_through_its_capture(
+    store: Store, clock: ManualClock
+) -> None:
+    gateway = SimulatedGateway(idempotent=False, clock=clock)
+    guard = Guard(store, secret=SECRET, scope=SCOPE, clock=clock, gateway=gateway)
+    held = guard.execute(
+        Intent("charge", 5000, "usd", payment_method="tok_visa", reference="order-hold",
+               params={"capture": False})
+    )  # fmt: skip
+    capture = Intent("capture", 4000, "usd", target=held.value["id"], reference="cap-hold")
+    captured = guard.execute(capture)
+    with pytest.raises(GatewayRejectedError) as refused:  # the provider refuses the cancel
+        guard.compensate(held.key)
+    assert refused.value.code == "charge_already_captured"
+    refund = guard.compensate(captured.key)  # the capture's key refunds what was captured
+    assert refund.value["amount"] == 4000
+    assert _voids(gateway) == ["refund"]
+
+
+def test_the_async_twin_cancels_a_hold(store: Store, clock: ManualClock) -> None:
+    gateway = SimulatedGateway(idempotent=False, clock=clock)
+    guard = AsyncGuard(store, secret=SECRET, scope=SCOPE, clock=clock, gateway=gateway)
+
+    async def scenario() -> tuple[Outcome, Outcome]:
+        held = await guard.execute(
+            Intent("charge", 5000, "usd", payment_method="tok_visa", reference="order-hold",
+                   params={"capture": False})
+        )  # fmt: skip
+        return await guard.compensate(held.key), await guard.compensate(held.key)
+
+    first, again = asyncio.run(scenario())
+    assert first.value["status"] == "canceled"
+    assert again.replayed
+    assert _voids(gateway) == ["void"]

@@ -59,7 +59,9 @@ ALLOWED_VALUE = frozenset(
         "decline_code", "param",
     }
 )  # fmt: skip
-MONEY_OPS = ("charge", "refund")
+#: What each SUCCEEDED operation adds to the money moved (I5); a cancel releases a hold, which
+#: moved nothing, and a charge that was only authorised (a hold) moves nothing either.
+MONEY_SIGN = {"charge": 1, "capture": 1, "refund": -1}
 
 # Network faults: each maps to a proxy mode on G1 and a scripted fault on G2.
 DROP = "drop"  # the provider acted, the answer was lost
@@ -335,13 +337,21 @@ class World:
         """Every charge and refund of this world at the provider, as plain dicts."""
         out: list[dict[str, Any]] = []
         if self.g1:
+            captured: dict[str, bool] = {}
             for kind, service in (("charge", "charges"), ("refund", "refunds")):
                 for listed in getattr(self.direct.v1, service).list().data:
                     obj = listed.to_dict()
                     meta = obj.get("metadata") or {}
-                    if meta.get("scenario") != self.nonce:
+                    # A compensation carries payonce's metadata only: it belongs to this world
+                    # when the charge it acts on does.
+                    if meta.get("scenario") != self.nonce and obj.get("charge") not in captured:
                         continue
                     moved = obj["status"] == "succeeded"
+                    if kind == "charge":
+                        captured[obj["id"]] = moved and bool(obj.get("captured"))
+                        net = obj["amount"] if captured[obj["id"]] else 0
+                    else:  # a refund of a charge never captured releases a hold: no money
+                        net = obj["amount"] if moved and captured[obj["charge"]] else 0
                     out.append(
                         {
                             "id": obj["id"],
@@ -351,6 +361,7 @@ class World:
                             "customer": obj.get("customer"),
                             "payonce_key": meta.get("payonce_key"),
                             "moved": moved,
+                            "net": net,
                             "amount_refunded": obj.get("amount_refunded") or 0,
                             "target": obj.get("charge"),
                         }
@@ -359,8 +370,13 @@ class World:
         assert self.sim is not None
         moved_ids = {m.object_id for m in self.sim.movements()}
         for obj in self.sim.objects():
+            moved = obj.id in moved_ids
+            # A refund moves its amount; a charge what was captured (0 for a hold).
+            refunded = obj.amount if moved else 0
+            net = refunded if obj.object == "refund" else obj.amount_captured
             out.append(
                 {
+                    "net": net,
                     "id": obj.id,
                     # A PaymentIntent moves money like a charge does.
                     "object": "charge" if obj.object == "payment_intent" else obj.object,
@@ -368,7 +384,7 @@ class World:
                     "currency": obj.currency,
                     "customer": obj.customer,
                     "payonce_key": obj.payonce_key,
-                    "moved": obj.id in moved_ids,
+                    "moved": moved,
                     "amount_refunded": obj.amount_refunded,
                     "target": obj.target,
                 }
@@ -491,6 +507,9 @@ def check(world: World, acks: Iterable[Any] = ()) -> History:
         obj = by_id.get(value.get("id"))
         if obj is None or not obj["moved"]:
             problems.append(f"I2: {ack.key} acknowledged {value.get('id')}, not at the provider")
+        elif record is not None and record.operation in ("cancel", "capture"):
+            # Both answer with the charge they act on (G2), or a refund releasing it (G1).
+            continue
         elif record is not None and (obj["amount"], obj["currency"]) != (
             record.amount,
             record.currency,
@@ -506,19 +525,26 @@ def check(world: World, acks: Iterable[Any] = ()) -> History:
             problems.append(f"I3: {record.key} is FAILED but {obj['id']} moved money")
     recorded: dict[str, int] = defaultdict(int)
     for record in records:
-        if record.status is Status.SUCCEEDED and record.operation in MONEY_OPS:
-            sign = 1 if record.operation == "charge" else -1
-            recorded[record.currency] += sign * record.amount
+        if record.status is Status.SUCCEEDED and record.operation in MONEY_SIGN:
+            if record.operation == "charge" and _hold(record):
+                continue
+            recorded[record.currency] += MONEY_SIGN[record.operation] * record.amount
     moved: dict[str, int] = defaultdict(int)
     for obj in objects:
         if obj["moved"] and obj["payonce_key"] in by_key:
             sign = 1 if obj["object"] == "charge" else -1
-            moved[obj["currency"]] += sign * obj["amount"]
+            moved[obj["currency"]] += sign * obj["net"]
     # A record flagged for review counts as nothing recorded: if money moved for it, I5 fails.
     if {c: a for c, a in recorded.items() if a} != {c: a for c, a in moved.items() if a}:
         problems.append(f"I5: recorded {dict(recorded)} but the provider moved {dict(moved)}")
     assert not problems, "\n".join([*problems, _dump(world, records, objects)])
     return history
+
+
+def _hold(record: Record) -> bool:
+    """Whether a SUCCEEDED charge only authorised the money (captured later, or released)."""
+    value = json.loads(record.outcome or "{}").get("value") or {}
+    return value.get("captured") is False or value.get("status") == "requires_capture"
 
 
 def _dump(world: World, records: list[Record], objects: list[dict[str, Any]]) -> str:

@@ -47,8 +47,11 @@ FAULTS: Final = frozenset(
         "lookup",
     }
 )
-#: The only keys a result's ``value`` may hold (``decline_code`` only for a decline).
-VALUE_FIELDS: Final = frozenset({"id", "object", "status", "amount", "currency", "decline_code"})
+#: The only keys a result's ``value`` may hold (``decline_code`` only for a decline, ``captured``
+#: only for a charge).
+VALUE_FIELDS: Final = frozenset(
+    {"id", "object", "status", "amount", "currency", "decline_code", "captured"}
+)
 
 _CHARGES_API: Final = ("tok_", "src_", "card_")
 _PREFIX: Final = {
@@ -129,8 +132,9 @@ class Movement:
     """One money movement, in the order the provider made them.
 
     ``operation`` is ``charge`` (captured at once), ``authorization`` (an uncaptured charge: a
-    hold), ``capture``, ``refund``, ``payout``, ``transfer`` or ``subscription``; ``object_id`` is
-    the object created (or, for a capture, the charge captured).
+    hold), ``capture``, ``void`` (a hold released by ``cancel``), ``refund``, ``payout``,
+    ``transfer`` or ``subscription``; ``object_id`` is the object created (or, for a capture or a
+    void, the charge it acted on).
     """
 
     object_id: str
@@ -184,12 +188,12 @@ def provider_params(intent: Intent, key: str) -> tuple[str, dict[str, Any]]:
         kind = "subscription"
         if intent.payment_method is not None:
             core["default_payment_method"] = intent.payment_method
-    elif op in ("capture", "refund"):
-        assert intent.target is not None  # the Intent refuses a capture or refund without one
+    elif op in ("capture", "refund", "cancel"):
+        assert intent.target is not None  # the Intent refuses these without a target
         kind, core["target"] = op, intent.target
     else:
         kind = op
-    if op != "capture" and intent.customer is not None:
+    if op not in ("capture", "cancel") and intent.customer is not None:
         core["customer"] = intent.customer
     if op in ("payout", "transfer") and intent.destination is not None:
         core["destination"] = intent.destination
@@ -210,6 +214,8 @@ def _view(
     }
     if obj.decline_code is not None:
         out["decline_code"] = obj.decline_code
+    if obj.object == "charge":
+        out["captured"] = obj.amount_captured > 0
     return out
 
 
@@ -240,6 +246,13 @@ class _Pending:
     fault: Fault | None
     replay: GatewayAnswer | None
     delay: timedelta
+
+
+def _unexpected(charge: ProviderObject) -> str:
+    """Stripe's code for acting on a hold that was released (or never made)."""
+    if charge.object == "payment_intent":
+        return "payment_intent_unexpected_state"
+    return "charge_already_refunded"
 
 
 def _result(
@@ -290,6 +303,7 @@ class _SimulatedBase:
         self._objects: dict[str, ProviderObject] = {}
         self._movements: list[Movement] = []
         self._captures: list[_Capture] = []
+        self._cancels: list[_Capture] = []
         self._calls: list[Call] = []
         self._received = 0
         self._lookups = 0
@@ -519,7 +533,7 @@ class _SimulatedBase:
         )
 
     def _apply(self, p: _Pending, decline: str | None) -> tuple[GatewayAnswer, bool]:
-        if p.kind in ("capture", "refund"):
+        if p.kind in ("capture", "refund", "cancel"):
             return self._act_on_charge(p, decline)
         params, now = p.params, self._clock.now()
         amount = int(params["amount"])
@@ -565,7 +579,11 @@ class _SimulatedBase:
             return _result(OutcomeClass.DEFINITE, "resource_missing"), False
         if currency != charge.currency:
             return _result(OutcomeClass.DEFINITE, "currency_mismatch"), False
+        if p.kind == "cancel":
+            return self._cancel(p, charge, amount)
         if p.kind == "capture":
+            if charge.status == "canceled":
+                return _result(OutcomeClass.DEFINITE, _unexpected(charge)), False
             if charge.decline_code is not None or charge.amount_captured > 0:
                 return _result(OutcomeClass.DEFINITE, "charge_already_captured"), False
             if amount > charge.amount:
@@ -601,6 +619,23 @@ class _SimulatedBase:
         self._move(refund, "refund", amount, p.provider_key, p.key)
         return _result(OutcomeClass.SUCCESS, value=_view(refund)), True
 
+    def _cancel(
+        self, p: _Pending, charge: ProviderObject, amount: int
+    ) -> tuple[GatewayAnswer, bool]:
+        """Release an authorisation that was never captured: the whole of it, once."""
+        if charge.decline_code is not None or charge.status == "canceled":
+            return _result(OutcomeClass.DEFINITE, _unexpected(charge)), False
+        if charge.amount_captured > 0:
+            return _result(OutcomeClass.DEFINITE, "charge_already_captured"), False
+        if amount != charge.amount:
+            # Like Stripe, which cannot release part of a hold: capture less instead.
+            return _result(OutcomeClass.DEFINITE, "amount_mismatch"), False
+        charge = replace(charge, status="canceled")
+        self._objects[charge.id] = charge
+        self._cancels.append(_Capture(charge.id, amount, p.key, None))
+        self._move(charge, "void", amount, p.provider_key, p.key)
+        return _result(OutcomeClass.SUCCESS, value=_view(charge)), True
+
     # -- lookup -----------------------------------------------------------------------------
 
     def _lookup(self, intent: Intent, pk: str, key: str) -> GatewayAnswer | None:
@@ -620,7 +655,13 @@ class _SimulatedBase:
     def _find(self, intent: Intent, key: str) -> GatewayAnswer | None:
         # By metadata, as Stripe's list endpoints do: independent of the idempotency window.
         views: list[tuple[dict[str, Any], str | None]] = []
-        if intent.operation == "capture":
+        if intent.operation == "cancel":
+            views = [
+                (_view(self._objects[c.object_id]), None)
+                for c in self._cancels
+                if c.payonce_key == key
+            ]
+        elif intent.operation == "capture":
             for cap in self._captures:
                 if cap.payonce_key == key:
                     view = _view(self._objects[cap.object_id], amount=cap.amount)
@@ -677,13 +718,20 @@ class SimulatedGateway(_SimulatedBase):
        findable object. ``decline``: DEFINITE with the decline code; a failed object is created
        (``lookup`` finds it), no movement; stored and replayed. Refusals of the request itself
        (``resource_missing``, ``currency_mismatch``, ``charge_already_captured``,
-       ``amount_too_large`` for refunds beyond what was captured and not yet refunded) are
+       ``amount_too_large`` for refunds beyond what was captured and not yet refunded,
+       ``amount_mismatch`` for a cancel of other than the whole hold,
+       ``payment_intent_unexpected_state``/``charge_already_refunded`` for a hold released
+       already) are
        DEFINITE without a value and not stored.
        A charge paid with ``tok_forget`` answers SUCCESS and keeps nothing (no object, no
        movement, nothing under the key), like stripe-stateful-mock: a provider that lost a
        movement payonce recorded (``Reconciler.audit`` reports it).
     5. ``after_send``: the provider did everything above (a movement if it executed, the answer
        stored under the key), then the answer was lost: UNKNOWN ``connection_lost``.
+
+    ``cancel`` releases a hold (a charge with ``capture=False``, a PaymentIntent in
+    ``requires_capture``) whole: the object becomes ``canceled`` and a ``void`` movement is made;
+    its lookup finds the canceled object by the cancel's ``payonce_key``.
 
     ``lookup`` finds what execute did by ``payonce_key`` metadata, also after the window: the
     oldest object that moved money (SUCCESS), else the newest failed attempt (DEFINITE), else

@@ -99,9 +99,9 @@ class StripeCall:
 
     Attributes:
         service: the attribute of ``StripeClient.v1`` (``charges``, ``payment_intents``, …).
-        method: ``create`` or ``capture``.
+        method: ``create``, ``capture`` or ``cancel``.
         params: the request parameters, as the SDK takes them.
-        target: the object the method acts on (captures), else None.
+        target: the object the method acts on (captures, cancels), else None.
     """
 
     service: str
@@ -120,6 +120,9 @@ def stripe_call(intent: Intent, *, key: str) -> StripeCall:
     - capture: ``charges.capture`` (``amount``) or ``payment_intents.capture``
       (``amount_to_capture``) of ``target``.
     - refund: ``refunds.create`` with ``charge`` or ``payment_intent`` from ``target``.
+    - cancel (release a hold that was never captured): ``payment_intents.cancel`` of a ``pi_``
+      target; a charge has no cancel endpoint, so an uncaptured ``ch_`` is released by a refund of
+      its whole amount (``refunds.create``), which is how Stripe voids an authorisation.
     - payout, transfer: ``payouts.create`` / ``transfers.create`` (``destination``).
     - subscription: ``subscriptions.create`` for ``customer`` with one item: ``params["price"]``
       (and ``quantity``), or a ``price_data`` of the intent's amount and currency for
@@ -154,6 +157,13 @@ def stripe_call(intent: Intent, *, key: str) -> StripeCall:
             return StripeCall("payment_intents", "capture", _merge(core, extra), target)
         # A charge capture takes no metadata: the captured charge is found by its id (lookup).
         return StripeCall("charges", "capture", _merge({"amount": intent.amount}, extra), target)
+    if op == "cancel":
+        target = _target(intent)
+        if target.startswith("pi_"):
+            # Stripe's cancel takes no metadata: lookup reads the PaymentIntent itself.
+            return StripeCall("payment_intents", "cancel", _merge({}, extra), target)
+        core = {"charge": target, "amount": intent.amount, "metadata": metadata}
+        return StripeCall("refunds", "create", _merge(core, extra))
     if op == "refund":
         target = _target(intent)
         field = "payment_intent" if target.startswith("pi_") else "charge"
@@ -408,7 +418,7 @@ class _Query:
 def _query(intent: Intent, since: datetime | None) -> _Query:
     op = intent.operation
     filters: dict[str, Any] = {}
-    if op == "capture":
+    if op == "capture" or (op == "cancel" and (intent.target or "").startswith("pi_")):
         target = _target(intent)
         service = "payment_intents" if target.startswith("pi_") else "charges"
         return _Query(service, {}, retrieve=target)
@@ -417,7 +427,7 @@ def _query(intent: Intent, since: datetime | None) -> _Query:
         service = "payment_intents" if pm is not None and pm.startswith("pm_") else "charges"
         if intent.customer is not None:
             filters["customer"] = intent.customer
-    elif op == "refund":
+    elif op in ("refund", "cancel"):  # a charge's hold is released by a refund
         service = "refunds"
         target = _target(intent)
         filters["payment_intent" if target.startswith("pi_") else "charge"] = target
@@ -441,6 +451,28 @@ def _captured(obj: stripe.StripeObject) -> bool:
     if _get(obj, "object") == "payment_intent":
         return _get(obj, "status") in ("succeeded", "processing")
     return bool(_get(obj, "captured"))
+
+
+def _retrieved(intent: Intent, obj: stripe.StripeObject) -> GatewayAnswer | None:
+    """What a retrieved target says of a capture or a PaymentIntent cancel: done, or None."""
+    if intent.operation == "cancel":
+        return _cancelled(intent, _found(obj)) if _get(obj, "status") == "canceled" else None
+    return _found(obj) if _captured(obj) else None
+
+
+def _cancelled(intent: Intent, result: GatewayAnswer) -> GatewayAnswer:
+    """A cancel's answer: a PaymentIntent now ``canceled`` is what the cancel asked for, not a
+    failure (``classify`` reads ``canceled`` as a failed payment)."""
+    value = result.value or {}
+    if (
+        intent.operation != "cancel"
+        or result.kind is not OutcomeClass.DEFINITE
+        or value.get("object") != "payment_intent"
+        or value.get("status") != "canceled"
+    ):
+        return result
+    kept = {name: item for name, item in value.items() if name != "code"}
+    return GatewayAnswer(OutcomeClass.SUCCESS, value=kept, replayed=result.replayed)
 
 
 def _found(obj: stripe.StripeObject) -> GatewayAnswer:
@@ -557,7 +589,7 @@ class StripeGateway(_StripeBase):
             answer = method(*args, params=plan.params, options=_options(provider_key))
         except stripe.StripeError as exc:
             return self._report(intent, key, classify(exc), "execute")
-        return self._report(intent, key, classify(answer), "execute")
+        return self._report(intent, key, _cancelled(intent, classify(answer)), "execute")
 
     def lookup(
         self, intent: Intent, provider_key: str, *, key: str, since: datetime | None = None
@@ -576,6 +608,8 @@ class StripeGateway(_StripeBase):
         - capture: ``GET`` of the target itself: captured (a charge with ``captured``, a
           PaymentIntent ``succeeded``/``processing``) is SUCCESS, otherwise None. Charge captures
           carry no metadata, so a capture made outside payonce is not told apart.
+        - cancel: of a PaymentIntent, ``GET`` of it: ``canceled`` is SUCCESS, otherwise None; of
+          a charge, ``GET /v1/refunds`` (``charge`` = target), as for a refund.
 
         ``since`` (the record's creation time, optional) narrows the list to ``created >= since``
         less 10 minutes of clock skew; without it the whole history is paged. At most
@@ -604,7 +638,7 @@ class StripeGateway(_StripeBase):
                 obj = self._method(query.service, "retrieve")(
                     query.retrieve, options=_options(None)
                 )
-                found = _found(obj) if _captured(obj) else None
+                found = _retrieved(intent, obj)
                 return self._report(intent, key, found, "lookup") if found else None
             params = dict(query.params)
             for _ in range(self._max_pages):
@@ -642,7 +676,7 @@ class AsyncStripeGateway(_StripeBase):
             answer = await method(*args, params=plan.params, options=_options(provider_key))
         except stripe.StripeError as exc:
             return self._report(intent, key, classify(exc), "execute")
-        return self._report(intent, key, classify(answer), "execute")
+        return self._report(intent, key, _cancelled(intent, classify(answer)), "execute")
 
     async def lookup(
         self, intent: Intent, provider_key: str, *, key: str, since: datetime | None = None
@@ -657,7 +691,7 @@ class AsyncStripeGateway(_StripeBase):
                 obj = await self._method(query.service, "retrieve_async")(
                     query.retrieve, options=_options(None)
                 )
-                found = _found(obj) if _captured(obj) else None
+                found = _retrieved(intent, obj)
                 return self._report(intent, key, found, "lookup") if found else None
             params = dict(query.params)
             for _ in range(self._max_pages):
