@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -30,7 +31,8 @@ __all__ = ["DEFAULT_REPORT", "MAX_AGENTS", "main", "run_demo"]
 DEFAULT_REPORT: Final = "payonce-demo-report.html"
 #: The most agents one demo runs (a 2-core machine does 1000 in well under a minute).
 MAX_AGENTS: Final = 1000
-_BUCKETS: Final = 30
+_MAX_BUCKETS: Final = 30
+_ROUND_SECONDS: Final = (1, 2, 5, 10, 15, 20, 30, 60, 120, 300, 600, 1800, 3600)
 
 
 def _check_agents(agents: object) -> int:
@@ -71,14 +73,13 @@ def _check_report(report: Path | str | None) -> Path:
 
 
 def _describe(url: str) -> str:
-    """The store URL without credentials (I8)."""
+    """The store URL with its password masked (I8)."""
     parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    if parts.username:
-        host = f"{parts.username}@{host}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    if parts.password is None:
+        return url
+    port = "" if parts.port is None else f":{parts.port}"
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}{port}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def run_demo(
@@ -141,7 +142,10 @@ def run_demo(
         finally:
             store.close()
     assert guarded.recovery is not None
-    bucket = max(unguarded.span, guarded.span, 1.0) / _BUCKETS
+    # Slices of a round number of seconds, the same for both runs, so the panels line up.
+    longest = max(unguarded.span, guarded.span, 1.0)
+    bucket = next((n for n in _ROUND_SECONDS if n * _MAX_BUCKETS >= longest), _ROUND_SECONDS[-1])
+    buckets = min(math.ceil(longest / bucket), _MAX_BUCKETS)
     result = DemoResult(
         agents=agents,
         seed=seed,
@@ -158,11 +162,11 @@ def run_demo(
         },
         intended={f: sum(len(t.steps) for t in workload.tasks if t.flow == f) for f in FLOWS},
         timeline={
-            run.name: timeline(run.marks, bucket_s=bucket, buckets=_BUCKETS)
+            run.name: timeline(run.marks, bucket_s=bucket, buckets=buckets)
             for run in (unguarded, guarded)
         },
         span_s={"unguarded": unguarded.span, "payonce": guarded.span},
-        bucket_s=round(bucket, 3),
+        bucket_s=float(bucket),
         ledger_verified=guarded.recovery.ledger_verified,
         ledger_entries=guarded.recovery.ledger_entries,
         ledger_problem=guarded.recovery.ledger_problem,

@@ -101,6 +101,7 @@ for (const el of document.querySelectorAll('.chart')) {
   el.dataset.box = JSON.stringify({x: r.left + scrollX, y: r.top + scrollY,
     width: r.width, height: r.height});
 }
+document.body.dataset.height = document.documentElement.scrollHeight;
 document.body.dataset.rendered = 'true';
 """
 
@@ -498,7 +499,8 @@ call, then through <code>guard.execute</code> on {escape(result.store)} with a R
 <div class="cards">{_cards(result)}</div>
 <div class="grid2">
 <section><h2>Money movements per flow</h2>
-<p class="note">What the provider recorded, next to what the agents meant to move.</p>
+<p class="note">What the provider recorded, next to what the agents meant to move (a declined
+payment moves nothing).</p>
 {_legend([("intended", "intended"), *[(k, RUN_TITLES[k]) for k in RUN_TITLES]])}
 {movements.svg()}</section>
 <section><h2>Duplicate movements per flow</h2>
@@ -507,8 +509,8 @@ call, then through <code>guard.execute</code> on {escape(result.store)} with a R
 {duplicates.svg()}</section>
 </div>
 <section><h2>Timeline of calls, retries and replays</h2>
-<p class="note">Provider calls per {result.bucket_s:.0f} s of simulated time, stacked by kind;
-replays never reach the provider.</p>
+<p class="note">Calls per {result.bucket_s:.0f} s of simulated time, stacked by kind. Replays are
+answered from payonce's store and never reach the provider.</p>
 {_legend([(k, _KIND_TITLES[k]) for k in TIMELINE_KINDS])}
 {_timeline_svg(result.timeline, result.span_s)}</section>
 <div class="grid2">
