@@ -36,7 +36,7 @@ from tests.faults import worker
 LEASE = timedelta(seconds=30)
 
 
-class _NotSent(Exception):
+class _NotSentError(Exception):
     """The provider refused the connection: provably not executed."""
 
 
@@ -58,7 +58,7 @@ def guard(store: RedisStore) -> Guard:
         clock=ManualClock(),
         lease=LEASE,
         wait=timedelta(0),
-        not_executed=(_NotSent,),
+        not_executed=(_NotSentError,),
     )
 
 
@@ -139,7 +139,7 @@ def test_a_resent_release_is_not_a_lost_lease(store: RedisStore, guard: Guard) -
     intent = worker.intent_for("resend-release")
     calls: list[Attempt] = []
     with pytest.raises(GatewayUnavailableError):
-        guard.run(intent, counting(calls, _NotSent("connection refused")))
+        guard.run(intent, counting(calls, _NotSentError("connection refused")))
     assert lost
     key = guard.key_for(intent)
     assert store.get(SCOPE, key) is None
