@@ -167,6 +167,13 @@ def test_the_secret_is_not_an_option(cli: Cli) -> None:
     assert "--secret-file" in done.stdout
 
 
+def test_messages_print_brackets_verbatim(cli: Cli) -> None:
+    # Rich would read "[x]" as markup and drop it; the console prints data, not markup.
+    done = cli("keys", "derive", "--scope", "tenant-a", *OPTIONS, "--param", "[x]", env=SECRET_ENV)
+    assert done.returncode == 2
+    assert "--param takes NAME=VALUE; got '[x]'" in done.stderr
+
+
 def test_a_bad_scope_exits_2(cli: Cli) -> None:
     done = cli("keys", "derive", "--scope", " bad scope", *OPTIONS, env=SECRET_ENV)
     assert done.returncode == 2

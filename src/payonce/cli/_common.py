@@ -24,11 +24,11 @@ from typing import Annotated, Any, Final, NoReturn
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from payonce._errors import (
     ConfigurationError,
     IntentError,
-    LedgerCorruptedError,
     PayonceError,
     StoreError,
 )
@@ -96,8 +96,11 @@ class Out:
     """Where a command writes: tables to stdout, errors to stderr, or JSON to stdout only."""
 
     json: bool
-    console: Console = field(default_factory=lambda: Console(highlight=False))
-    err: Console = field(default_factory=lambda: Console(stderr=True, highlight=False))
+    # No markup: keys, reasons and ledger details are data, and "[...]" in them must print as is.
+    console: Console = field(default_factory=lambda: Console(highlight=False, markup=False))
+    err: Console = field(
+        default_factory=lambda: Console(stderr=True, highlight=False, markup=False)
+    )
 
     def emit(self, data: Any) -> None:
         """Print one JSON document on stdout."""
@@ -109,7 +112,7 @@ class Out:
         if self.json:
             self.emit({**(data or {"error": "error", "message": message}), "exit_code": code})
         else:
-            self.err.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+            self.err.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
         raise typer.Exit(code)
 
 
@@ -118,9 +121,7 @@ def _exit_code(exc: PayonceError) -> int:
         return EXIT_USAGE
     if isinstance(exc, StoreError):
         return EXIT_STORE
-    if isinstance(exc, LedgerCorruptedError):
-        return EXIT_PROBLEM
-    return EXIT_PROBLEM
+    return EXIT_PROBLEM  # LedgerCorruptedError, and refusals such as a conflict
 
 
 @contextmanager

@@ -57,5 +57,5 @@ def demo(
     if as_json:
         out.emit(demo_run.to_json())
     else:
-        print_summary(demo_run, out.console)
+        print_summary(demo_run, Console(highlight=False))  # the demo's own markup
     raise typer.Exit(EXIT_OK if demo_run.ok else EXIT_PROBLEM)
