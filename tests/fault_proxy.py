@@ -11,6 +11,15 @@ or the default mode once the plan is spent:
 - ``RESET``: wait for the request's first bytes, then reset without forwarding anything: the
   server never sees it, the client sees a reset after it wrote.
 - ``DELAY``: relay, holding the answer back for ``delay`` seconds.
+- ``HOLD``: relay the request, hold the answer back until ``release()`` (the provider acted and
+  its answer waits, as a call that outlives its lease).
+- ``STALL``: read the request and never forward it (a worker killed on its way to the provider).
+- ``RESPOND``: read the request and answer it with a canned response (``Canned``, queued by
+  ``plan``), never forwarding it: answers the server cannot give, such as Stripe's 409
+  ``idempotency_key_in_use``.
+
+Each connection's log carries two events a test may wait on: ``requested`` (a whole request
+arrived) and ``upstream_answered`` (the server's answer reached the proxy).
 
 A client that keeps connections alive reuses a PASS connection for later requests; give each
 faulted call a fresh client (or connection) so that the plan applies to it.
@@ -46,6 +55,24 @@ class Mode(enum.Enum):
     BLACKHOLE = "blackhole"
     RESET = "reset"
     DELAY = "delay"
+    HOLD = "hold"
+    STALL = "stall"
+    RESPOND = "respond"
+
+
+@dataclass(frozen=True, slots=True)
+class Canned:
+    """A response the proxy gives instead of the server's (``Mode.RESPOND``)."""
+
+    status: int
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def encode(self) -> bytes:
+        head = [f"HTTP/1.1 {self.status} Canned", "Content-Type: application/json"]
+        head += [f"Content-Length: {len(self.body)}", "Connection: close"]
+        head += [f"{name}: {value}" for name, value in self.headers]
+        return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + self.body
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +102,9 @@ class Connection:
     forwarded: bool = False
     answered: bool = False
     done: bool = False
+    canned: Canned | None = None
+    requested: threading.Event = field(default_factory=threading.Event)
+    upstream_answered: threading.Event = field(default_factory=threading.Event)
 
 
 class _Requests:
@@ -84,6 +114,11 @@ class _Requests:
         self._buffer = b""
         self._body_left = 0
         self._into = into
+
+    @property
+    def complete(self) -> bool:
+        """True once at least one request arrived whole (head and body)."""
+        return bool(self._into) and not self._body_left
 
     def feed(self, data: bytes) -> None:
         self._buffer += data
@@ -144,9 +179,11 @@ class FaultProxy:
         self._max = max_connections
         self._hold = hold_limit
         self._lifetime = lifetime
-        self._plan: deque[Mode] = deque()
+        self._plan: deque[Mode | Canned] = deque()
+        self._released = threading.Event()
         self._log: list[Connection] = []
         self._lock = threading.Lock()
+        self._accepted = threading.Condition(self._lock)
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -161,10 +198,27 @@ class FaultProxy:
         """``http://127.0.0.1:PORT`` of the proxy."""
         return f"http://127.0.0.1:{self.port}"
 
-    def plan(self, *modes: Mode) -> None:
-        """Queue ``modes`` for the next accepted connections, in order."""
+    def plan(self, *modes: Mode | Canned) -> None:
+        """Queue ``modes`` for the next accepted connections, in order (a ``Canned`` response
+        stands for ``Mode.RESPOND`` with it)."""
         with self._lock:
             self._plan.extend(modes)
+
+    def connection(self, number: int, *, timeout: float) -> Connection:
+        """The log of the ``number``-th accepted connection, waiting up to ``timeout`` seconds
+        for it to arrive.
+
+        Raises:
+            TimeoutError: no such connection arrived in time.
+        """
+        with self._accepted:
+            if not self._accepted.wait_for(lambda: len(self._log) >= number, timeout):
+                raise TimeoutError(f"connection {number} never arrived")
+            return self._log[number - 1]
+
+    def release(self) -> None:
+        """Let every answer ``HOLD`` keeps back (now or later) go to its client."""
+        self._released.set()
 
     @property
     def log(self) -> list[Connection]:
@@ -213,9 +267,13 @@ class FaultProxy:
                 if len(self._log) >= self._max:
                     _reset(client)
                     continue
-                mode = self._plan.popleft() if self._plan else self._default
-                record = Connection(number=len(self._log) + 1, mode=mode)
+                planned = self._plan.popleft() if self._plan else self._default
+                canned = planned if isinstance(planned, Canned) else None
+                mode = Mode.RESPOND if canned is not None else planned
+                assert isinstance(mode, Mode)
+                record = Connection(number=len(self._log) + 1, mode=mode, canned=canned)
                 self._log.append(record)
+                self._accepted.notify_all()
             worker = threading.Thread(
                 target=self._serve, args=(client, record), name="fault-proxy-conn", daemon=True
             )
@@ -232,6 +290,16 @@ class FaultProxy:
                     data = client.recv(_CHUNK)
                     parser.feed(data)
                 return
+            if record.mode in (Mode.STALL, Mode.RESPOND):
+                self._read_request(client, record, parser)
+                if record.mode is Mode.RESPOND and record.canned is not None:
+                    client.sendall(record.canned.encode())
+                    record.answered = True
+                    return
+                client.settimeout(self._hold)
+                while not self._stopped.is_set() and client.recv(_CHUNK):
+                    pass  # stalled: never forwarded, until the client goes away
+                return
             upstream = socket.create_connection(self._upstream, timeout=5)
             self._relay(client, upstream, record, parser)
         except OSError:
@@ -247,6 +315,15 @@ class FaultProxy:
                     upstream.close()
             record.done = True
 
+    def _read_request(self, client: socket.socket, record: Connection, parser: _Requests) -> None:
+        client.settimeout(self._hold)
+        while not parser.complete:
+            data = client.recv(_CHUNK)
+            if not data:
+                return
+            parser.feed(data)
+        record.requested.set()
+
     def _relay(
         self,
         client: socket.socket,
@@ -259,10 +336,17 @@ class FaultProxy:
         held = b""
         release_at: float | None = None
         released = False
+        upstream_closed = False
         with selectors.DefaultSelector() as selector:
             selector.register(client, selectors.EVENT_READ, "client")
             selector.register(upstream, selectors.EVENT_READ, "upstream")
             while not self._stopped.is_set() and time.monotonic() < until:
+                if mode is Mode.HOLD and held and self._released.is_set():
+                    client.sendall(held)
+                    record.answered = True
+                    held = b""
+                    if upstream_closed:
+                        return
                 if release_at is not None and time.monotonic() >= release_at:
                     client.sendall(held)
                     record.answered = True
@@ -277,17 +361,24 @@ class FaultProxy:
                         parser.feed(data)
                         upstream.sendall(data)
                         record.forwarded = True
+                        if parser.complete:
+                            record.requested.set()
                         continue
                     if not data:
-                        if mode is Mode.BLACKHOLE:
+                        if mode is Mode.BLACKHOLE or (mode is Mode.HOLD and held):
                             selector.unregister(upstream)
+                            upstream_closed = True
                             continue
                         if held and release_at is not None:
                             self._stopped.wait(max(0.0, release_at - time.monotonic()))
                             client.sendall(held)
                         return
+                    record.upstream_answered.set()
                     if mode is Mode.DROP_RESPONSE:
                         return  # the server acted; the client gets a reset, not the answer
+                    if mode is Mode.HOLD and not self._released.is_set():
+                        held += data
+                        continue
                     if mode is Mode.BLACKHOLE:
                         continue
                     if mode is Mode.DELAY and not released:

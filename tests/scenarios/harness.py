@@ -43,7 +43,7 @@ from payonce.gateways._simulated import Fault, SimulatedGateway
 from payonce.gateways.stripe import StripeGateway
 from payonce.testing import ManualClock
 from tests.conftest import SCOPE, SECRET
-from tests.fault_proxy import FaultProxy, Mode
+from tests.fault_proxy import Canned, FaultProxy, Mode
 from tests.faults.history import History, check_history
 from tests.stripe_server import StripeMock
 
@@ -67,6 +67,23 @@ MONEY_SIGN = {"charge": 1, "capture": 1, "refund": -1}
 DROP = "drop"  # the provider acted, the answer was lost
 BLACKHOLE = "blackhole"  # the provider acted, the client timed out
 RESET = "reset"  # the request never reached the provider
+IN_USE = "in_use"  # the provider is still processing a request with the same key
+# Stripe's 409 for a key whose first request is still executing (the mock cannot give it): the
+# proxy answers it on the wire, so the real SDK and StripeGateway read a real HTTP answer.
+IN_USE_409 = Canned(
+    409,
+    json.dumps(
+        {
+            "error": {
+                "code": "idempotency_key_in_use",
+                "message": "There is currently another in-progress request using this "
+                "Idempotency Key. Please try again later.",
+                "type": "invalid_request_error",
+            }
+        }
+    ).encode(),
+    (("Retry-After", "1"), ("Stripe-Should-Retry", "true")),
+)
 
 
 class Crash(BaseException):
@@ -309,15 +326,25 @@ class World:
 
     def fault(self, *kinds: str | None) -> None:
         """Queue faults for the next calls (None: no fault). Kinds: drop, blackhole, reset,
-        and on G2 any SimulatedGateway fault kind."""
+        in_use, and on G2 any SimulatedGateway fault kind."""
         if self.g1:
             assert self.proxy is not None
-            modes = {None: Mode.PASS, DROP: Mode.DROP_RESPONSE, BLACKHOLE: Mode.BLACKHOLE}
-            modes[RESET] = Mode.RESET
+            modes: dict[str | None, Mode | Canned] = {
+                None: Mode.PASS,
+                DROP: Mode.DROP_RESPONSE,
+                BLACKHOLE: Mode.BLACKHOLE,
+                RESET: Mode.RESET,
+                IN_USE: IN_USE_409,
+            }
             self.proxy.plan(*(modes[k] for k in kinds))
             return
         assert self.sim is not None
-        names = {DROP: "after_send", BLACKHOLE: "after_send", RESET: "before_send"}
+        names = {
+            DROP: "after_send",
+            BLACKHOLE: "after_send",
+            RESET: "before_send",
+            IN_USE: "in_progress_409",
+        }
         self.sim.script([None if k is None else Fault(names.get(k, k)) for k in kinds])
 
     def clear_faults(self) -> None:

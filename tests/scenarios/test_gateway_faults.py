@@ -25,6 +25,7 @@ from tests.fault_proxy import Mode
 from tests.scenarios.harness import (
     BLACKHOLE,
     DROP,
+    IN_USE,
     LEASE,
     RESET,
     Crash,
@@ -290,3 +291,37 @@ def test_r13_decline_is_definite_and_replayed(world: World) -> None:
     assert len(world.charges()) == 1
     world.reconcile()
     check(world, [outcome])
+
+
+def test_r14_gateway_409_in_progress_waits_with_the_same_key(world: World) -> None:
+    # G1: the proxy answers Stripe's 409 idempotency_key_in_use on the wire (the mock cannot);
+    # G2: the simulated provider's in_progress_409.
+    intent = world.intent("r14")
+    world.fault(IN_USE, IN_USE)
+    outcome = world.guard().execute(intent)
+    assert not outcome.replayed
+    calls = world.calls()
+    assert [c.kind for c in calls] == ["in_flight", "in_flight", "success"]
+    assert {c.provider_key for c in calls} == {outcome.provider_key}  # never a new key
+    # The provider's Retry-After (1 s) was honoured on the guard's clock.
+    assert all(b.at - a.at >= timedelta(seconds=1) for a, b in itertools.pairwise(calls))
+    if world.g1:
+        assert world.proxy is not None
+        assert [c.mode for c in world.proxy.log] == [Mode.RESPOND, Mode.RESPOND, Mode.PASS]
+        assert _proxy_keys(world) == [outcome.provider_key] * 3
+    else:
+        assert world.sim is not None
+        assert [c.code for c in world.sim.calls()] == ["idempotency_key_in_use"] * 2 + [None]
+    acks = [outcome]
+    if world.g1:
+        # The realistic order: the first request's answer is lost while Stripe still runs it;
+        # the resend (same key, inside the window) meets 409, waits, and gets the replay.
+        second = world.intent("r14-after-a-lost-answer")
+        world.fault(DROP, IN_USE)
+        replayed = world.guard().execute(second)
+        assert [c.kind for c in world.calls(replayed.key)] == ["unknown", "in_flight", "success"]
+        assert len(set(_proxy_keys(world)[3:])) == 1
+        acks.append(replayed)
+    assert len(world.charges()) == len(acks)
+    world.reconcile()
+    check(world, acks)

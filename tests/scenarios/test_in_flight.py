@@ -1,10 +1,12 @@
-"""SCENARIOS R14 and R16: what stripe-stateful-mock cannot do (409 ``idempotency_key_in_use``, a
-call that outlives its lease) runs on SimulatedGateway (G3), with its idempotency on (Stripe-like)
-and off (G2), over every store; then the Reconciler and the I1-I5 check."""
+"""SCENARIOS R14 and R16 on SimulatedGateway (G3), with its idempotency on (Stripe-like) and off
+(G2), over every store; R16 also on the Stripe-compatible server (G1), whose answer the fault
+proxy holds back until the lease has expired and another request took the record over. Then the
+Reconciler and the I1-I5 check. (R14 on G1, a 409 on the wire, is in test_gateway_faults.py.)"""
 
 from __future__ import annotations
 
 import itertools
+import threading
 from datetime import timedelta
 
 import pytest
@@ -20,7 +22,11 @@ from payonce import (
 from payonce._model import Event
 from payonce.gateways._simulated import Fault
 from payonce.testing import ManualClock
-from tests.scenarios.harness import LEASE, World, check, sim_world
+from tests.fault_proxy import Mode
+from tests.scenarios.harness import LEASE, World, check, open_world, sim_world
+from tests.stripe_server import StripeMock
+
+EVENT_TIMEOUT = 10.0  # seconds; only a safety net so that a broken test fails, never a timing
 
 IDEMPOTENT = pytest.mark.parametrize("idempotent", [True, False], ids=["g3-dedup", "g2-no-dedup"])
 
@@ -117,3 +123,49 @@ def test_r12_not_executed_after_a_lost_answer_never_releases_the_claim(
     assert outcome.replayed
     assert len(world.charges()) == 1
     check(world, [outcome])
+
+
+def test_r16_lease_expires_while_the_stripe_call_is_in_flight(
+    store: Store, clock: ManualClock, stripe_server: StripeMock
+) -> None:
+    with open_world("g1", store, clock, stripe_server) as world:
+        assert world.proxy is not None
+        intent = world.intent("r16-g1")
+        world.proxy.plan(Mode.HOLD)  # Stripe charges; its answer waits at the proxy
+        zombie_saw: list[BaseException] = []
+
+        def zombie() -> None:
+            try:
+                world.guard(gateway=world.gateway(timeout=EVENT_TIMEOUT)).execute(intent)
+            except BaseException as exc:  # the test inspects it
+                zombie_saw.append(exc)
+
+        thread = threading.Thread(target=zombie)
+        thread.start()
+        held = world.proxy.connection(1, timeout=EVENT_TIMEOUT)
+        assert held.upstream_answered.wait(EVENT_TIMEOUT), "Stripe never answered"
+        record = world.record(intent)
+        assert record is not None
+        assert record.status is Status.CLAIMED
+        clock.advance(LEASE + timedelta(seconds=1))  # the lease runs out mid-call
+        # The second request takes over and, inside Stripe's window, resends the same key:
+        # Stripe replays the charge the zombie's request made.
+        taken = world.guard().execute(intent)
+        assert taken.attempt == 2
+        world.proxy.release()
+        thread.join(EVENT_TIMEOUT)
+        assert not thread.is_alive()
+        [late] = zombie_saw
+        assert isinstance(late, LeaseLostError)  # its late write is fenced off
+        final = world.record(intent)
+        assert final is not None
+        assert (final.status, final.attempt, final.token) == (Status.SUCCEEDED, 2, 2)
+        assert {r.idempotency_key for c in world.proxy.log for r in c.requests} == {
+            record.provider_key
+        }
+        [charge] = world.charges(record.key)
+        assert taken.value["id"] == charge["id"]
+        world.reconcile()
+        history = check(world, [taken])
+        events = [e.event for e in history.entries if e.key == record.key]
+        assert events == [Event.CLAIMED, Event.TAKEN_OVER, Event.SUCCEEDED]
