@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +109,14 @@ def test_version(cli: Cli) -> None:
     done = cli("--version")
     assert done.returncode == 0
     assert done.stdout.strip() == f"payonce {__version__}"
+
+
+def test_without_the_cli_extra_the_script_names_it(tmp_path: Path) -> None:
+    # As on an install without payonce[cli]: importing typer fails.
+    code = "import sys; sys.modules['typer'] = None; from payonce.cli import main; main()"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 2
+    assert "pip install 'payonce[cli]'" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -32,9 +32,7 @@ def migrate(store_url: StoreOption = DEFAULT_STORE, as_json: JsonOption = False)
         store = open_store(store_url)  # opening applies what is missing, under a lock
         try:
             where = repr(store)
-            after = _applied(backend, store_url)
-            if backend == "redis":
-                after = _redis_layout()
+            after = _redis_layout() if backend == "redis" else _applied(backend, store_url)
         finally:
             store.close()
     data: dict[str, Any] = {
