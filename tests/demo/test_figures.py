@@ -10,7 +10,7 @@ from payonce.demo._agents import IntentLog, Journal
 from payonce.demo._figures import flow_kpis, percentile, run_figures, timeline
 from payonce.demo._run import Move, Recovery, RunRecord
 from payonce.demo._wire import Mark
-from payonce.demo._workload import Step, Task, Workload, build_workload
+from payonce.demo._workload import Step, Task, Workload, build_workload, money
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
@@ -232,3 +232,8 @@ def test_the_workload_is_a_function_of_its_seed(seed: int) -> None:
             if step.refunds_step is not None:
                 assert step.refunds_step < index
                 assert step.amount <= task.steps[step.refunds_step].amount
+
+
+def test_money_groups_digits_for_people() -> None:
+    assert money(683415) == "6,834.15 USD"
+    assert money(5) == "0.05 USD"

@@ -8,8 +8,7 @@ from contextlib import contextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Final
 
-from payonce import format_amount
-from payonce.demo._workload import CURRENCY, FLOWS
+from payonce.demo._workload import FLOWS, money
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -84,9 +83,6 @@ def _figures_table(result: DemoResult) -> Table:
     table.add_column("")
     table.add_column("without payonce", justify="right")
     table.add_column("with payonce", justify="right")
-
-    def money(amount: int) -> str:
-        return format_amount(amount, CURRENCY)
 
     table.add_row("intents", str(u.intents), str(g.intents))
     table.add_row("tool calls (repeats, retries)", str(u.tool_calls), str(g.tool_calls))

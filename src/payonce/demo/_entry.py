@@ -29,7 +29,7 @@ __all__ = ["DEFAULT_REPORT", "MAX_AGENTS", "main", "run_demo"]
 
 #: Where the report goes by default, in the working directory.
 DEFAULT_REPORT: Final = "payonce-demo-report.html"
-#: The most agents one demo runs (a 2-core machine does 1000 in well under a minute).
+#: The most agents one demo runs (1000 take about 40 s on a 2-core machine).
 MAX_AGENTS: Final = 1000
 _MAX_BUCKETS: Final = 30
 _ROUND_SECONDS: Final = (1, 2, 5, 10, 15, 20, 30, 60, 120, 300, 600, 1800, 3600)

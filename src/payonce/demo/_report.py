@@ -13,10 +13,9 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from payonce import format_amount
 from payonce.demo._figures import TIMELINE_KINDS
 from payonce.demo._wire import FAULT_RATES
-from payonce.demo._workload import CURRENCY, FLOWS
+from payonce.demo._workload import FLOWS, money
 
 if TYPE_CHECKING:
     from payonce.demo._result import DemoResult
@@ -117,9 +116,7 @@ def _attrs(**values: object) -> str:
 
 
 def _money(amount: int) -> str:
-    number, code = format_amount(amount, CURRENCY).split(" ")
-    whole, dot, fraction = number.partition(".")
-    return f"{int(whole):,}{dot}{fraction} {code}"
+    return money(amount)
 
 
 def _percent(value: float | None) -> str:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Final
 
+from payonce import format_amount
+
 __all__ = [
     "CURRENCY",
     "FLOWS",
@@ -26,13 +28,23 @@ __all__ = [
     "Task",
     "Workload",
     "build_workload",
+    "money",
 ]
 
 #: The demo's one currency, so that amounts add up across flows.
 CURRENCY: Final = "usd"
+
+
+def money(amount: int) -> str:
+    """Minor units of ``CURRENCY`` for people, digits grouped: ``6,834.15 USD``."""
+    number, code = format_amount(amount, CURRENCY).split(" ")
+    whole, dot, fraction = number.partition(".")
+    return f"{int(whole):,}{dot}{fraction} {code}"
+
+
 #: The flows, in the order the report shows them.
 FLOWS: Final = ("checkout", "renewals", "disbursements")
-#: Tool calls each agent makes in a row (one task each).
+#: Tasks each agent takes up, one after another.
 TASKS_PER_AGENT: Final = 4
 
 _MERCHANTS: Final = ("northwind-outfitters", "blue-lantern-books", "cedar-and-pine", "volt-audio")
