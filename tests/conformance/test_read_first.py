@@ -21,7 +21,7 @@ from tests.conftest import _POSTGRES, _REDIS, SCOPE, SECRET
 BACKENDS = ("postgres", "redis")
 
 
-def _store(backend: str, *, read_first: bool) -> Store:
+def _store(backend: str, *, read_first: bool | None) -> Store:
     from payonce.stores._postgres import PostgresStore  # noqa: PLC0415
     from payonce.stores._redis import RedisStore  # noqa: PLC0415
 
@@ -46,8 +46,8 @@ def _counted(store: Store, calls: Counter[str]) -> None:
         setattr(store, name, counting)
 
 
-@pytest.fixture(params=[(b, rf) for b in BACKENDS for rf in (True, False)], ids=str)
-def setup(request: pytest.FixtureRequest) -> Iterator[tuple[Guard, Counter[str], bool]]:
+@pytest.fixture(params=[(b, rf) for b in BACKENDS for rf in (True, False, None)], ids=str)
+def setup(request: pytest.FixtureRequest) -> Iterator[tuple[Guard, Counter[str], bool | None]]:
     backend, read_first = request.param
     store = _store(backend, read_first=read_first)
     calls: Counter[str] = Counter()
@@ -62,13 +62,18 @@ def _charge(attempt: Attempt) -> dict[str, str]:
     return {"id": f"ch_{attempt.number}"}
 
 
-def test_the_store_reports_its_order(setup: tuple[Guard, Counter[str], bool]) -> None:
+def test_the_store_reports_its_order(setup: tuple[Guard, Counter[str], bool | None]) -> None:
     guard, _, read_first = setup
-    assert guard.store.read_before_claim is read_first  # type: ignore[attr-defined]
+    # The adaptive order starts by reading: the cheap answer to a storm of retries.
+    expected = True if read_first is None else read_first
+    assert guard.store.read_before_claim is expected  # type: ignore[attr-defined]
 
 
-def test_fresh_call_then_replay_in_either_order(setup: tuple[Guard, Counter[str], bool]) -> None:
+def test_fresh_call_then_replay_in_either_order(
+    setup: tuple[Guard, Counter[str], bool | None],
+) -> None:
     guard, calls, read_first = setup
+    read_first = True if read_first is None else read_first  # adaptive: the first calls read
     intent = Intent("charge", 1200, "usd", customer="cus_rf", reference="order-rf-1")
     called: list[str] = []
 
@@ -88,7 +93,7 @@ def test_fresh_call_then_replay_in_either_order(setup: tuple[Guard, Counter[str]
 
 
 def test_changed_parameters_are_refused_in_either_order(
-    setup: tuple[Guard, Counter[str], bool],
+    setup: tuple[Guard, Counter[str], bool | None],
 ) -> None:
     guard, _, _ = setup
     guard.run(Intent("charge", 1200, "usd", customer="cus_rf", reference="order-rf-2"), _charge)
@@ -98,7 +103,7 @@ def test_changed_parameters_are_refused_in_either_order(
 
 
 def test_an_unknown_outcome_is_never_called_again_in_either_order(
-    setup: tuple[Guard, Counter[str], bool],
+    setup: tuple[Guard, Counter[str], bool | None],
 ) -> None:
     guard, _, _ = setup
     intent = Intent("charge", 1200, "usd", customer="cus_rf", reference="order-rf-3")
@@ -113,3 +118,18 @@ def test_an_unknown_outcome_is_never_called_again_in_either_order(
     with pytest.raises(OutcomeUnknownError):
         guard.run(intent, lost)
     assert calls == [1]
+
+
+# -- the adaptive order ------------------------------------------------------------------------
+
+
+def _intent(n: int) -> Intent:
+    return Intent("charge", 1000 + n, "usd", customer="cus_rf", reference=f"order-rf-a{n}")
+
+
+def test_read_first_refuses_anything_but_true_false_or_none() -> None:
+    from payonce import ConfigurationError  # noqa: PLC0415
+    from payonce.stores._read_first import ReadFirst  # noqa: PLC0415
+
+    with pytest.raises(ConfigurationError, match="read_first"):
+        ReadFirst("yes")  # type: ignore[arg-type]

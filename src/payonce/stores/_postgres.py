@@ -5,8 +5,9 @@ is its native-async twin on ``AsyncConnectionPool`` (no threads). Both install w
 ``postgres`` extra. Each operation is a flow of ``payonce.stores._postgres_sql``; this module only
 drives flows on pooled connections and maps driver errors, once, at this boundary.
 
-Round trips. By default (``read_first``) the guard first reads five columns of the record: a
-retry of a finished intent is answered by that one ``SELECT``, the cheapest replay there is. A
+Round trips. While most calls find their intent finished (``read_first``, adaptive by default)
+the guard first reads five columns of the record: a retry of a finished intent is answered by
+that one ``SELECT``, the cheapest replay there is. A
 claim is one call of the server-side function ``payonce_claim``: it inserts with ``ON CONFLICT DO
 NOTHING`` and, in a new statement, reads the winner, so with ``read_first=False`` a replay is
 still one round trip that never writes (a heavier one), and a fresh call saves the read. The
@@ -53,6 +54,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from payonce.stores._postgres_sql import MIGRATIONS, Flow, Flows, Query
+from payonce.stores._read_first import ReadFirst
 
 __all__ = ["MIGRATIONS", "AsyncPostgresStore", "PostgresStore"]
 
@@ -173,11 +175,12 @@ class PostgresStore(Flows):
             or an open ``psycopg_pool.ConnectionPool`` you own (the store never closes it; give it
             ``kwargs={"autocommit": True}``).
         min_size / max_size: the size of the pool the store creates from a connection string.
-        read_first: answer a retry of a finished intent with one small read before any claim
-            (the default): a replay is one five-column ``SELECT``, a fresh call pays that read
-            as one extra round trip. False claims first: a fresh call saves the read and a
-            replay goes through the claim function instead. Safety is the same either way: the
-            claim, never the read, decides who calls.
+        read_first: whether the guard reads five columns before it claims. True: a replay is
+            that one ``SELECT``, a fresh call pays it as an extra round trip. False: a fresh
+            call is the claim function alone, a replay gets its row from that heavier call.
+            None (the default) adapts: it reads first while most recent calls found their
+            intent finished, and claims first otherwise. The claim, never the read, decides
+            who calls, so every order gives the same answers.
         allow_unsafe_durability: accept a server with ``fsync`` off or ``synchronous_commit``
             off/local (logged as a warning) instead of refusing it.
         timeout: how long to wait for a connection (at start and from the pool).
@@ -191,8 +194,11 @@ class PostgresStore(Flows):
 
     # seq comes from an identity column: a rolled-back insert leaves a gap.
     gapless_ledger = False
-    # See ``read_first``; the instance sets it.
-    read_before_claim = True
+
+    @property
+    def read_before_claim(self) -> bool:
+        """Whether the guard should read before its next claim (see ``read_first``)."""
+        return self._order.now
 
     def __init__(
         self,
@@ -200,13 +206,13 @@ class PostgresStore(Flows):
         *,
         min_size: int = 1,
         max_size: int = 10,
-        read_first: bool = True,
+        read_first: bool | None = None,
         allow_unsafe_durability: bool = False,
         timeout: timedelta = timedelta(seconds=30),
     ) -> None:
         super().__init__()
         _validate(min_size, max_size, timeout)
-        self.read_before_claim = bool(read_first)
+        self._order = ReadFirst(read_first)
         self._closed = False
         if isinstance(conninfo_or_pool, psycopg_pool.ConnectionPool):
             self._pool = conninfo_or_pool
@@ -289,7 +295,9 @@ class PostgresStore(Flows):
         Raises:
             StoreUnavailableError: the database could not be reached or did not answer.
         """
-        return self._run("claim", lambda: self._claim_flow(new, now, lease_for))
+        claimed = self._run("claim", lambda: self._claim_flow(new, now, lease_for))
+        self._order.claimed(claimed)
+        return claimed
 
     def takeover(
         self, scope: str, key: str, *, token: int, now: datetime, lease_for: timedelta
@@ -376,7 +384,9 @@ class PostgresStore(Flows):
         Raises:
             StoreUnavailableError: the database could not be reached or did not answer.
         """
-        return self._run("replay_view", lambda: self._view_flow(scope, key))
+        view = self._run("replay_view", lambda: self._view_flow(scope, key))
+        self._order.viewed(view)
+        return view
 
     def newest(self, scope: str, family: str) -> Record | None:
         """The record of ``family`` with the highest generation, or None.
@@ -495,7 +505,11 @@ class AsyncPostgresStore(Flows):
     """
 
     gapless_ledger = False
-    read_before_claim = True
+
+    @property
+    def read_before_claim(self) -> bool:
+        """See ``PostgresStore.read_before_claim``."""
+        return self._order.now
 
     def __init__(
         self,
@@ -503,13 +517,13 @@ class AsyncPostgresStore(Flows):
         *,
         min_size: int = 1,
         max_size: int = 10,
-        read_first: bool = True,
+        read_first: bool | None = None,
         allow_unsafe_durability: bool = False,
         timeout: timedelta = timedelta(seconds=30),
     ) -> None:
         super().__init__()
         _validate(min_size, max_size, timeout)
-        self.read_before_claim = bool(read_first)
+        self._order = ReadFirst(read_first)
         self._closed = False
         self._opened = False
         self._allow_unsafe = allow_unsafe_durability
@@ -619,7 +633,9 @@ class AsyncPostgresStore(Flows):
 
     async def claim(self, new: NewRecord, *, now: datetime, lease_for: timedelta) -> Claimed:
         """See ``PostgresStore.claim``."""
-        return await self._run("claim", lambda: self._claim_flow(new, now, lease_for))
+        claimed = await self._run("claim", lambda: self._claim_flow(new, now, lease_for))
+        self._order.claimed(claimed)
+        return claimed
 
     async def takeover(
         self, scope: str, key: str, *, token: int, now: datetime, lease_for: timedelta
@@ -679,7 +695,9 @@ class AsyncPostgresStore(Flows):
 
     async def replay_view(self, scope: str, key: str) -> ReplayView | None:
         """See ``PostgresStore.replay_view``."""
-        return await self._run("replay_view", lambda: self._view_flow(scope, key))
+        view = await self._run("replay_view", lambda: self._view_flow(scope, key))
+        self._order.viewed(view)
+        return view
 
     async def newest(self, scope: str, family: str) -> Record | None:
         """See ``PostgresStore.newest``."""

@@ -193,11 +193,12 @@ class RedisStore(RedisCore):
         buckets: how many hash slots the records spread over (fixed when the prefix is first
             used). More buckets spread a cluster's load over more masters; scans, purges and
             ``newest`` visit every bucket.
-        read_first: answer a retry of a finished intent with one ``HMGET`` of five fields before
-            any claim (the default): the cheapest replay, at one extra round trip per fresh call.
-            False runs the claim script first on a single server (a fresh call saves the read; a
-            replay sends the whole claim). On Redis Cluster the store always reads first: there a
-            claim costs a sequence allocation before its script.
+        read_first: whether the guard reads five fields (``HMGET``) before it claims. True: a
+            replay is that read, a fresh call pays it as an extra round trip. False: a fresh
+            call is the claim script alone, a replay sends the whole claim. None (the default)
+            adapts: it reads first while most recent calls found their intent finished. On
+            Redis Cluster the store always reads first: a claim there costs a sequence
+            allocation before its script.
         allow_unsafe_durability: run against a Redis whose ``maxmemory-policy`` is not
             ``noeviction``, or whose configuration cannot be read, with a logged warning.
 
@@ -213,7 +214,7 @@ class RedisStore(RedisCore):
         *,
         prefix: str = "payonce",
         buckets: int = 16,
-        read_first: bool = True,
+        read_first: bool | None = None,
         allow_unsafe_durability: bool = False,
     ) -> None:
         url = client_or_url if isinstance(client_or_url, str) else None
@@ -285,7 +286,9 @@ class RedisStore(RedisCore):
         Raises:
             StoreUnavailableError: Redis could not be reached (the claim may or may not exist).
         """
-        return self._run(self._claim(new, now, lease_for), "claim")
+        claimed = self._run(self._claim(new, now, lease_for), "claim")
+        self._order.claimed(claimed)
+        return claimed
 
     def takeover(
         self, scope: str, key: str, *, token: int, now: datetime, lease_for: timedelta
@@ -350,7 +353,9 @@ class RedisStore(RedisCore):
         Raises:
             StoreUnavailableError: Redis could not be reached.
         """
-        return self._run(self._replay_view(scope, key), "replay_view")
+        view = self._run(self._replay_view(scope, key), "replay_view")
+        self._order.viewed(view)
+        return view
 
     def newest(self, scope: str, family: str) -> Record | None:
         """The record of ``family`` with the highest generation, or None.
@@ -437,7 +442,7 @@ class AsyncRedisStore(RedisCore):
         *,
         prefix: str = "payonce",
         buckets: int = 16,
-        read_first: bool = True,
+        read_first: bool | None = None,
         allow_unsafe_durability: bool = False,
     ) -> None:
         url = client_or_url if isinstance(client_or_url, str) else None
@@ -516,7 +521,9 @@ class AsyncRedisStore(RedisCore):
 
     async def claim(self, new: NewRecord, *, now: datetime, lease_for: timedelta) -> Claimed:
         """See ``RedisStore.claim``."""
-        return await self._run(self._claim(new, now, lease_for), "claim")
+        claimed = await self._run(self._claim(new, now, lease_for), "claim")
+        self._order.claimed(claimed)
+        return claimed
 
     async def takeover(
         self, scope: str, key: str, *, token: int, now: datetime, lease_for: timedelta
@@ -555,7 +562,9 @@ class AsyncRedisStore(RedisCore):
 
     async def replay_view(self, scope: str, key: str) -> ReplayView | None:
         """See ``RedisStore.replay_view``."""
-        return await self._run(self._replay_view(scope, key), "replay_view")
+        view = await self._run(self._replay_view(scope, key), "replay_view")
+        self._order.viewed(view)
+        return view
 
     async def newest(self, scope: str, family: str) -> Record | None:
         """See ``RedisStore.newest``."""

@@ -37,6 +37,7 @@ from payonce._transitions import (
     takeover_transition,
     unknown_transition,
 )
+from payonce.stores._read_first import ReadFirst
 
 __all__ = ["SCRIPT_NAMES", "Command", "Effect", "Fanout", "Op", "RedisCore", "Script", "text"]
 
@@ -256,7 +257,9 @@ class RedisCore:
     # seq has gaps on Redis Cluster (allocated before the compare-and-set); see the module doc.
     gapless_ledger = False
 
-    def __init__(self, *, prefix: str, buckets: int, cluster: bool, read_first: bool) -> None:
+    def __init__(
+        self, *, prefix: str, buckets: int, cluster: bool, read_first: bool | None
+    ) -> None:
         _check_options(prefix, buckets)
         self._prefix = prefix
         self._cluster = cluster
@@ -265,11 +268,16 @@ class RedisCore:
         self._checkpoint_key = f"{prefix}:checkpoints"
         self._meta_key = f"{prefix}:meta"
         # A replay is one HMGET of five fields when the guard reads first. On a single server a
-        # claim could answer with the existing record in its one round trip instead (read_first
-        # False); on Cluster a claim costs a seq allocation first, so reading first always wins.
-        self.read_before_claim = bool(read_first) or cluster
+        # claim answers with the existing record in its one round trip instead (claiming first);
+        # on Cluster a claim costs a seq allocation first, so reading first always wins there.
+        self._order = ReadFirst(True if cluster else read_first)
         self._recent: dict[str, tuple[Record, str]] = {}
         self._recent_lock = threading.Lock()
+
+    @property
+    def read_before_claim(self) -> bool:
+        """Whether the guard should read before its next claim (see ``read_first``)."""
+        return self._order.now
 
     # -- layout and memory of recent writes ----------------------------------------------------
 
