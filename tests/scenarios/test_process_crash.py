@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -55,22 +54,6 @@ intent = Intent("charge", 2500, "usd", payment_method="tok_visa", reference=refe
                 metadata={"scenario": nonce})
 print(guard.execute(intent).value["id"])
 """
-
-
-@pytest.fixture
-def shared(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[tuple[str, Store, list[str]]]:
-    backend = str(request.param)
-    store = conftest.make_store(backend, tmp_path)
-    if backend == "sqlite":
-        where = [str(tmp_path / "payonce.db"), ""]
-    elif backend == "postgres":
-        where = [conftest._POSTGRES.conninfo, ""]  # the shared test database
-    else:
-        where = [conftest._REDIS.url, conftest._REDIS.prefixes[-1]]
-    yield backend, store, where
-    store.close()
 
 
 def _crash(world: World, backend: str, where: list[str], point: str, url: str) -> str:
