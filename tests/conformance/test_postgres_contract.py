@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from payonce.stores._postgres import AsyncPostgresStore, PostgresStore
+from payonce.stores._postgres import PostgresStore
+from payonce.stores._postgres_async import AsyncPostgresStore
 from payonce.testing import AsyncStoreContract, StoreContract
 from tests.faults import pg_worker
 

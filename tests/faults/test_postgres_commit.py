@@ -45,8 +45,9 @@ from payonce import (
     StoreUnavailableError,
     verify_ledger,
 )
-from payonce.stores import _postgres
-from payonce.stores._postgres import AsyncPostgresStore, PostgresStore
+from payonce.stores import _postgres, _postgres_async
+from payonce.stores._postgres import PostgresStore
+from payonce.stores._postgres_async import AsyncPostgresStore
 from payonce.stores._postgres_sql import CLAIM, UPDATE_FENCED, Query
 from payonce.testing import ManualClock
 from tests.faults import pg_worker, worker
@@ -305,7 +306,7 @@ def test_r15c_async_complete_committed_but_answer_lost_counts_as_done(
     database: str, admin: Admin, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     lost: list[str] = []
-    real = _postgres._aexecute
+    real = _postgres_async._aexecute
 
     async def execute(conn: psycopg.AsyncConnection[Any], query: Query) -> list[tuple[Any, ...]]:
         rows = await real(conn, query)
@@ -315,7 +316,7 @@ def test_r15c_async_complete_committed_but_answer_lost_counts_as_done(
             raise psycopg.OperationalError("server closed the connection unexpectedly")
         return rows
 
-    monkeypatch.setattr(_postgres, "_aexecute", execute)
+    monkeypatch.setattr(_postgres_async, "_aexecute", execute)
     movements = tmp_path / "movements.txt"
     calls = threading.Event()
 

@@ -36,7 +36,8 @@ from payonce import (
     StoreUnavailableError,
     seal_checkpoint,
 )
-from payonce.stores._postgres import AsyncPostgresStore, PostgresStore
+from payonce.stores._postgres import PostgresStore
+from payonce.stores._postgres_async import AsyncPostgresStore
 from payonce.testing import ManualClock
 from tests.faults import pg_worker, worker
 from tests.faults.history import Ack, check_history

@@ -16,7 +16,8 @@ from payonce.stores._sqlite import SQLiteStore
 from payonce.stores._threaded import ThreadedAsyncStore
 
 if TYPE_CHECKING:
-    from payonce.stores._postgres import AsyncPostgresStore, PostgresStore
+    from payonce.stores._postgres import PostgresStore
+    from payonce.stores._postgres_async import AsyncPostgresStore
     from payonce.stores._redis import AsyncRedisStore, RedisStore
 
 __all__ = [
@@ -32,7 +33,7 @@ __all__ = [
 
 _LAZY = {
     "PostgresStore": "payonce.stores._postgres",
-    "AsyncPostgresStore": "payonce.stores._postgres",
+    "AsyncPostgresStore": "payonce.stores._postgres_async",
     "RedisStore": "payonce.stores._redis",
     "AsyncRedisStore": "payonce.stores._redis",
 }

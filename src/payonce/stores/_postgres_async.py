@@ -1,0 +1,320 @@
+"""The native-async PostgreSQL store (L4): ``AsyncPostgresStore`` on ``AsyncConnectionPool``.
+
+The twin of ``PostgresStore`` in ``payonce.stores._postgres``: the same flows of
+``payonce.stores._postgres_sql``, driven awaited on pooled async connections, with the same error
+mapping, retries and lost-answer checks. Installs with the ``postgres`` extra.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Self, TypeVar
+
+import psycopg
+import psycopg_pool
+
+from payonce._errors import StoreError, StoreUnavailableError
+from payonce._model import Checkpoint, Claimed, Entry, NewRecord, Record, ReplayView, Status
+from payonce.stores._postgres import (
+    _ATTEMPTS,
+    _KWARGS,
+    _LANDED,
+    _RECHECK,
+    _as_claimed,
+    _as_nothing,
+    _as_record,
+    _backoff,
+    _closed,
+    _configure_async,
+    _has_rows,
+    _log,
+    _masked,
+    _retryable,
+    _translate,
+    _validate,
+)
+from payonce.stores._postgres_sql import Flow, Flows, Query
+from payonce.stores._read_first import ReadFirst
+
+__all__ = ["AsyncPostgresStore"]
+
+_T = TypeVar("_T")
+
+
+class AsyncPostgresStore(Flows):
+    """The native-async twin of ``PostgresStore`` on ``psycopg_pool.AsyncConnectionPool``.
+
+    The pool opens, the durability check runs and migrations apply on the first call (or on
+    ``await store.open()``, to fail at start-up); a pool passed in must already be open.
+
+    Args:
+        conninfo_or_pool: a libpq connection string or URL, or an open ``AsyncConnectionPool``
+            you own (give it ``kwargs={"autocommit": True}``).
+        min_size / max_size / read_first / allow_unsafe_durability / timeout: as for
+            ``PostgresStore``.
+
+    Raises:
+        ConfigurationError: bad options (at construction); unsafe durability settings or a newer
+            schema (at ``open``).
+    """
+
+    gapless_ledger = False
+
+    @property
+    def read_before_claim(self) -> bool:
+        """See ``PostgresStore.read_before_claim``."""
+        return self._order.now
+
+    def __init__(
+        self,
+        conninfo_or_pool: str | psycopg_pool.AsyncConnectionPool[Any],
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        read_first: bool | None = None,
+        allow_unsafe_durability: bool = False,
+        timeout: timedelta = timedelta(seconds=30),
+    ) -> None:
+        super().__init__()
+        _validate(min_size, max_size, timeout)
+        self._order = ReadFirst(read_first)
+        self._closed = False
+        self._opened = False
+        self._allow_unsafe = allow_unsafe_durability
+        self._timeout = timeout
+        self._open_lock = asyncio.Lock()
+        if isinstance(conninfo_or_pool, psycopg_pool.AsyncConnectionPool):
+            self._pool = conninfo_or_pool
+            self._owned = False
+        else:
+            self._pool = psycopg_pool.AsyncConnectionPool(
+                conninfo_or_pool, min_size=min_size, max_size=max_size, open=False,
+                kwargs=_KWARGS, configure=_configure_async, timeout=timeout.total_seconds(),
+                name="payonce",
+            )  # fmt: skip
+            self._owned = True
+        self._target = _masked(self._pool.conninfo if isinstance(self._pool.conninfo, str) else "")
+
+    def __repr__(self) -> str:
+        return f"AsyncPostgresStore({self._target!r})"
+
+    async def open(self) -> Self:
+        """Open the pool, check durability and migrate, once; later calls return at once.
+
+        Raises:
+            ConfigurationError: unsafe durability settings or a newer schema.
+            StoreUnavailableError: the server could not be reached in ``timeout``.
+        """
+        if self._opened:
+            return self
+        async with self._open_lock:
+            if self._opened:
+                return self
+            if self._closed:
+                raise _closed("open")
+            if self._owned:
+                try:
+                    await self._pool.open(wait=True, timeout=self._timeout.total_seconds())
+                except psycopg.Error as exc:
+                    raise _translate(exc, "open") from exc
+            await self._run_opened(
+                "open", lambda: self._open_flow(self._allow_unsafe), transaction=True
+            )
+            self._opened = True
+        return self
+
+    async def _run(
+        self,
+        operation: str,
+        flow: Callable[[], Flow[_T]],
+        *,
+        transaction: bool = False,
+        timeout: float | None = None,
+    ) -> _T:
+        if not self._opened:
+            await self.open()
+        return await self._run_opened(operation, flow, transaction=transaction, timeout=timeout)
+
+    async def _run_opened(
+        self,
+        operation: str,
+        flow: Callable[[], Flow[_T]],
+        *,
+        transaction: bool = False,
+        timeout: float | None = None,
+    ) -> _T:
+        """Drive a flow on one pooled connection; retry it whole on 40001/40P01."""
+        if self._closed:
+            raise _closed(operation)
+        for attempt in range(_ATTEMPTS):
+            try:
+                async with self._pool.connection(timeout=timeout) as conn:
+                    if not transaction:
+                        return await _adrive(conn, flow())
+                    async with conn.transaction():
+                        return await _adrive(conn, flow())
+            except psycopg.Error as exc:
+                if _retryable(exc) and attempt + 1 < _ATTEMPTS:
+                    await asyncio.sleep(_backoff(attempt))
+                    continue
+                raise (_closed(operation) if self._closed else _translate(exc, operation)) from exc
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _write(
+        self,
+        operation: str,
+        flow: Callable[[list[str]], Flow[_T]],
+        landed: Callable[[list[str]], Flow[tuple[bool, Record | None]]],
+        adopt: Callable[[Record | None], _T],
+    ) -> _T:
+        """See ``PostgresStore._write``."""
+        sent: list[str] = []
+        try:
+            return await self._run(operation, lambda: flow(sent))
+        except StoreUnavailableError as error:
+            if self._closed or not sent:
+                raise
+            try:
+                done, record = await self._run(
+                    operation, lambda: landed(sent), timeout=_RECHECK.total_seconds()
+                )
+            except StoreError:
+                raise error from error.__cause__  # the read failed too: the first error stands
+            if not done:
+                raise
+            _log.warning(_LANDED, operation)
+            return adopt(record)
+
+    async def claim(self, new: NewRecord, *, now: datetime, lease_for: timedelta) -> Claimed:
+        """See ``PostgresStore.claim``."""
+        claimed = await self._run("claim", lambda: self._claim_flow(new, now, lease_for))
+        self._order.claimed(claimed)
+        return claimed
+
+    async def takeover(
+        self, scope: str, key: str, *, token: int, now: datetime, lease_for: timedelta
+    ) -> Claimed:
+        """See ``PostgresStore.takeover``."""
+        return await self._write(
+            "takeover",
+            lambda sent: self._takeover_flow(
+                scope, key, token=token, now=now, lease_for=lease_for, sent=sent
+            ),
+            lambda sent: self._landed_flow(scope, key, sent, deletes=False),
+            _as_claimed,
+        )
+
+    async def complete(
+        self, scope: str, key: str, *, token: int, status: Status, outcome: str, now: datetime
+    ) -> Record:
+        """See ``PostgresStore.complete``."""
+        return await self._write(
+            "complete",
+            lambda sent: self._complete_flow(
+                scope, key, token=token, status=status, outcome=outcome, now=now, sent=sent
+            ),
+            lambda sent: self._landed_flow(scope, key, sent, deletes=False),
+            _as_record,
+        )
+
+    async def mark_unknown(
+        self, scope: str, key: str, *, token: int, reason: str, now: datetime
+    ) -> Record:
+        """See ``PostgresStore.mark_unknown``."""
+        return await self._write(
+            "mark_unknown",
+            lambda sent: self._unknown_flow(
+                scope, key, token=token, reason=reason, now=now, sent=sent
+            ),
+            lambda sent: self._landed_flow(scope, key, sent, deletes=False),
+            _as_record,
+        )
+
+    async def release(
+        self, scope: str, key: str, *, token: int, reason: str, now: datetime
+    ) -> None:
+        """See ``PostgresStore.release``."""
+        await self._write(
+            "release",
+            lambda sent: self._release_flow(
+                scope, key, token=token, reason=reason, now=now, sent=sent
+            ),
+            lambda sent: self._landed_flow(scope, key, sent, deletes=True),
+            _as_nothing,
+        )
+
+    async def get(self, scope: str, key: str) -> Record | None:
+        """See ``PostgresStore.get``."""
+        return await self._run("get", lambda: self._read_flow(scope, key))
+
+    async def replay_view(self, scope: str, key: str) -> ReplayView | None:
+        """See ``PostgresStore.replay_view``."""
+        view = await self._run("replay_view", lambda: self._view_flow(scope, key))
+        self._order.viewed(view)
+        return view
+
+    async def newest(self, scope: str, family: str) -> Record | None:
+        """See ``PostgresStore.newest``."""
+        return await self._run("newest", lambda: self._newest_flow(scope, family))
+
+    async def scan(self, *, now: datetime, limit: int) -> Sequence[Record]:
+        """See ``PostgresStore.scan``."""
+        return await self._run("scan", lambda: self._scan_flow(now, limit))
+
+    async def purge(self, *, now: datetime, retention: timedelta, limit: int) -> int:
+        """See ``PostgresStore.purge``."""
+        return await self._run(
+            "purge", lambda: self._purge_flow(now, retention, limit), transaction=True
+        )
+
+    async def entries(self, *, after: int, limit: int) -> Sequence[Entry]:
+        """See ``PostgresStore.entries``."""
+        return await self._run("entries", lambda: self._entries_flow(after, limit))
+
+    async def heads(
+        self, *, after: tuple[str, str] | None, limit: int
+    ) -> Sequence[tuple[str, str, str]]:
+        """See ``PostgresStore.heads``."""
+        return await self._run("heads", lambda: self._heads_flow(after, limit))
+
+    async def checkpoints(self) -> Sequence[Checkpoint]:
+        """See ``PostgresStore.checkpoints``."""
+        return await self._run("checkpoints", self._checkpoints_flow)
+
+    async def append_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """See ``PostgresStore.append_checkpoint``."""
+        await self._run("append_checkpoint", lambda: self._append_checkpoint_flow(checkpoint))
+
+    async def close(self) -> None:
+        """Close the pool this store created (a pool passed in stays open)."""
+        self._closed = True
+        if self._owned:
+            with contextlib.suppress(psycopg.Error):
+                await self._pool.close()
+
+
+async def _adrive(conn: psycopg.AsyncConnection[Any], flow: Flow[_T]) -> _T:
+    try:
+        query = next(flow)
+        while True:
+            try:
+                rows = await _aexecute(conn, query)
+            except psycopg.Error as exc:
+                query = flow.throw(exc)
+            else:
+                query = flow.send(rows)
+    except StopIteration as stop:
+        result: _T = stop.value
+        return result
+
+
+async def _aexecute(conn: psycopg.AsyncConnection[Any], query: Query) -> list[tuple[Any, ...]]:
+    async with conn.cursor() as cur:
+        if query.many:
+            await cur.executemany(query.text, query.params or ())
+            return []
+        await cur.execute(query.text, query.params)
+        return await cur.fetchall() if _has_rows(cur) else []
