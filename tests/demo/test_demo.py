@@ -182,3 +182,13 @@ def test_main_exits_2_with_what_to_pass(
 ) -> None:
     assert main([*argv, "--no-progress"]) == 2
     assert words in capsys.readouterr().err
+
+
+def test_main_says_how_to_install_rich_when_it_is_missing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys  # noqa: PLC0415
+
+    monkeypatch.setitem(sys.modules, "rich.console", None)  # makes the import fail
+    assert main(["--agents", "3", "--no-progress"]) == 2
+    assert "pip install 'payonce[cli]'" in capsys.readouterr().err

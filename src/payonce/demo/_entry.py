@@ -241,8 +241,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(None if argv is None else list(argv))
     except SystemExit as stop:  # argparse has printed the usage and the problem
         return stop.code if isinstance(stop.code, int) else 2
-    from rich.console import Console  # noqa: PLC0415 - Rich only for the command line
-
+    try:
+        from rich.console import Console  # noqa: PLC0415 - Rich only for the command line
+    except ImportError:
+        print(
+            "payonce demo: the demo draws with Rich, which is not installed; install it with "
+            "pip install 'payonce[cli]' (or pip install rich) and run it again.",
+            file=sys.stderr,
+        )
+        return 2
     # With --json, stdout carries the JSON alone: the progress bar goes to stderr.
     console = Console(stderr=args.json)
     try:

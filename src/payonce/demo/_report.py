@@ -41,6 +41,14 @@ _KIND_TITLES: Final = {
     "lookup": "lookups",
     "replay": "replays served",
 }
+_FAULT_TITLES: Final = {
+    "after_send": "lost answer after the charge",
+    "status_500": "500 after the charge",
+    "status_429": "429",
+    "before_send": "refused connection",
+    "slow": "slow call",
+    "decline": "decline",
+}
 _FLOW_TITLES: Final = {
     "checkout": "Marketplace checkout",
     "renewals": "Subscription renewals",
@@ -478,7 +486,7 @@ def render_report(result: DemoResult) -> str:
         f"payouts, {g.wrong_refunds} wrong refunds, {g.unresolved_unknown} unknown outcomes left, "
         f"ledger {'verified' if result.ledger_verified else 'NOT verified'}."
     )
-    rates = ", ".join(f"{k.replace('_', ' ')} {v:.0%}" for k, v in FAULT_RATES.items())
+    rates = ", ".join(f"{_FAULT_TITLES.get(k, k)} {v:.0%}" for k, v in FAULT_RATES.items())
     data = json.dumps(result.to_json(), sort_keys=True).replace("</", "<\\/")
     run_legend = _legend([(k, RUN_TITLES[k]) for k in ("unguarded", "payonce")])
     return f"""<!DOCTYPE html>

@@ -16,7 +16,6 @@ from functools import partial
 from typing import Final
 
 from payonce import (
-    ConfigurationError,
     Event,
     Guard,
     LedgerCorruptedError,
@@ -211,17 +210,9 @@ def run_unguarded(workload: Workload, tick: Callable[[], None]) -> RunRecord:
 
 
 def run_guarded(workload: Workload, store: Store, tick: Callable[[], None]) -> RunRecord:
-    """The same agents through ``guard.execute`` on ``store``, a Reconciler pass every minute
-    while they work, and one more pass once every lease and recheck interval has passed.
-
-    Raises:
-        ConfigurationError: ``store`` already holds records (a demo needs an empty store).
-    """
-    if store.entries(after=0, limit=1):
-        raise ConfigurationError(
-            "the demo needs an empty store: its figures are read from the ledger. Pass the URL "
-            "of a new database (e.g. sqlite:///demo-new.db) or omit --store for a temporary one."
-        )
+    """The same agents through ``guard.execute`` on ``store`` (empty: the figures are read from
+    its ledger), a Reconciler pass every minute while they work, and one more pass once every
+    lease and recheck interval has passed."""
     sim = Simulation(START)
     provider = _provider(sim, workload.seed)
     wire = Wire(sim, provider, seed=workload.seed, timeline=Timeline(sim, START))
