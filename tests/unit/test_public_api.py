@@ -122,9 +122,11 @@ LAYER = {
     "payonce._once": 3,
     "payonce._ledger": 3,
     "payonce._reconciler": 3,
-    "payonce.demo": 5,  # a leaf: uses the public API, nothing imports it
+    "payonce.__main__": 5,  # ``python -m payonce``: the command line
 }
 LEAF = 5
+# Leaves: use the public API, nothing imports them (every module inside counts as a leaf).
+LEAF_PACKAGES = ("payonce.demo", "payonce.cli")
 FACADE = 6  # ``payonce`` itself re-exports everything; only leaves may import it
 
 # The one documented exception: AsyncGuard wraps a sync Store in the L4 thread adapter, imported
@@ -197,9 +199,17 @@ def _imports() -> list[Import]:
 IMPORTS = _imports()
 
 
+def _is_leaf(module: str) -> bool:
+    return LAYER.get(module) == LEAF or any(
+        module == p or module.startswith(p + ".") for p in LEAF_PACKAGES
+    )
+
+
 def _layer_of(target: str) -> int:
     if target == "payonce":
         return FACADE
+    if _is_leaf(target):
+        return LEAF
     if target in LAYER:
         return LAYER[target]
     if target.startswith(("payonce.stores", "payonce.testing", "payonce.gateways")):
@@ -223,6 +233,10 @@ def test_the_parser_sees_the_known_imports() -> None:
 def test_every_top_level_module_has_a_layer() -> None:
     modules = {_module_name(p) for p in PACKAGE.glob("*.py")} - {"payonce"}
     assert modules == set(LAYER)
+    packages = {f"payonce.{p.parent.name}" for p in PACKAGE.glob("*/__init__.py")}
+    assert packages - {"payonce.stores", "payonce.gateways", "payonce.testing"} == set(
+        LEAF_PACKAGES
+    )
 
 
 @pytest.mark.parametrize("module", sorted(m for m, layer in LAYER.items() if layer == 0))
@@ -291,7 +305,7 @@ def test_the_allowed_lazy_import_is_not_at_module_level() -> None:
 
 def test_only_leaves_import_the_facade_and_nothing_imports_a_leaf() -> None:
     for imp in IMPORTS:
-        if imp.module == "payonce" or LAYER.get(imp.module) == LEAF:
+        if imp.module == "payonce" or _is_leaf(imp.module):
             continue
         assert imp.target != "payonce", imp
         if imp.target.startswith("payonce"):
