@@ -64,6 +64,18 @@ def test_postgres_url_opens_a_postgres_store() -> None:
         try:
             assert type(store).__name__ == "PostgresStore"
             assert store.get("tenant-a", "k1_absent") is None
+            assert store.read_before_claim is True  # type: ignore[attr-defined]  # adaptive start
+        finally:
+            store.close()
+        # payonce's own options leave the query; libpq's (connect_timeout) pass through.
+        store = open_store(
+            f"postgresql://postgres@127.0.0.1:5432/{name}?connect_timeout=5&timeout=2"
+            "&max_size=3&read_first=false"
+        )
+        try:
+            assert store.read_before_claim is False  # type: ignore[attr-defined]
+            assert store._pool.max_size == 3  # type: ignore[attr-defined]
+            assert store._pool.timeout == 2  # type: ignore[attr-defined]
         finally:
             store.close()
     finally:
@@ -84,6 +96,22 @@ def test_redis_url_opens_a_redis_store_with_its_options() -> None:
         client = redis.Redis()
         delete_prefix(client, "payonce-open-test")
         client.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("postgresql://postgres@127.0.0.1/test?timeout=soon", "timeout in a store URL is a number"),
+        ("postgresql://postgres@127.0.0.1/test?timeout=0", "must be positive"),
+        ("postgresql://postgres@127.0.0.1/test?max_size=ten", "max_size in a store URL"),
+        ("postgresql://postgres@127.0.0.1/test?read_first=maybe", "true, false or auto"),
+        ("redis://127.0.0.1:6379/0?read_first=1", "true, false or auto"),
+        ("redis://127.0.0.1:6379/0?allow_unsafe_durability=yes", "true or false"),
+    ],
+)
+def test_bad_backend_options_are_refused_before_connecting(url: str, says: str) -> None:
+    with pytest.raises(ConfigurationError, match=says):
+        open_store(url)
 
 
 def test_redis_url_with_a_bad_bucket_count_is_refused() -> None:

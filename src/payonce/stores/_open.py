@@ -32,7 +32,11 @@ def open_store(url: str) -> Store:
     path), ``sqlite:///:memory:``, ``memory://``, ``postgresql://…`` (or ``postgres://``),
     ``redis://…`` / ``rediss://…`` / ``unix://…`` and ``redis+cluster://host:port``. SQLite
     takes the query options ``synchronous`` (FULL, NORMAL, EXTRA) and ``busy_timeout``
-    (seconds); Redis takes ``prefix``, ``buckets`` and ``allow_unsafe_durability=true``.
+    (seconds); PostgreSQL takes ``timeout`` (seconds to wait for a connection, 30 by default),
+    ``max_size`` (the pool), ``read_first`` and ``allow_unsafe_durability=true``, and passes every
+    other query parameter to libpq; Redis takes ``prefix``, ``buckets``, ``read_first`` and
+    ``allow_unsafe_durability=true``. ``read_first`` is ``true``, ``false`` or ``auto`` (the
+    default: see ``PostgresStore``).
 
     Raises:
         ConfigurationError: for a malformed URL, an unknown scheme or option, or a backend whose
@@ -46,10 +50,8 @@ def open_store(url: str) -> Store:
         return _open_sqlite(url)
     if scheme == "memory":
         return MemoryStore()
-    store: Store
     if scheme in ("postgresql", "postgres"):
-        store = _backend("payonce.stores._postgres", "PostgresStore", "postgres")(url)
-        return store
+        return _open_postgres(url)
     if scheme in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
         return _open_redis(url)
     raise ConfigurationError(
@@ -89,6 +91,57 @@ def _open_sqlite(url: str) -> SQLiteStore:
     return SQLiteStore(path, **kwargs)
 
 
+def _flag(options: dict[str, str], name: str) -> bool:
+    value = options.pop(name).lower()
+    if value not in ("true", "false"):
+        raise ConfigurationError(
+            f"{name} in a store URL is true or false; got {value!r}", option=name
+        )
+    return value == "true"
+
+
+def _read_first(options: dict[str, str]) -> bool | None:
+    value = options.pop("read_first").lower()
+    if value not in ("true", "false", "auto"):
+        raise ConfigurationError(
+            f"read_first in a store URL is true, false or auto (adapt, the default); got {value!r}",
+            option="read_first",
+        )
+    return None if value == "auto" else value == "true"
+
+
+def _number(options: dict[str, str], name: str, example: str, cast: type[float] | type[int]) -> Any:
+    try:
+        value = cast(options.pop(name))
+    except ValueError:
+        raise ConfigurationError(
+            f"{name} in a store URL is a number, e.g. {name}={example}", option=name
+        ) from None
+    if value <= 0:
+        raise ConfigurationError(
+            f"{name} in a store URL must be positive, e.g. {name}={example}", option=name
+        )
+    return value
+
+
+def _open_postgres(url: str) -> Store:
+    # payonce's own options come out of the query; libpq refuses parameters it does not know.
+    parts = urlsplit(url)
+    options = {name: values[-1] for name, values in parse_qs(parts.query).items()}
+    kwargs: dict[str, Any] = {}
+    if "timeout" in options:
+        kwargs["timeout"] = timedelta(seconds=_number(options, "timeout", "5", float))
+    if "max_size" in options:
+        kwargs["max_size"] = _number(options, "max_size", "10", int)
+    if "read_first" in options:
+        kwargs["read_first"] = _read_first(options)
+    if "allow_unsafe_durability" in options:
+        kwargs["allow_unsafe_durability"] = _flag(options, "allow_unsafe_durability")
+    rest = parts._replace(query=urlencode(options)).geturl()
+    store: Store = _backend("payonce.stores._postgres", "PostgresStore", "postgres")(rest, **kwargs)
+    return store
+
+
 def _open_redis(url: str) -> Store:
     # payonce's own options come out of the query; redis-py would pass unknown ones through to
     # the connection.
@@ -104,8 +157,10 @@ def _open_redis(url: str) -> Store:
             raise ConfigurationError(
                 "buckets in a Redis URL is a whole number, e.g. buckets=16", option="buckets"
             ) from None
+    if "read_first" in options:
+        kwargs["read_first"] = _read_first(options)
     if "allow_unsafe_durability" in options:
-        kwargs["allow_unsafe_durability"] = options.pop("allow_unsafe_durability") == "true"
+        kwargs["allow_unsafe_durability"] = _flag(options, "allow_unsafe_durability")
     rest = parts._replace(query=urlencode(options)).geturl()
     store: Store = _backend("payonce.stores._redis", "RedisStore", "redis")(rest, **kwargs)
     return store
