@@ -116,9 +116,9 @@ class _GuardCore:
     ) -> None:
         self._adopt_store(store)
         # A store whose point read is much cheaper than a claim (SQLite: no write lock) asks
-        # the guard to read first, so a replay never builds or writes a claim; a store that
-        # answers a claim with the existing record in one round trip (PostgreSQL) does not.
-        self._read_before_claim = bool(getattr(store, "read_before_claim", False))
+        # the guard to read first, so a replay never builds or writes a claim; a shared store
+        # (PostgreSQL, Redis) may adapt that order to the workload, so it is asked per call.
+        self._ordered_by: Any = store
         if not isinstance(scope, str) or not _SCOPE.fullmatch(scope):
             raise ConfigurationError(
                 "scope must be 1-128 characters: letters, digits and . _ : / @ - (e.g. "
@@ -158,6 +158,11 @@ class _GuardCore:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(scope={self.scope!r}, keys={self.keys!r})"
+
+    @property
+    def _read_before_claim(self) -> bool:
+        """Whether this call reads the record before it claims (``Store.read_before_claim``)."""
+        return getattr(self._ordered_by, "read_before_claim", False) is True
 
     def _adopt_store(self, store: Store | AsyncStore) -> None:
         """Check and keep the store; each twin accepts its own kind."""

@@ -127,6 +127,34 @@ def _intent(n: int) -> Intent:
     return Intent("charge", 1000 + n, "usd", customer="cus_rf", reference=f"order-rf-a{n}")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_adaptive_order_follows_the_workload(backend: str) -> None:
+    store = _store(backend, read_first=None)
+    calls: Counter[str] = Counter()
+    _counted(store, calls)
+    guard = Guard(store, secret=SECRET, scope=SCOPE, clock=ManualClock())
+    try:
+        # A stream of new payments: after the reads keep missing, the guard claims first.
+        for n in range(40):
+            guard.run(_intent(n), _charge)
+        assert store.read_before_claim is False  # type: ignore[attr-defined]
+        calls.clear()
+        for n in range(40, 50):
+            guard.run(_intent(n), _charge)
+        assert calls == Counter({"claim": 10})  # no read before these claims
+        # A storm of retries of finished payments: the claims keep finding them finished,
+        # so the guard goes back to answering them with one small read.
+        for n in range(50):
+            assert guard.run(_intent(n), _charge).replayed
+        assert store.read_before_claim is True  # type: ignore[attr-defined]
+        calls.clear()
+        for n in range(10):
+            assert guard.run(_intent(n), _charge).replayed
+        assert calls == Counter({"replay_view": 10})
+    finally:
+        store.close()
+
+
 def test_read_first_refuses_anything_but_true_false_or_none() -> None:
     from payonce import ConfigurationError  # noqa: PLC0415
     from payonce.stores._read_first import ReadFirst  # noqa: PLC0415

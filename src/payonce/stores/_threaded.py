@@ -19,11 +19,15 @@ __all__ = ["ThreadedAsyncStore"]
 class ThreadedAsyncStore:
     """An ``AsyncStore`` that runs each call of a sync ``Store`` in a worker thread."""
 
-    __slots__ = ("read_before_claim", "store")
+    __slots__ = ("store",)
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.read_before_claim = bool(getattr(store, "read_before_claim", False))
+
+    @property
+    def read_before_claim(self) -> bool:
+        """The wrapped store's order, asked per call (it may adapt to the workload)."""
+        return getattr(self.store, "read_before_claim", False) is True
 
     def __repr__(self) -> str:
         return f"ThreadedAsyncStore({self.store!r})"
