@@ -25,6 +25,8 @@ from payonce._retry import RetryPolicy
 
 __all__ = ["AsyncGuard", "Guard"]
 
+_NO_RETRY = RetryPolicy.never()  # run()'s default: frozen, built once rather than per call
+
 
 class Guard(_Flows):
     """Runs a money-moving function at most once per intent, and replays its outcome.
@@ -45,6 +47,8 @@ class Guard(_Flows):
         definite: exception types that mean "failed, no money moved" (recorded FAILED).
         not_executed: exception types that mean "provably never sent" (the claim is released).
         faults: a fault injector called at each named fault point (tests only).
+        jitter: the random source of retry jitter; pass ``random.Random(seed)`` to make the
+            retries of a simulation reproducible. A private unseeded one by default.
 
     Raises:
         ConfigurationError: for a bad store, secret, scope or option.
@@ -99,7 +103,7 @@ class Guard(_Flows):
             raise ConfigurationError("fn must be callable: fn(attempt) -> JSON value")
         mode = _Mode(
             resumable=self.resumable if resumable is None else resumable,
-            retry=retry or RetryPolicy.never(),
+            retry=retry or _NO_RETRY,
             gateway=False,
         )
         return self._guarded(self._prepare(intent), mode, fn)
@@ -256,7 +260,7 @@ class AsyncGuard(_Flows):
             raise ConfigurationError("fn must be callable: fn(attempt) -> JSON value")
         mode = _Mode(
             resumable=self.resumable if resumable is None else resumable,
-            retry=retry or RetryPolicy.never(),
+            retry=retry or _NO_RETRY,
             gateway=False,
         )
         return await self._guarded(self._prepare(intent), mode, fn)

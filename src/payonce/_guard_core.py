@@ -43,7 +43,7 @@ from payonce._model import (
     Status,
 )
 from payonce._protocols import AsyncGateway, AsyncStore, Clock, Gateway, Store
-from payonce._retry import RetryPolicy
+from payonce._retry import RetryPolicy, Uniform
 
 __all__ = ["ExceptionTypes", "Faults"]
 
@@ -113,6 +113,7 @@ class _GuardCore:
         gateway: Gateway | AsyncGateway | None = None,
         retry: RetryPolicy | None = None,
         faults: Faults | None = None,
+        jitter: Uniform | None = None,
     ) -> None:
         self._adopt_store(store)
         # A store whose point read is much cheaper than a claim (SQLite: no write lock) asks
@@ -153,7 +154,13 @@ class _GuardCore:
             raise ConfigurationError("retry must be a payonce.RetryPolicy")
         self.gateway = gateway
         self.retry = retry if retry is not None else RetryPolicy()
-        self._rng = random.Random()  # noqa: S311 - jitter spreads retries, it is not a secret
+        if jitter is not None and not callable(getattr(jitter, "random", None)):
+            raise ConfigurationError(
+                "jitter must have a random() method returning a float in [0, 1), e.g. "
+                "random.Random(7) for reproducible retries in a simulation"
+            )
+        # Jitter spreads retries; it is not a secret. Seeded only when the caller asks.
+        self._rng: Uniform = jitter if jitter is not None else random.Random()  # noqa: S311
         self._faults = faults
 
     def __repr__(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -25,6 +26,7 @@ from payonce import (
     KeyReuseError,
     LeaseLostError,
     OutcomeUnknownError,
+    RetryPolicy,
     SQLiteStore,
     Status,
     Store,
@@ -784,3 +786,48 @@ def test_store_failure_at_release_is_unknown(store: Store, clock: ManualClock) -
     record = store.get(SCOPE, caught.value.key)
     assert record is not None
     assert record.status is Status.CLAIMED  # never "free" unless the release was recorded
+
+
+class _SleepLog(ManualClock):
+    """A manual clock that keeps every sleep the guard asks for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sleeps: list[timedelta] = []
+
+    def sleep(self, duration: timedelta) -> None:
+        self.sleeps.append(duration)
+        super().sleep(duration)
+
+
+def test_a_seeded_jitter_makes_the_retries_reproducible(tmp_path: Path) -> None:
+    def retries(seed: int, path: Path) -> list[timedelta]:
+        clock = _SleepLog()
+        store = SQLiteStore(path)
+        try:
+            guard = Guard(
+                store,
+                secret=SECRET,
+                scope=SCOPE,
+                clock=clock,
+                not_executed=(MyRefusedError,),
+                jitter=random.Random(seed),
+            )
+            refused = Recorder(raises=MyRefusedError("connection refused"))
+            policy = RetryPolicy(max_attempts=4, deadline=timedelta(minutes=1))
+            with pytest.raises(GatewayUnavailableError):
+                guard.run(INTENT, refused, retry=policy)
+            assert refused.calls == 4
+        finally:
+            store.close()
+        return clock.sleeps
+
+    first = retries(7, tmp_path / "a.db")
+    assert len(first) == 3
+    assert retries(7, tmp_path / "b.db") == first
+    assert retries(8, tmp_path / "c.db") != first
+
+
+def test_jitter_without_a_random_method_is_refused(store: Store) -> None:
+    with pytest.raises(ConfigurationError, match="random"):
+        Guard(store, secret=SECRET, scope=SCOPE, jitter=7)  # type: ignore[arg-type]
