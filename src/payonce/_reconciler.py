@@ -63,7 +63,9 @@ class ReconcileReport:
     """What one pass did, by resolution.
 
     Attributes:
-        scanned: records the scan returned.
+        scanned: records the pass looked at: up to ``batch`` to act on, plus those resting
+            in review that it passed over (due records beyond the batch wait for the next
+            pass).
         succeeded / failed: records completed from what the provider holds.
         resent: records resolved by a resend with the same provider key (also counted in
             succeeded or failed).
@@ -79,6 +81,15 @@ class ReconcileReport:
     flagged: int = 0
     skipped: int = 0
     reasons: dict[str, str] = field(default_factory=dict)
+
+
+# How far a pass widens its scan past records resting in review: up to this many batches.
+_WIDEN: Final = 10
+
+
+def _idle(report: ReconcileReport) -> bool:
+    """A pass that resolved nothing: the next one would see the same records."""
+    return report.scanned == report.skipped
 
 
 #: payonce recorded a success, and the provider has no object for the record's key.
@@ -177,23 +188,41 @@ class _ReconcilerCore:
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ConfigurationError("batch must be a positive integer")
 
+    def _resting(self, record: Record, now: datetime) -> bool:
+        """Flagged for review too recently to be asked about again."""
+        return (
+            record.status is Status.UNKNOWN
+            and (record.reason or "").startswith(REVIEW)
+            and now - record.updated_at < self.recheck
+        )
+
     def _pass(self, batch: int) -> _Pass:
         report = ReconcileReport()
-        due = yield ("store", "scan", (), {"now": self.clock.now(), "limit": batch})
+        now = self.clock.now()
+        # The scan is oldest first and records resting in review stay due, so a backlog of
+        # them could fill every batch and starve newer records: widen the scan past them
+        # (bounded) until it holds ``batch`` records to act on or has returned everything.
+        limit = batch
+        while True:
+            due = yield ("store", "scan", (), {"now": now, "limit": limit})
+            resting = sum(1 for record in due if self._resting(record, now))
+            if len(due) - resting >= batch or len(due) < limit or limit >= batch * _WIDEN:
+                break
+            limit = min(batch + resting, batch * _WIDEN)
+        acted = 0
         for record in due:
             report.scanned += 1
-            yield from self._resolve(record, report)
+            if self._resting(record, now):
+                report.skipped += 1
+            elif acted < batch:
+                acted += 1
+                yield from self._resolve(record, report)
+            else:
+                report.scanned -= 1  # past this pass's batch: the next pass takes it
         return report
 
     def _resolve(self, record: Record, report: ReconcileReport) -> _Pass:
         now = self.clock.now()
-        if (
-            record.status is Status.UNKNOWN
-            and (record.reason or "").startswith(REVIEW)
-            and now - record.updated_at < self.recheck
-        ):
-            report.skipped += 1
-            return
         try:
             taken = yield (
                 "store",
@@ -423,11 +452,24 @@ class Reconciler(_ReconcilerCore):
         report: ReconcileReport = self._drive(self._pass(batch))
         return report
 
-    def run(self, stop: threading.Event, *, interval: timedelta = timedelta(seconds=5)) -> None:
-        """Run passes until ``stop`` is set, waiting ``interval`` between passes that found
-        nothing to do."""
+    def run(
+        self,
+        stop: threading.Event,
+        *,
+        interval: timedelta = timedelta(seconds=5),
+        batch: int = 100,
+    ) -> None:
+        """Run passes of up to ``batch`` records until ``stop`` is set, waiting ``interval``
+        after a pass that resolved nothing (every record it saw was resting in review or held
+        by another worker), so that such records are not polled in a tight loop.
+
+        Raises:
+            ConfigurationError: for a bad ``batch``.
+            StoreUnavailableError: the store could not be read.
+        """
+        self._check_batch(batch)
         while not stop.is_set():
-            if self.run_once().scanned == 0:
+            if _idle(self.run_once(batch)):
                 stop.wait(interval.total_seconds())
 
     def audit(
@@ -502,10 +544,17 @@ class AsyncReconciler(_ReconcilerCore):
         report: ReconcileReport = await self._drive(self._pass(batch))
         return report
 
-    async def run(self, stop: asyncio.Event, *, interval: timedelta = timedelta(seconds=5)) -> None:
-        """Run passes until ``stop`` is set, waiting ``interval`` between idle passes."""
+    async def run(
+        self,
+        stop: asyncio.Event,
+        *,
+        interval: timedelta = timedelta(seconds=5),
+        batch: int = 100,
+    ) -> None:
+        """See ``Reconciler.run``."""
+        self._check_batch(batch)
         while not stop.is_set():
-            if (await self.run_once()).scanned == 0:
+            if _idle(await self.run_once(batch)):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), interval.total_seconds())
 

@@ -5,6 +5,7 @@ second movement, never a deleted record, and nothing left UNKNOWN without a revi
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import timedelta
 
 import pytest
@@ -191,3 +192,54 @@ def test_async_reconciler_run_stops_when_told(store: Store, clock: ManualClock) 
 
     asyncio.run(main())
     assert gateway.lookups_received == 0
+
+
+def test_records_resting_in_review_do_not_starve_newer_ones(
+    store: Store, clock: ManualClock
+) -> None:
+    # Three records the provider cannot settle (no dedup, nothing found): flagged for review.
+    gateway = SimulatedGateway(idempotent=False, clock=clock)
+    for n in range(3):
+        intent = Intent("charge", 5000, "usd", payment_method="tok_visa", reference=f"stuck-{n}")
+        with pytest.raises(Crash):
+            _guard(store, clock, gateway, faults=_crash_at("after_claim")).execute(intent)
+    clock.advance(LEASE)
+    reconciler = Reconciler(store, gateway, clock=clock, recheck=timedelta(hours=1))
+    assert reconciler.run_once(batch=3).flagged == 3
+    # A newer crash after the charge: oldest first, the scan meets the three resting records
+    # before it, and a batch of 2 must still reach it.
+    with pytest.raises(Crash):
+        _guard(store, clock, gateway, faults=_crash_at("before_complete")).execute(INTENT)
+    clock.advance(LEASE)
+    report = reconciler.run_once(batch=2)
+    assert (report.succeeded, report.skipped, report.flagged) == (1, 3, 0)
+    assert _status(store, _guard(store, clock, gateway)) is Status.SUCCEEDED
+    assert len(gateway.movements()) == 1
+    verify_ledger(store)
+
+
+def test_run_waits_after_a_pass_that_resolved_nothing(store: Store, clock: ManualClock) -> None:
+    gateway = SimulatedGateway(idempotent=False, clock=clock)
+    with pytest.raises(Crash):
+        _guard(store, clock, gateway, faults=_crash_at("after_claim")).execute(INTENT)
+    clock.advance(LEASE)
+    reconciler = Reconciler(store, gateway, clock=clock, recheck=timedelta(hours=1))
+    assert reconciler.run_once().flagged == 1
+
+    class CountingStop(threading.Event):
+        """Stops after the first wait: a pass that resolved nothing must wait, not spin."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.waits = 0
+
+        def wait(self, timeout: float | None = None) -> bool:
+            self.waits += 1
+            self.set()
+            return True
+
+    stop = CountingStop()
+    lookups = gateway.lookups_received
+    reconciler.run(stop, interval=timedelta(seconds=30), batch=10)
+    assert stop.waits == 1  # one idle pass, then the wait (which stopped it)
+    assert gateway.lookups_received == lookups  # the resting record was not asked about again
