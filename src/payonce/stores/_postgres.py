@@ -59,6 +59,7 @@ __all__ = ["MIGRATIONS", "PostgresStore"]
 
 _T = TypeVar("_T")
 _TUPLES_OK: Final = psycopg.pq.ExecStatus.TUPLES_OK
+_CURSOR: Final = "_payonce_cursor"  # the attribute a pooled connection keeps its cursor in
 
 _RETRY_STATES: Final = frozenset({"40001", "40P01"})  # serialization failure, deadlock
 # Connection, resources, operator intervention (shutdown, cancel), system, and a read-only
@@ -474,10 +475,20 @@ def _has_rows(cur: psycopg.Cursor[Any] | psycopg.AsyncCursor[Any]) -> bool:
     return result is not None and result.status == _TUPLES_OK
 
 
+def _cursor(conn: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
+    """The connection's own reusable cursor: building a cursor per statement costs a tenth of
+    a replay's client time. Only the thread holding the connection uses it."""
+    cur: psycopg.Cursor[Any] | None = getattr(conn, _CURSOR, None)
+    if cur is None or cur.closed:
+        cur = conn.cursor()
+        setattr(conn, _CURSOR, cur)
+    return cur
+
+
 def _execute(conn: psycopg.Connection[Any], query: Query) -> list[tuple[Any, ...]]:
-    with conn.cursor() as cur:
-        if query.many:
-            cur.executemany(query.text, query.params or ())
-            return []
-        cur.execute(query.text, query.params)
-        return cur.fetchall() if _has_rows(cur) else []
+    cur = _cursor(conn)
+    if query.many:
+        cur.executemany(query.text, query.params or ())
+        return []
+    cur.execute(query.text, query.params)
+    return cur.fetchall() if _has_rows(cur) else []

@@ -20,6 +20,7 @@ from payonce._errors import StoreError, StoreUnavailableError
 from payonce._model import Checkpoint, Claimed, Entry, NewRecord, Record, ReplayView, Status
 from payonce.stores._postgres import (
     _ATTEMPTS,
+    _CURSOR,
     _KWARGS,
     _LANDED,
     _RECHECK,
@@ -311,10 +312,19 @@ async def _adrive(conn: psycopg.AsyncConnection[Any], flow: Flow[_T]) -> _T:
         return result
 
 
+def _acursor(conn: psycopg.AsyncConnection[Any]) -> psycopg.AsyncCursor[Any]:
+    """See ``payonce.stores._postgres._cursor``."""
+    cur: psycopg.AsyncCursor[Any] | None = getattr(conn, _CURSOR, None)
+    if cur is None or cur.closed:
+        cur = conn.cursor()
+        setattr(conn, _CURSOR, cur)
+    return cur
+
+
 async def _aexecute(conn: psycopg.AsyncConnection[Any], query: Query) -> list[tuple[Any, ...]]:
-    async with conn.cursor() as cur:
-        if query.many:
-            await cur.executemany(query.text, query.params or ())
-            return []
-        await cur.execute(query.text, query.params)
-        return await cur.fetchall() if _has_rows(cur) else []
+    cur = _acursor(conn)
+    if query.many:
+        await cur.executemany(query.text, query.params or ())
+        return []
+    await cur.execute(query.text, query.params)
+    return await cur.fetchall() if _has_rows(cur) else []
