@@ -1402,7 +1402,10 @@ def render(report: Report, command: str) -> str:
         "indexes.",
         "- payonce: `Guard(PostgresStore(conninfo, max_size=10) | RedisStore(url, prefix=…), "
         "secret=…, scope=…)`, system clock, default options; `guard.run(intent, fn)`. Intents are "
-        "built before timing on both sides.",
+        "built before timing on both sides. The default options include the stores' adaptive "
+        "read-first order (`read_first=None`): during fresh-call chunks the store claims first, "
+        "during replay chunks it reads first, each after about a dozen calls of the new kind "
+        "(the warm-up chunk covers the switch); see docs/stores-postgres.md.",
         f"- Per round, path and client count: {c.fresh_ops:,} fresh calls and {c.replay_ops:,} "
         f"replays per side against the baseline ({c.other_fresh_ops:,} and "
         f"{c.other_replay_ops:,} against Powertools/DBOS), cut into {c.chunks} chunks; the sides "
