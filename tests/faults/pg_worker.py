@@ -15,8 +15,11 @@ import argparse
 import os
 import secrets
 import sys
+import time
+from concurrent.futures import Future
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg.conninfo import make_conninfo
@@ -65,6 +68,30 @@ def empty_tables(conn: psycopg.Connection[tuple[object, ...]]) -> None:
     conn.execute("SET session_replication_role = replica")
     conn.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY")
     conn.execute("SET session_replication_role = DEFAULT")
+
+
+def terminate_when_waiting(
+    admin: psycopg.Connection[tuple[object, ...]],
+    application_name: str,
+    future: Future[Any],
+    *,
+    wait_event: str | None = None,
+) -> None:
+    """Wait until the backend of ``application_name`` waits on a lock (of kind ``wait_event``
+    if given: ``advisory``, ``transactionid``, ...), then terminate it with
+    ``pg_terminate_backend``. Polls the server for that state; nothing here times anything."""
+    deadline = time.monotonic() + 30
+    query = (
+        "SELECT pid FROM pg_stat_activity WHERE application_name = %s"
+        " AND wait_event_type = 'Lock' AND (%s::text IS NULL OR wait_event = %s)"
+    )
+    while time.monotonic() < deadline and not future.done():
+        row = admin.execute(query, (application_name, wait_event, wait_event)).fetchone()
+        if row is not None:
+            assert admin.execute("SELECT pg_terminate_backend(%s)", row).fetchone() == (True,)
+            return
+        time.sleep(0.005)  # polling the server for a state, not timing anything
+    raise AssertionError(f"the backend of {application_name!r} never waited on the held lock")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -131,18 +130,7 @@ class Case:
 
     def terminate_at_commit(self, admin: Admin, future: Future[Outcome]) -> None:
         """Wait until the store's backend waits on the commit-time lock, then terminate it."""
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not future.done():
-            row = admin.execute(
-                "SELECT pid FROM pg_stat_activity WHERE application_name = %s"
-                " AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
-                (self.tag,),
-            ).fetchone()
-            if row is not None:
-                assert admin.execute("SELECT pg_terminate_backend(%s)", row).fetchone() == (True,)
-                return
-            time.sleep(0.005)  # polling the server for a state, not timing anything
-        raise AssertionError("the store's commit never waited on the held lock")
+        pg_worker.terminate_when_waiting(admin, self.tag, future, wait_event="advisory")
 
     def events(self) -> list[Event]:
         return [e.event for e in self.store.entries(after=0, limit=100) if e.key == self.key]

@@ -13,7 +13,6 @@ import json
 import logging
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
@@ -253,18 +252,7 @@ class Outage:
 
     def terminate_when_blocked(self, admin: Admin, future: Future[Outcome]) -> None:
         """Wait until the store's backend waits on a lock, then terminate that backend."""
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not future.done():
-            row = admin.execute(
-                "SELECT pid FROM pg_stat_activity WHERE application_name = %s"
-                " AND wait_event_type = 'Lock'",
-                (self.tag,),
-            ).fetchone()
-            if row is not None:
-                assert admin.execute("SELECT pg_terminate_backend(%s)", row).fetchone() == (True,)
-                return
-            time.sleep(0.005)  # polling the server for a state, not timing anything
-        raise AssertionError("the store's statement never blocked on the held lock")
+        pg_worker.terminate_when_waiting(admin, self.tag, future)
 
     def events(self) -> list[Event]:
         return [e.event for e in self.store.entries(after=0, limit=100) if e.key == self.key]
