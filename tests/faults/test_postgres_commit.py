@@ -47,7 +47,8 @@ from payonce import (
 from payonce.stores import _postgres, _postgres_async
 from payonce.stores._postgres import PostgresStore
 from payonce.stores._postgres_async import AsyncPostgresStore
-from payonce.stores._postgres_sql import CLAIM, UPDATE_FENCED, Query
+from payonce.stores._postgres_schema import CLAIM, UPDATE_FENCED
+from payonce.stores._postgres_sql import Query
 from payonce.testing import ManualClock
 from tests.faults import pg_worker, worker
 from tests.faults.history import check_history

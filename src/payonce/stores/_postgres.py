@@ -52,7 +52,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         option="store",
     ) from exc
 
-from payonce.stores._postgres_sql import MIGRATIONS, Flow, Flows, Query
+from payonce.stores._postgres_schema import MIGRATIONS
+from payonce.stores._postgres_sql import Flow, Flows, Query
 from payonce.stores._read_first import ReadFirst
 
 __all__ = ["MIGRATIONS", "PostgresStore"]
