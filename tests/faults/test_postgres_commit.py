@@ -331,3 +331,92 @@ def test_r15c_async_complete_committed_but_answer_lost_counts_as_done(
     assert lost == [UPDATE_FENCED]
     assert (first.replayed, again.replayed) == (False, True)
     assert len(worker.read_movements(movements)) == 1
+
+
+# -- the other writes ------------------------------------------------------------------------------
+
+
+def test_r15c_unknown_mark_committed_but_answer_lost_counts_as_done(
+    case: Callable[[str], Case], lose_answer: Callable[[str], list[str]]
+) -> None:
+    c = case("unknown-lost")
+    lost = lose_answer(UPDATE_FENCED)
+
+    def answer_lost(attempt: Attempt) -> dict[str, str]:
+        c.calls.append(attempt)
+        raise TimeoutError("the provider's answer was lost")
+
+    with pytest.raises(OutcomeUnknownError) as caught:
+        c.guard.run(c.intent, answer_lost)
+    assert lost == [UPDATE_FENCED]
+    assert caught.value.__cause__ is not None  # the call's own error, not the store's
+    assert not isinstance(caught.value.__cause__, StoreUnavailableError)
+    record = c.store.get(worker.SCOPE, c.key)
+    assert record is not None
+    assert record.status is Status.UNKNOWN  # the mark landed and counted as done
+    assert c.events() == [Event.CLAIMED, Event.MARKED_UNKNOWN]
+    assert len(c.calls) == 1
+
+
+def test_r15c_release_committed_but_answer_lost_counts_as_done(
+    database: str, admin: Admin, tmp_path: Path, lose_answer: Callable[[str], list[str]]
+) -> None:
+    from payonce import GatewayUnavailableError  # noqa: PLC0415
+    from payonce.stores._postgres_schema import DELETE_FENCED  # noqa: PLC0415
+
+    class RefusedError(Exception):
+        """The provider refused the connection: provably not sent."""
+
+    store = PostgresStore(make_conninfo(database, application_name=f"{TAG}-release"))
+    try:
+        guard = Guard(
+            store, secret=worker.SECRET, scope=worker.SCOPE, clock=ManualClock(),
+            not_executed=(RefusedError,),
+        )  # fmt: skip
+        intent = worker.intent_for("r15c-release")
+        lost = lose_answer(DELETE_FENCED)
+
+        def refused(attempt: Attempt) -> dict[str, str]:
+            raise RefusedError("connection refused")
+
+        with pytest.raises(GatewayUnavailableError):
+            guard.run(intent, refused)
+        assert lost == [DELETE_FENCED]
+        key = guard.key_for(intent)
+        assert store.get(worker.SCOPE, key) is None
+        kinds = [e.event for e in store.entries(after=0, limit=10) if e.key == key]
+        assert kinds == [Event.CLAIMED, Event.RELEASED]
+    finally:
+        store.close()
+
+
+def test_r15c_takeover_whose_answer_was_lost_fails_closed(
+    case: Callable[[str], Case], lose_answer: Callable[[str], list[str]]
+) -> None:
+    # Two workers taking one record over at the same instant compute the same entry, so a
+    # takeover whose answer was lost is never adopted from the ledger head: it fails closed and
+    # the record waits out the lease it may have taken, then a later takeover calls once.
+    c = case("takeover-lost")
+
+    def crashed(attempt: Attempt) -> dict[str, str]:
+        c.calls.append(attempt)
+        raise KeyboardInterrupt  # the worker dies mid-call
+
+    with pytest.raises(KeyboardInterrupt):
+        c.guard.run(c.intent, crashed)
+    c.clock.advance(LEASE + timedelta(seconds=1))
+    lost = lose_answer(UPDATE_FENCED)
+    with pytest.raises(StoreUnavailableError) as caught:
+        c.guard.run(c.intent, c.provider(), resumable=True)
+    assert lost == [UPDATE_FENCED]
+    assert caught.value.to_dict()["operation"] == "takeover"
+    assert len(c.calls) == 1  # the lost takeover called nothing
+    record = c.store.get(worker.SCOPE, c.key)
+    assert record is not None
+    assert (record.status, record.token) == (Status.CLAIMED, 2)  # it did commit
+    c.clock.advance(LEASE + timedelta(seconds=1))
+    outcome = c.guard.run(c.intent, c.provider(), resumable=True)
+    assert [a.number for a in c.calls] == [1, 3]  # one call after the crash, never two
+    movements = worker.read_movements(c.movements)
+    assert len(movements) == 1
+    check_history(c.store, movements, [outcome])

@@ -24,7 +24,6 @@ from payonce.stores._postgres import (
     _KWARGS,
     _LANDED,
     _RECHECK,
-    _as_claimed,
     _as_nothing,
     _as_record,
     _backoff,
@@ -179,15 +178,22 @@ class AsyncPostgresStore(Flows):
             if self._closed or not sent:
                 raise
             try:
-                done, record = await self._run(
-                    operation, lambda: landed(sent), timeout=_RECHECK.total_seconds()
-                )
+                done, record = await self._recheck(operation, lambda: landed(sent))
             except StoreError:
                 raise error from error.__cause__  # the read failed too: the first error stands
             if not done:
                 raise
             _log.warning(_LANDED, operation)
             return adopt(record)
+
+    async def _recheck(
+        self, operation: str, flow: Callable[[], Flow[tuple[bool, Record | None]]]
+    ) -> tuple[bool, Record | None]:
+        """See ``PostgresStore._recheck``."""
+        try:
+            return await self._run(operation, flow, timeout=_RECHECK.total_seconds())
+        except StoreUnavailableError:
+            return await self._run(operation, flow, timeout=_RECHECK.total_seconds())
 
     async def claim(self, new: NewRecord, *, now: datetime, lease_for: timedelta) -> Claimed:
         """See ``PostgresStore.claim``."""
@@ -199,13 +205,12 @@ class AsyncPostgresStore(Flows):
         self, scope: str, key: str, *, token: int, now: datetime, lease_for: timedelta
     ) -> Claimed:
         """See ``PostgresStore.takeover``."""
-        return await self._write(
+        # No lost-answer check here (unlike the fenced writes): two workers taking the same
+        # record over at the same instant compute the same entry, so a head equal to ours does
+        # not prove the takeover was ours. Failing closed costs one lease, never a second call.
+        return await self._run(
             "takeover",
-            lambda sent: self._takeover_flow(
-                scope, key, token=token, now=now, lease_for=lease_for, sent=sent
-            ),
-            lambda sent: self._landed_flow(scope, key, sent, deletes=False),
-            _as_claimed,
+            lambda: self._takeover_flow(scope, key, token=token, now=now, lease_for=lease_for),
         )
 
     async def complete(

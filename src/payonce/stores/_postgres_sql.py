@@ -272,7 +272,6 @@ class Flows:
         token: int,
         now: datetime,
         lease_for: timedelta,
-        sent: list[str] | None = None,
     ) -> Flow[Claimed]:
         current = self._remembered.get(scope, key)
         fresh = False
@@ -288,8 +287,6 @@ class Flows:
                 current = None
                 continue
             record, entry = takeover_transition(current, now=now, lease_for=lease_for, seq=0)
-            if sent is not None:
-                sent.append(entry.hash)
             rows = yield Query(
                 UPDATE_FENCED,
                 (
@@ -361,10 +358,13 @@ class Flows:
     ) -> Flow[tuple[bool, Record | None]]:
         """Whether a fenced write whose answer was lost (R15c) committed, from a fresh read.
 
-        A write landed when the record's ledger head is an entry it sent: only the holder of the
-        fencing token computes entries with that token, so no other writer produces that head. A
-        release (``deletes``) landed when the record is gone. Anything else means it did not
-        land, or the record moved on since (a takeover): the caller keeps the original error.
+        For complete and mark_unknown: the write landed when the record's ledger head is an
+        entry it sent. Only the lease holder computes entries with its fencing token, so no
+        other writer produces that head. (A takeover is not checked this way: two workers taking
+        one record over at the same instant compute the same entry.) A release (``deletes``)
+        landed when the record is gone; if another worker took it over and released it since,
+        the answer is the same for the caller: the key is free. Anything else means it did not
+        land, or the record moved on: the caller keeps the original error.
         """
         record = yield from self._read_flow(scope, key)
         if not sent:
