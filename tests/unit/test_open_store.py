@@ -102,11 +102,15 @@ def test_redis_url_opens_a_redis_store_with_its_options() -> None:
     ("url", "says"),
     [
         ("postgresql://postgres@127.0.0.1/test?timeout=soon", "timeout in a store URL is a number"),
-        ("postgresql://postgres@127.0.0.1/test?timeout=0", "must be positive"),
+        ("postgresql://postgres@127.0.0.1/test?timeout=0", "must be a positive"),
         ("postgresql://postgres@127.0.0.1/test?max_size=ten", "max_size in a store URL"),
         ("postgresql://postgres@127.0.0.1/test?read_first=maybe", "true, false or auto"),
         ("redis://127.0.0.1:6379/0?read_first=1", "true, false or auto"),
         ("redis://127.0.0.1:6379/0?allow_unsafe_durability=yes", "true or false"),
+        ("postgresql://postgres@127.0.0.1/test?timeout=nan", "finite"),
+        ("postgresql://postgres@127.0.0.1/test?timeout=inf", "finite"),
+        ("postgresql://postgres@127.0.0.1/test?READ_FIRST=true", "not one libpq accepts"),
+        ("postgresql://postgres@127.0.0.1/test?colour=blue", "not one libpq accepts"),
     ],
 )
 def test_bad_backend_options_are_refused_before_connecting(url: str, says: str) -> None:
@@ -117,3 +121,19 @@ def test_bad_backend_options_are_refused_before_connecting(url: str, says: str) 
 def test_redis_url_with_a_bad_bucket_count_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="whole number"):
         open_store("redis://127.0.0.1:6379/0?buckets=many")
+
+
+def test_payonce_options_leave_the_rest_of_the_url_verbatim() -> None:
+    from payonce.stores._open import _POSTGRES_OPTIONS, _take_options  # noqa: PLC0415
+
+    # An empty host (the Unix-socket form) keeps its slashes; libpq's own percent-encoded and
+    # empty values stay as written, since libpq decodes them itself.
+    url = "postgresql:///payments?options=-c%20search_path%3Dfoo&timeout=2&sslmode=&read_first=auto"
+    rest, ours = _take_options(url, _POSTGRES_OPTIONS)
+    assert rest == "postgresql:///payments?options=-c%20search_path%3Dfoo&sslmode="
+    assert ours == {"timeout": "2", "read_first": "auto"}
+    assert _take_options("unix:///tmp/redis.sock", _POSTGRES_OPTIONS) == (
+        "unix:///tmp/redis.sock",
+        {},
+    )
+    assert _take_options("postgresql:///db?timeout=5", _POSTGRES_OPTIONS)[0] == "postgresql:///db"

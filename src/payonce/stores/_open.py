@@ -7,9 +7,10 @@ still loads no third-party module.
 from __future__ import annotations
 
 import importlib
+import math
 from datetime import timedelta
 from typing import Any, Final
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, unquote_plus, urlsplit
 
 from payonce._errors import ConfigurationError
 from payonce._protocols import Store
@@ -23,6 +24,10 @@ _FORMS: Final = (
     "postgresql://user@host/db, redis://host:6379/0?prefix=payonce or redis+cluster://host:7000"
 )
 _SQLITE_OPTIONS: Final = frozenset({"synchronous", "busy_timeout"})
+_POSTGRES_OPTIONS: Final = frozenset(
+    {"timeout", "max_size", "read_first", "allow_unsafe_durability"}
+)
+_REDIS_OPTIONS: Final = frozenset({"prefix", "buckets", "read_first", "allow_unsafe_durability"})
 
 
 def open_store(url: str) -> Store:
@@ -91,6 +96,26 @@ def _open_sqlite(url: str) -> SQLiteStore:
     return SQLiteStore(path, **kwargs)
 
 
+def _take_options(url: str, names: frozenset[str]) -> tuple[str, dict[str, str]]:
+    """Split payonce's own query parameters (``names``) out of ``url``.
+
+    The rest of the URL is kept byte for byte (``postgresql:///db`` keeps its empty host, and
+    percent-encoded or empty values stay as written), since the driver parses it.
+    """
+    base, sep, query = url.partition("?")
+    if not sep:
+        return url, {}
+    ours: dict[str, str] = {}
+    kept: list[str] = []
+    for item in query.split("&"):
+        name, _, value = item.partition("=")
+        if unquote_plus(name) in names:
+            ours[unquote_plus(name)] = unquote_plus(value)
+        elif item:
+            kept.append(item)
+    return (f"{base}?{'&'.join(kept)}" if kept else base), ours
+
+
 def _flag(options: dict[str, str], name: str) -> bool:
     value = options.pop(name).lower()
     if value not in ("true", "false"):
@@ -117,17 +142,37 @@ def _number(options: dict[str, str], name: str, example: str, cast: type[float] 
         raise ConfigurationError(
             f"{name} in a store URL is a number, e.g. {name}={example}", option=name
         ) from None
-    if value <= 0:
+    if not math.isfinite(value) or value <= 0:
         raise ConfigurationError(
-            f"{name} in a store URL must be positive, e.g. {name}={example}", option=name
+            f"{name} in a store URL must be a positive, finite number, e.g. {name}={example}",
+            option=name,
         )
     return value
 
 
+def _check_conninfo(conninfo: str) -> None:
+    """Refuse, before any connection is tried, what libpq would refuse."""
+    try:
+        from psycopg import Error  # noqa: PLC0415 - the postgres extra
+        from psycopg.conninfo import conninfo_to_dict  # noqa: PLC0415
+    except ImportError:
+        return  # _backend names the missing extra
+    try:
+        conninfo_to_dict(conninfo)
+    except Error as exc:
+        raise ConfigurationError(
+            f"the PostgreSQL URL is not one libpq accepts ({type(exc).__name__}): check its "
+            "spelling and options; payonce's own options are timeout, max_size, read_first and "
+            "allow_unsafe_durability, every other one goes to libpq.",
+            option="url",
+        ) from None
+
+
 def _open_postgres(url: str) -> Store:
-    # payonce's own options come out of the query; libpq refuses parameters it does not know.
-    parts = urlsplit(url)
-    options = {name: values[-1] for name, values in parse_qs(parts.query).items()}
+    # payonce's own options come out of the query; libpq refuses parameters it does not know,
+    # so the rest is checked here, before any connection is tried.
+    rest, options = _take_options(url, _POSTGRES_OPTIONS)
+    _check_conninfo(rest)
     kwargs: dict[str, Any] = {}
     if "timeout" in options:
         kwargs["timeout"] = timedelta(seconds=_number(options, "timeout", "5", float))
@@ -137,7 +182,6 @@ def _open_postgres(url: str) -> Store:
         kwargs["read_first"] = _read_first(options)
     if "allow_unsafe_durability" in options:
         kwargs["allow_unsafe_durability"] = _flag(options, "allow_unsafe_durability")
-    rest = parts._replace(query=urlencode(options)).geturl()
     store: Store = _backend("payonce.stores._postgres", "PostgresStore", "postgres")(rest, **kwargs)
     return store
 
@@ -145,8 +189,7 @@ def _open_postgres(url: str) -> Store:
 def _open_redis(url: str) -> Store:
     # payonce's own options come out of the query; redis-py would pass unknown ones through to
     # the connection.
-    parts = urlsplit(url)
-    options = {name: values[-1] for name, values in parse_qs(parts.query).items()}
+    rest, options = _take_options(url, _REDIS_OPTIONS)
     kwargs: dict[str, Any] = {}
     if "prefix" in options:
         kwargs["prefix"] = options.pop("prefix")
@@ -161,7 +204,6 @@ def _open_redis(url: str) -> Store:
         kwargs["read_first"] = _read_first(options)
     if "allow_unsafe_durability" in options:
         kwargs["allow_unsafe_durability"] = _flag(options, "allow_unsafe_durability")
-    rest = parts._replace(query=urlencode(options)).geturl()
     store: Store = _backend("payonce.stores._redis", "RedisStore", "redis")(rest, **kwargs)
     return store
 
