@@ -83,8 +83,9 @@ class ReconcileReport:
     reasons: dict[str, str] = field(default_factory=dict)
 
 
-# How far a pass widens its scan past records resting in review: up to this many batches.
-_WIDEN: Final = 10
+# How far a pass widens its scan past records resting in review: up to this many batches (a
+# backlog beyond that is an incident to review, and is logged as one).
+_WIDEN: Final = 100
 
 
 def _idle(report: ReconcileReport) -> bool:
@@ -206,7 +207,15 @@ class _ReconcilerCore:
         while True:
             due = yield ("store", "scan", (), {"now": now, "limit": limit})
             resting = sum(1 for record in due if self._resting(record, now))
-            if len(due) - resting >= batch or len(due) < limit or limit >= batch * _WIDEN:
+            if len(due) - resting >= batch or len(due) < limit:
+                break
+            if limit >= batch * _WIDEN:
+                _log.warning(
+                    "%d records flagged for review fill the oldest end of the due records; this "
+                    "pass looked no further, so newer records wait for their recheck. Review "
+                    "them (payonce show KEY) or reconcile with a larger batch.",
+                    resting,
+                )
                 break
             limit = min(batch + resting, batch * _WIDEN)
         acted = 0

@@ -243,3 +243,26 @@ def test_run_waits_after_a_pass_that_resolved_nothing(store: Store, clock: Manua
     reconciler.run(stop, interval=timedelta(seconds=30), batch=10)
     assert stop.waits == 1  # one idle pass, then the wait (which stopped it)
     assert gateway.lookups_received == lookups  # the resting record was not asked about again
+
+
+def test_a_review_backlog_past_the_widening_bound_is_logged(
+    store: Store,
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from payonce import _reconciler  # noqa: PLC0415
+
+    monkeypatch.setattr(_reconciler, "_WIDEN", 2)
+    gateway = SimulatedGateway(idempotent=False, clock=clock)
+    for n in range(3):
+        intent = Intent("charge", 5000, "usd", payment_method="tok_visa", reference=f"stuck-{n}")
+        with pytest.raises(Crash):
+            _guard(store, clock, gateway, faults=_crash_at("after_claim")).execute(intent)
+    clock.advance(LEASE)
+    reconciler = Reconciler(store, gateway, clock=clock, recheck=timedelta(hours=1))
+    assert reconciler.run_once(batch=3).flagged == 3
+    with caplog.at_level("WARNING", logger="payonce.reconciler"):
+        report = reconciler.run_once(batch=1)  # widens to 2 records at most: all resting
+    assert (report.scanned, report.skipped) == (2, 2)
+    assert any("flagged for review" in r.getMessage() for r in caplog.records)
