@@ -169,7 +169,7 @@ class _GuardCore:
     @property
     def _read_before_claim(self) -> bool:
         """Whether this call reads the record before it claims (``Store.read_before_claim``)."""
-        return getattr(self._ordered_by, "read_before_claim", False) is True
+        return bool(getattr(self._ordered_by, "read_before_claim", False))
 
     def _adopt_store(self, store: Store | AsyncStore) -> None:
         """Check and keep the store; each twin accepts its own kind."""

@@ -27,7 +27,7 @@ class ThreadedAsyncStore:
     @property
     def read_before_claim(self) -> bool:
         """The wrapped store's order, asked per call (it may adapt to the workload)."""
-        return getattr(self.store, "read_before_claim", False) is True
+        return bool(getattr(self.store, "read_before_claim", False))
 
     def __repr__(self) -> str:
         return f"ThreadedAsyncStore({self.store!r})"
