@@ -34,7 +34,13 @@ from typing import Any, Final
 
 from payonce._bodies import failure_body, is_declined, success_body
 from payonce._clock import SystemClock
-from payonce._errors import ConfigurationError, IntentError, LeaseLostError, StoreError
+from payonce._errors import (
+    ConfigurationError,
+    IntentError,
+    LeaseLostError,
+    StoreError,
+    StoreUnavailableError,
+)
 from payonce._intent import Intent
 from payonce._model import Event, GatewayAnswer, Lease, OutcomeClass, Record, Status
 from payonce._protocols import AsyncGateway, AsyncStore, Clock, Gateway, Store
@@ -86,6 +92,9 @@ class ReconcileReport:
 # How far a pass widens its scan past records resting in review: up to this many batches (a
 # backlog beyond that is an incident to review, and is logged as one).
 _WIDEN: Final = 100
+
+
+_STORE_DOWN: Final = "payonce reconciler: the store is unavailable (%s); trying again later"
 
 
 def _idle(report: ReconcileReport) -> bool:
@@ -470,15 +479,20 @@ class Reconciler(_ReconcilerCore):
     ) -> None:
         """Run passes of up to ``batch`` records until ``stop`` is set, waiting ``interval``
         after a pass that resolved nothing (every record it saw was resting in review or held
-        by another worker), so that such records are not polled in a tight loop.
+        by another worker), so that such records are not polled in a tight loop. A store
+        outage is logged and waited out the same way; the loop keeps running.
 
         Raises:
             ConfigurationError: for a bad ``batch``.
-            StoreUnavailableError: the store could not be read.
         """
         self._check_batch(batch)
         while not stop.is_set():
-            if _idle(self.run_once(batch)):
+            try:
+                idle = _idle(self.run_once(batch))
+            except StoreUnavailableError as exc:
+                _log.warning(_STORE_DOWN, exc)  # an outage passes: keep the loop alive
+                idle = True
+            if idle:
                 stop.wait(interval.total_seconds())
 
     def audit(
@@ -563,7 +577,12 @@ class AsyncReconciler(_ReconcilerCore):
         """See ``Reconciler.run``."""
         self._check_batch(batch)
         while not stop.is_set():
-            if _idle(await self.run_once(batch)):
+            try:
+                idle = _idle(await self.run_once(batch))
+            except StoreUnavailableError as exc:
+                _log.warning(_STORE_DOWN, exc)
+                idle = True
+            if idle:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), interval.total_seconds())
 

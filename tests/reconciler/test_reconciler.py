@@ -266,3 +266,39 @@ def test_a_review_backlog_past_the_widening_bound_is_logged(
         report = reconciler.run_once(batch=1)  # widens to 2 records at most: all resting
     assert (report.scanned, report.skipped) == (2, 2)
     assert any("flagged for review" in r.getMessage() for r in caplog.records)
+
+
+def test_run_waits_out_a_store_outage_and_keeps_going(
+    store: Store, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    from payonce import StoreUnavailableError  # noqa: PLC0415
+
+    gateway = SimulatedGateway(idempotent=False, clock=clock)
+    reconciler = Reconciler(store, gateway, clock=clock)
+    scans: list[int] = []
+    real_scan = store.scan
+
+    def failing_scan(*, now: object, limit: int) -> object:
+        scans.append(limit)
+        if len(scans) == 1:
+            raise StoreUnavailableError("the store went away", operation="scan")
+        return real_scan(now=now, limit=limit)  # type: ignore[arg-type]
+
+    store.scan = failing_scan  # type: ignore[method-assign]
+
+    class TwoWaits(threading.Event):
+        def __init__(self) -> None:
+            super().__init__()
+            self.waits = 0
+
+        def wait(self, timeout: float | None = None) -> bool:
+            self.waits += 1
+            if self.waits == 2:
+                self.set()
+            return self.is_set()
+
+    stop = TwoWaits()
+    with caplog.at_level("WARNING", logger="payonce.reconciler"):
+        reconciler.run(stop, interval=timedelta(seconds=1), batch=5)
+    assert len(scans) == 2  # the outage was waited out, then the loop scanned again
+    assert any("unavailable" in r.getMessage() for r in caplog.records)
