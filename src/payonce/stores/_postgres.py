@@ -248,11 +248,16 @@ class PostgresStore(Flows):
             raise _closed(operation)
         for attempt in range(_ATTEMPTS):
             try:
-                with self._pool.connection(timeout=timeout) as conn:
+                # getconn/putconn rather than pool.connection(): its ``with conn`` adds a commit
+                # step that an autocommit connection never needs, on every statement.
+                conn = self._pool.getconn(timeout=timeout)
+                try:
                     if not transaction:
                         return _drive(conn, flow())
                     with conn.transaction():
                         return _drive(conn, flow())
+                finally:
+                    self._pool.putconn(conn)
             except psycopg.Error as exc:
                 if _retryable(exc) and attempt + 1 < _ATTEMPTS:
                     time.sleep(_backoff(attempt))
