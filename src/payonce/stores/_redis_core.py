@@ -145,6 +145,8 @@ def _record(reply: Any) -> Record | None:
 
 
 def _value(name: str, value: Any) -> str:
+    if type(value) is str:  # most fields: no conversion (the common case first, for speed)
+        return value
     if name in _TIMES:
         return str(to_micros(value))
     if isinstance(value, Status):
@@ -154,13 +156,15 @@ def _value(name: str, value: Any) -> str:
 
 def _pairs(record: Record, names: Sequence[str]) -> tuple[list[str], list[str]]:
     """(fields to delete, flat field/value pairs to set) for ``names`` of ``record``."""
-    deleted, pairs = [], []
+    deleted: list[str] = []
+    pairs: list[str] = []
     for name in names:
         value = getattr(record, name)
         if value is None:
             deleted.append(name)
         else:
-            pairs += [name, _value(name, value)]
+            pairs.append(name)
+            pairs.append(_value(name, value))
     return deleted, pairs
 
 
