@@ -124,12 +124,24 @@ class _Flows(_GuardCore):
         """``first_read``: ``(record or None,)`` when the driver already read ``prepared.key``."""
         self._fault("before_claim")
         waited, poll = timedelta(0), _FIRST_POLL
+        # A keyed intent's replay read ran in the driver; a reference-less one learns its key
+        # here, so its first read is the same small replay read (which also tells a store that
+        # adapts its read order what this call found).
+        viewed = prepared.key is not None
         while True:
             now = self.clock.now()
             key, generation = yield from self._key_flow(prepared, now)
             existing = None
             if first_read is not None:
                 (existing,), first_read = first_read, None
+            elif self._read_before_claim and not viewed:
+                viewed = True
+                view = yield _StoreOp("replay_view", (self.scope, key))
+                replay, read = self._replay_first(prepared, view)
+                if replay is not None:
+                    return replay
+                if read is None:
+                    existing = yield _StoreOp("get", (self.scope, key))
             elif self._read_before_claim:
                 existing = yield _StoreOp("get", (self.scope, key))
             if existing is None:

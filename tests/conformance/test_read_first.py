@@ -161,3 +161,21 @@ def test_read_first_refuses_anything_but_true_false_or_none() -> None:
 
     with pytest.raises(ConfigurationError, match="read_first"):
         ReadFirst("yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_adaptive_order_also_follows_intents_without_a_reference(backend: str) -> None:
+    store = _store(backend, read_first=None)
+    guard = Guard(store, secret=SECRET, scope=SCOPE, clock=ManualClock())
+    try:
+        # New payments without a reference (each its own family): their first read misses, and
+        # the store moves to claiming first, as for referenced ones.
+        for n in range(40):
+            guard.run(Intent("charge", 2000 + n, "usd", customer="cus_rf"), _charge)
+        assert store.read_before_claim is False  # type: ignore[attr-defined]
+        # Their retries inside the window claim, find them finished, and turn the order back.
+        for n in range(40):
+            assert guard.run(Intent("charge", 2000 + n, "usd", customer="cus_rf"), _charge).replayed
+        assert store.read_before_claim is True  # type: ignore[attr-defined]
+    finally:
+        store.close()
