@@ -4,7 +4,7 @@ A shared store can answer a retry of a finished intent two ways. Reading first c
 read for a replay and that read plus the claim for a fresh call; claiming first costs only the
 claim for a fresh call and a heavier claim round trip for a replay. Which is cheaper depends on
 how often a call finds its intent already finished, so the adaptive order keeps a moving share
-of the calls that did (the last few dozen, weighted) and reads first while that share is at
+of the calls that did (about the last 16, weighted) and reads first while that share is at
 least one half: a replay storm (an agent looping on a tool call) is served by reads, a steady
 stream of new payments by claims. The order is an optimisation only: the claim, never the read,
 decides who calls, so every order gives the same answers (tests/conformance/test_read_first.py).
@@ -60,9 +60,11 @@ class ReadFirst:
             self._share += ((1.0 if finished else 0.0) - self._share) * _WEIGHT
 
     def claimed(self, claimed: Claimed) -> None:
-        """Record what a claim found, when it was the call's first round trip (claiming first).
+        """Record what a claim found, when the store is claiming first.
 
-        After a read that missed, the claim says nothing new: the read was counted.
+        While reading first, a claim follows a read that missed, and that read was counted. The
+        order is judged from the share as it is now, not as the call began: at a switch one
+        call may count twice, which only nudges the heuristic.
         """
         if self._mode is None and self._share < _THRESHOLD:
             finished = claimed.lease is None and claimed.record.status.terminal
