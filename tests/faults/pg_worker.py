@@ -16,16 +16,18 @@ import os
 import secrets
 import sys
 import time
-from concurrent.futures import Future
-from datetime import timedelta
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from payonce import Guard
+from payonce import Attempt, Event, Guard, Outcome
 from payonce.stores._postgres import PostgresStore
+from payonce.testing import ManualClock
 from tests.faults import worker
 
 ADMIN = os.environ.get(
@@ -92,6 +94,62 @@ def terminate_when_waiting(
             return
         time.sleep(0.005)  # polling the server for a state, not timing anything
     raise AssertionError(f"the backend of {application_name!r} never waited on the held lock")
+
+
+class Outage:
+    """A guard over a PostgresStore whose connections carry a tag (their application_name, so
+    a test finds the store's backend in ``pg_stat_activity``), and a deduplicating provider."""
+
+    def __init__(self, database: str, tmp_path: Path, tag: str, *, lease: timedelta) -> None:
+        self.tag = tag
+        self.store = PostgresStore(make_conninfo(database, application_name=self.tag))
+        self.clock = ManualClock(datetime.now(UTC))
+        self.guard = Guard(
+            self.store,
+            secret=worker.SECRET,
+            scope=worker.SCOPE,
+            clock=self.clock,
+            lease=lease,
+            wait=timedelta(0),
+        )
+        self.intent = worker.intent_for(tag)
+        self.key = self.guard.key_for(self.intent)
+        self.movements = tmp_path / f"movements-{tag}.txt"
+        self.calls: list[Attempt] = []
+
+    def provider(self, after: Callable[[], None] | None = None) -> Callable[[Attempt], Any]:
+        """Moves money (deduplicating on the provider key, as Stripe does), then ``after``."""
+
+        def fn(attempt: Attempt) -> dict[str, str]:
+            self.calls.append(attempt)
+            answer = worker.move(self.movements, attempt.provider_key, attempt.number, dedupe=True)
+            if after is not None:
+                after()
+            return answer
+
+        return fn
+
+    def run_in_thread(self, fn: Callable[[Attempt], Any], **options: Any) -> Future[Outcome]:
+        pool = ThreadPoolExecutor(max_workers=1)
+        future = pool.submit(self.guard.run, self.intent, fn, **options)
+        pool.shutdown(wait=False)
+        return future
+
+    def terminate_when_blocked(
+        self,
+        admin: psycopg.Connection[tuple[object, ...]],
+        future: Future[Outcome],
+        *,
+        wait_event: str | None = None,
+    ) -> None:
+        """Wait until the store's backend waits on a lock, then terminate that backend."""
+        terminate_when_waiting(admin, self.tag, future, wait_event=wait_event)
+
+    def events(self) -> list[Event]:
+        return [e.event for e in self.store.entries(after=0, limit=100) if e.key == self.key]
+
+    def close(self) -> None:
+        self.store.close()
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

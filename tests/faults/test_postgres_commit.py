@@ -23,8 +23,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +51,7 @@ from payonce.stores._postgres_sql import Query
 from payonce.testing import ManualClock
 from tests.faults import pg_worker, worker
 from tests.faults.history import check_history
+from tests.faults.pg_worker import Outage
 
 LEASE = timedelta(seconds=30)
 LOCK = 4215  # the advisory lock the commit-time trigger waits on
@@ -93,56 +93,12 @@ def admin(database: str) -> Iterator[Admin]:
         yield conn
 
 
-class Case:
-    """A guard over a PostgresStore on tagged connections, and a deduplicating provider."""
-
-    def __init__(self, database: str, tmp_path: Path, label: str) -> None:
-        self.tag = f"{TAG}-{label}"
-        self.store = PostgresStore(make_conninfo(database, application_name=self.tag))
-        self.clock = ManualClock(datetime.now(UTC))
-        self.guard = Guard(
-            self.store,
-            secret=worker.SECRET,
-            scope=worker.SCOPE,
-            clock=self.clock,
-            lease=LEASE,
-            wait=timedelta(0),
-        )
-        self.intent = worker.intent_for(f"r15c-{label}")
-        self.key = self.guard.key_for(self.intent)
-        self.movements = tmp_path / f"movements-{label}.txt"
-        self.calls: list[Attempt] = []
-
-    def provider(self, during: Callable[[], None] | None = None) -> Callable[[Attempt], Any]:
-        def fn(attempt: Attempt) -> dict[str, str]:
-            self.calls.append(attempt)
-            answer = worker.move(self.movements, attempt.provider_key, attempt.number, dedupe=True)
-            if during is not None:
-                during()
-            return answer
-
-        return fn
-
-    def in_thread(self, fn: Callable[[Attempt], Any]) -> Future[Outcome]:
-        pool = ThreadPoolExecutor(max_workers=1)
-        future = pool.submit(self.guard.run, self.intent, fn)
-        pool.shutdown(wait=False)
-        return future
-
-    def terminate_at_commit(self, admin: Admin, future: Future[Outcome]) -> None:
-        """Wait until the store's backend waits on the commit-time lock, then terminate it."""
-        pg_worker.terminate_when_waiting(admin, self.tag, future, wait_event="advisory")
-
-    def events(self) -> list[Event]:
-        return [e.event for e in self.store.entries(after=0, limit=100) if e.key == self.key]
-
-
 @pytest.fixture
-def case(database: str, admin: Admin, tmp_path: Path) -> Iterator[Callable[[str], Case]]:
-    made: list[Case] = []
+def case(database: str, admin: Admin, tmp_path: Path) -> Iterator[Callable[[str], Outage]]:
+    made: list[Outage] = []
 
-    def make(label: str) -> Case:
-        made.append(Case(database, tmp_path, label))
+    def make(label: str) -> Outage:
+        made.append(Outage(database, tmp_path, f"{TAG}-{label}", lease=LEASE))
         return made[-1]
 
     yield make
@@ -176,7 +132,7 @@ def lose_answer(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], list[str]]:
 
 
 def test_r15c_complete_killed_during_commit_stays_claimed_and_resolves_once(
-    case: Callable[[str], Case], admin: Admin, database: str
+    case: Callable[[str], Outage], admin: Admin, database: str
 ) -> None:
     c = case("complete-killed")
     with pg_worker.admin_connection(database) as holder:
@@ -185,8 +141,8 @@ def test_r15c_complete_killed_during_commit_stays_claimed_and_resolves_once(
             # Inside the call, after the money moved: the complete's COMMIT will wait for this.
             holder.execute("SELECT pg_advisory_lock(%s)", (LOCK,))
 
-        future = c.in_thread(c.provider(during=hold_commits))
-        c.terminate_at_commit(admin, future)
+        future = c.run_in_thread(c.provider(after=hold_commits))
+        c.terminate_when_blocked(admin, future, wait_event="advisory")
         with pytest.raises(OutcomeUnknownError) as caught:
             future.result(timeout=30)
         holder.execute("SELECT pg_advisory_unlock(%s)", (LOCK,))
@@ -213,7 +169,7 @@ def test_r15c_complete_killed_during_commit_stays_claimed_and_resolves_once(
 
 
 def test_r15c_complete_committed_but_answer_lost_counts_as_done(
-    case: Callable[[str], Case],
+    case: Callable[[str], Outage],
     lose_answer: Callable[[str], list[str]],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -242,13 +198,13 @@ def test_r15c_complete_committed_but_answer_lost_counts_as_done(
 
 
 def test_r15c_claim_killed_during_commit_calls_nothing(
-    case: Callable[[str], Case], admin: Admin, database: str
+    case: Callable[[str], Outage], admin: Admin, database: str
 ) -> None:
     c = case("claim-killed")
     with pg_worker.admin_connection(database) as holder:
         holder.execute("SELECT pg_advisory_lock(%s)", (LOCK,))
-        future = c.in_thread(c.provider())
-        c.terminate_at_commit(admin, future)
+        future = c.run_in_thread(c.provider())
+        c.terminate_when_blocked(admin, future, wait_event="advisory")
         with pytest.raises(StoreUnavailableError) as caught:
             future.result(timeout=30)
         holder.execute("SELECT pg_advisory_unlock(%s)", (LOCK,))
@@ -264,7 +220,7 @@ def test_r15c_claim_killed_during_commit_calls_nothing(
 
 
 def test_r15c_claim_committed_but_answer_lost_never_calls_twice(
-    case: Callable[[str], Case], lose_answer: Callable[[str], list[str]]
+    case: Callable[[str], Outage], lose_answer: Callable[[str], list[str]]
 ) -> None:
     c = case("claim-lost")
     lost = lose_answer(CLAIM)
@@ -337,7 +293,7 @@ def test_r15c_async_complete_committed_but_answer_lost_counts_as_done(
 
 
 def test_r15c_unknown_mark_committed_but_answer_lost_counts_as_done(
-    case: Callable[[str], Case], lose_answer: Callable[[str], list[str]]
+    case: Callable[[str], Outage], lose_answer: Callable[[str], list[str]]
 ) -> None:
     c = case("unknown-lost")
     lost = lose_answer(UPDATE_FENCED)
@@ -391,7 +347,7 @@ def test_r15c_release_committed_but_answer_lost_counts_as_done(
 
 
 def test_r15c_takeover_whose_answer_was_lost_fails_closed(
-    case: Callable[[str], Case], lose_answer: Callable[[str], list[str]]
+    case: Callable[[str], Outage], lose_answer: Callable[[str], list[str]]
 ) -> None:
     # Two workers taking one record over at the same instant compute the same entry, so a
     # takeover whose answer was lost is never adopted from the ledger head: it fails closed and

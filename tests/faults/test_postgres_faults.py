@@ -14,7 +14,7 @@ import logging
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,7 +25,6 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from payonce import (
-    Attempt,
     ConfigurationError,
     Event,
     Guard,
@@ -40,6 +39,7 @@ from payonce.stores._postgres_async import AsyncPostgresStore
 from payonce.testing import ManualClock
 from tests.faults import pg_worker, worker
 from tests.faults.history import Ack, check_history
+from tests.faults.pg_worker import Outage
 from tests.faults.test_races import _check_round, _results
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -212,61 +212,12 @@ def test_r5_sixteen_processes_race_on_one_key(database: str, admin: Admin, tmp_p
 # -- outage: the store's connection terminated mid-statement ---------------------------------------
 
 
-class Outage:
-    """A guard over a PostgresStore whose connections carry a tag, and a deduplicating provider."""
-
-    def __init__(self, database: str, tmp_path: Path, label: str) -> None:
-        self.tag = f"payonce-outage-{label}"
-        self.store = PostgresStore(make_conninfo(database, application_name=self.tag))
-        self.clock = ManualClock(datetime.now(UTC))
-        self.guard = Guard(
-            self.store,
-            secret=worker.SECRET,
-            scope=worker.SCOPE,
-            clock=self.clock,
-            lease=LEASE,
-            wait=timedelta(0),
-        )
-        self.intent = worker.intent_for(f"outage-{label}")
-        self.key = self.guard.key_for(self.intent)
-        self.movements = tmp_path / "movements.txt"
-        self.calls: list[Attempt] = []
-
-    def provider(self, after: Callable[[], None] | None = None) -> Callable[[Attempt], Any]:
-        """Moves money (deduplicating on the provider key, as Stripe does), then ``after``."""
-
-        def fn(attempt: Attempt) -> dict[str, str]:
-            self.calls.append(attempt)
-            answer = worker.move(self.movements, attempt.provider_key, attempt.number, dedupe=True)
-            if after is not None:
-                after()
-            return answer
-
-        return fn
-
-    def run_in_thread(self, fn: Callable[[Attempt], Any], **options: Any) -> Future[Outcome]:
-        pool = ThreadPoolExecutor(max_workers=1)
-        future = pool.submit(self.guard.run, self.intent, fn, **options)
-        pool.shutdown(wait=False)
-        return future
-
-    def terminate_when_blocked(self, admin: Admin, future: Future[Outcome]) -> None:
-        """Wait until the store's backend waits on a lock, then terminate that backend."""
-        pg_worker.terminate_when_waiting(admin, self.tag, future)
-
-    def events(self) -> list[Event]:
-        return [e.event for e in self.store.entries(after=0, limit=100) if e.key == self.key]
-
-    def close(self) -> None:
-        self.store.close()
-
-
 @pytest.fixture
 def outage(database: str, admin: Admin, tmp_path: Path) -> Iterator[Callable[[str], Outage]]:
     made: list[Outage] = []
 
     def make(label: str) -> Outage:
-        made.append(Outage(database, tmp_path, label))
+        made.append(Outage(database, tmp_path, f"payonce-outage-{label}", lease=LEASE))
         return made[-1]
 
     yield make
