@@ -36,7 +36,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
 from payonce._errors import ConfigurationError, StoreError, StoreUnavailableError
 from payonce._model import Checkpoint, Claimed, Entry, NewRecord, Record, ReplayView, Status
@@ -115,15 +115,6 @@ def _masked(conninfo: str) -> str:
         return "<unparsable conninfo>"
     shown = ("host", "port", "dbname", "user")
     return " ".join(f"{name}={params[name]}" for name in shown if params.get(name))
-
-
-def _as_record(record: Record | None) -> Record:
-    assert record is not None  # a landed complete or mark_unknown leaves its record
-    return record
-
-
-def _as_nothing(record: Record | None) -> None:
-    return None
 
 
 def _closed(operation: str) -> StoreUnavailableError:
@@ -268,9 +259,11 @@ class PostgresStore(Flows):
     def _write(
         self,
         operation: str,
+        scope: str,
+        key: str,
         flow: Callable[[list[str]], Flow[_T]],
-        landed: Callable[[list[str]], Flow[tuple[bool, Record | None]]],
-        adopt: Callable[[Record | None], _T],
+        *,
+        deletes: bool = False,
     ) -> _T:
         """Run a fenced write; if its answer was lost, read whether it committed (R15c)."""
         sent: list[str] = []
@@ -280,13 +273,16 @@ class PostgresStore(Flows):
             if self._closed or not sent:
                 raise
             try:
-                done, record = self._recheck(operation, lambda: landed(sent))
+                done, record = self._recheck(
+                    operation, lambda: self._landed_flow(scope, key, sent, deletes=deletes)
+                )
             except StoreError:
                 raise error from error.__cause__  # the read failed too: the first error stands
             if not done:
                 raise
             _log.warning(_LANDED, operation)
-            return adopt(record)
+            # What the write returns when it lands: the record it wrote, or None for a release.
+            return cast(_T, record)
 
     def _recheck(
         self, operation: str, flow: Callable[[], Flow[tuple[bool, Record | None]]]
@@ -337,11 +333,11 @@ class PostgresStore(Flows):
         """
         return self._write(
             "complete",
+            scope,
+            key,
             lambda sent: self._complete_flow(
                 scope, key, token=token, status=status, outcome=outcome, now=now, sent=sent
             ),
-            lambda sent: self._landed_flow(scope, key, sent, deletes=False),
-            _as_record,
         )
 
     def mark_unknown(
@@ -355,11 +351,11 @@ class PostgresStore(Flows):
         """
         return self._write(
             "mark_unknown",
+            scope,
+            key,
             lambda sent: self._unknown_flow(
                 scope, key, token=token, reason=reason, now=now, sent=sent
             ),
-            lambda sent: self._landed_flow(scope, key, sent, deletes=False),
-            _as_record,
         )
 
     def release(self, scope: str, key: str, *, token: int, reason: str, now: datetime) -> None:
@@ -371,11 +367,12 @@ class PostgresStore(Flows):
         """
         self._write(
             "release",
+            scope,
+            key,
             lambda sent: self._release_flow(
                 scope, key, token=token, reason=reason, now=now, sent=sent
             ),
-            lambda sent: self._landed_flow(scope, key, sent, deletes=True),
-            _as_nothing,
+            deletes=True,
         )
 
     def get(self, scope: str, key: str) -> Record | None:

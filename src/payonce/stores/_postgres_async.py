@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, cast
 
 import psycopg
 import psycopg_pool
@@ -24,8 +24,6 @@ from payonce.stores._postgres import (
     _KWARGS,
     _LANDED,
     _RECHECK,
-    _as_nothing,
-    _as_record,
     _backoff,
     _closed,
     _configure_async,
@@ -166,9 +164,11 @@ class AsyncPostgresStore(Flows):
     async def _write(
         self,
         operation: str,
+        scope: str,
+        key: str,
         flow: Callable[[list[str]], Flow[_T]],
-        landed: Callable[[list[str]], Flow[tuple[bool, Record | None]]],
-        adopt: Callable[[Record | None], _T],
+        *,
+        deletes: bool = False,
     ) -> _T:
         """See ``PostgresStore._write``."""
         sent: list[str] = []
@@ -178,13 +178,16 @@ class AsyncPostgresStore(Flows):
             if self._closed or not sent:
                 raise
             try:
-                done, record = await self._recheck(operation, lambda: landed(sent))
+                done, record = await self._recheck(
+                    operation, lambda: self._landed_flow(scope, key, sent, deletes=deletes)
+                )
             except StoreError:
                 raise error from error.__cause__  # the read failed too: the first error stands
             if not done:
                 raise
             _log.warning(_LANDED, operation)
-            return adopt(record)
+            # What the write returns when it lands: the record it wrote, or None for a release.
+            return cast(_T, record)
 
     async def _recheck(
         self, operation: str, flow: Callable[[], Flow[tuple[bool, Record | None]]]
@@ -219,11 +222,11 @@ class AsyncPostgresStore(Flows):
         """See ``PostgresStore.complete``."""
         return await self._write(
             "complete",
+            scope,
+            key,
             lambda sent: self._complete_flow(
                 scope, key, token=token, status=status, outcome=outcome, now=now, sent=sent
             ),
-            lambda sent: self._landed_flow(scope, key, sent, deletes=False),
-            _as_record,
         )
 
     async def mark_unknown(
@@ -232,11 +235,11 @@ class AsyncPostgresStore(Flows):
         """See ``PostgresStore.mark_unknown``."""
         return await self._write(
             "mark_unknown",
+            scope,
+            key,
             lambda sent: self._unknown_flow(
                 scope, key, token=token, reason=reason, now=now, sent=sent
             ),
-            lambda sent: self._landed_flow(scope, key, sent, deletes=False),
-            _as_record,
         )
 
     async def release(
@@ -245,11 +248,12 @@ class AsyncPostgresStore(Flows):
         """See ``PostgresStore.release``."""
         await self._write(
             "release",
+            scope,
+            key,
             lambda sent: self._release_flow(
                 scope, key, token=token, reason=reason, now=now, sent=sent
             ),
-            lambda sent: self._landed_flow(scope, key, sent, deletes=True),
-            _as_nothing,
+            deletes=True,
         )
 
     async def get(self, scope: str, key: str) -> Record | None:
