@@ -70,7 +70,7 @@ _UNAVAILABLE_CLASSES: Final = frozenset({"08", "53", "57", "58", "25", "40"})
 _ATTEMPTS: Final = 5
 # After a write's answer was lost, how long to wait for a connection to read whether it
 # committed; past it the write's own StoreUnavailableError stands (the outage is real).
-_RECHECK: Final = timedelta(seconds=2)
+_LANDED_WAIT: Final = timedelta(seconds=2)
 _LANDED: Final = (
     "the answer to a PostgreSQL %s was lost (connection failure), and a fresh read shows it "
     "committed; it counts as done"
@@ -273,7 +273,7 @@ class PostgresStore(Flows):
             if self._closed or not sent:
                 raise
             try:
-                done, record = self._recheck(
+                done, record = self._read_landed(
                     operation, lambda: self._landed_flow(scope, key, sent, deletes=deletes)
                 )
             except StoreError:
@@ -284,15 +284,15 @@ class PostgresStore(Flows):
             # What the write returns when it lands: the record it wrote, or None for a release.
             return cast(_T, record)
 
-    def _recheck(
+    def _read_landed(
         self, operation: str, flow: Callable[[], Flow[tuple[bool, Record | None]]]
     ) -> tuple[bool, Record | None]:
         """The lost-answer read, on a fresh connection: twice, since after a server restart the
         pool may hand out another dead idle connection first."""
         try:
-            return self._run(operation, flow, timeout=_RECHECK.total_seconds())
+            return self._run(operation, flow, timeout=_LANDED_WAIT.total_seconds())
         except StoreUnavailableError:
-            return self._run(operation, flow, timeout=_RECHECK.total_seconds())
+            return self._run(operation, flow, timeout=_LANDED_WAIT.total_seconds())
 
     def claim(self, new: NewRecord, *, now: datetime, lease_for: timedelta) -> Claimed:
         """Create the record as CLAIMED, first writer wins; see ``Store.claim``.

@@ -23,7 +23,7 @@ from payonce.stores._postgres import (
     _CURSOR,
     _KWARGS,
     _LANDED,
-    _RECHECK,
+    _LANDED_WAIT,
     _backoff,
     _closed,
     _configure_async,
@@ -178,7 +178,7 @@ class AsyncPostgresStore(Flows):
             if self._closed or not sent:
                 raise
             try:
-                done, record = await self._recheck(
+                done, record = await self._read_landed(
                     operation, lambda: self._landed_flow(scope, key, sent, deletes=deletes)
                 )
             except StoreError:
@@ -189,14 +189,14 @@ class AsyncPostgresStore(Flows):
             # What the write returns when it lands: the record it wrote, or None for a release.
             return cast(_T, record)
 
-    async def _recheck(
+    async def _read_landed(
         self, operation: str, flow: Callable[[], Flow[tuple[bool, Record | None]]]
     ) -> tuple[bool, Record | None]:
-        """See ``PostgresStore._recheck``."""
+        """See ``PostgresStore._read_landed``."""
         try:
-            return await self._run(operation, flow, timeout=_RECHECK.total_seconds())
+            return await self._run(operation, flow, timeout=_LANDED_WAIT.total_seconds())
         except StoreUnavailableError:
-            return await self._run(operation, flow, timeout=_RECHECK.total_seconds())
+            return await self._run(operation, flow, timeout=_LANDED_WAIT.total_seconds())
 
     async def claim(self, new: NewRecord, *, now: datetime, lease_for: timedelta) -> Claimed:
         """See ``PostgresStore.claim``."""
