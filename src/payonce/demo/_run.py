@@ -26,6 +26,7 @@ from payonce import (
     Store,
     verify_ledger,
 )
+from payonce._reconciler import REVIEW
 from payonce.demo._agents import CrashSwitch, DirectAgents, GuardedAgents, Journal, _Agents
 from payonce.demo._scheduler import Simulation
 from payonce.demo._wire import Mark, Timeline, Wire
@@ -44,7 +45,6 @@ _RETRY: Final = RetryPolicy(max_attempts=3, base_delay=timedelta(0), max_delay=t
 _RECONCILE_EVERY: Final = timedelta(seconds=60)
 _RECHECK: Final = timedelta(seconds=60)
 _SECRET: Final = b"payonce-demo-secret: not for production, 32+ bytes"
-_REVIEW: Final = "review:"  # the prefix of the reason of a record the Reconciler flags
 _BATCH: Final = 1000
 
 
@@ -292,7 +292,7 @@ def _recovery(
         troubled=troubled,
         by_reconciler=sum(r.succeeded + r.failed for r in reports),
         flagged=sum(
-            1 for r in left if r.status is Status.UNKNOWN and (r.reason or "").startswith(_REVIEW)
+            1 for r in left if r.status is Status.UNKNOWN and (r.reason or "").startswith(REVIEW)
         ),
         unresolved=len(left),
         settled_at=settled_at,
