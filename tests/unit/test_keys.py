@@ -140,6 +140,39 @@ def test_fingerprint_matches_hand_written_canonical_json() -> None:
     assert hashlib.sha256(text.encode()).hexdigest() == GOLDEN_FINGERPRINT
 
 
+_JSON_VALUES = (
+    {"b": 1, "a": [1, 2.5, None, True, False, 'é\u2028\x00"\\'], "c": {"z": -0.0, "y": 1e300}},
+    "text",
+    0,
+    [],
+    {},
+    {"k": "v" * 1000},
+)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["c-encoder", "json-fallback"])
+def test_canonical_json_is_the_same_with_and_without_the_c_encoder(
+    fast: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Pinned against json.dumps with the canonical options, on both paths: the direct use of
+    # json's C encoder must never change a byte of what is hashed or stored.
+    if not fast:
+        monkeypatch.setattr("payonce._keys._make_encoder", None)
+    for value in _JSON_VALUES:
+        expected = json.dumps(
+            value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+        assert canonical_json(value) == expected
+    cycle: list[object] = []
+    cycle.append(cycle)
+    with pytest.raises(ValueError, match="Circular reference"):
+        canonical_json(cycle)
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        canonical_json({"x": math.nan})
+    with pytest.raises(TypeError, match="object is not JSON serializable"):
+        canonical_json({"x": object()})
+
+
 def test_length_prefixed_is_four_byte_big_endian_length_then_utf8() -> None:
     assert length_prefixed("ab", "c") == b"\x00\x00\x00\x02ab\x00\x00\x00\x01c"
     assert length_prefixed("é") == b"\x00\x00\x00\x02\xc3\xa9"  # length in bytes, not chars

@@ -27,6 +27,7 @@ from typing import Any, Final, TypeAlias, TypeVar
 
 from payonce._chain import checkpoint_digest, from_micros, to_micros
 from payonce._errors import ConfigurationError, ConflictError, LeaseLostError, StoreError
+from payonce._keys import canonical_json
 from payonce._model import Checkpoint, Claimed, Entry, Event, NewRecord, Record, ReplayView, Status
 from payonce._transitions import (
     claim_transition,
@@ -176,7 +177,7 @@ def _encode_entry(e: Entry) -> str:
     status_to = None if e.status_to is None else e.status_to.value
     fields = [to_micros(e.at), e.scope, e.key, e.event.value, status_from, status_to, e.token]
     fields += [e.attempt, e.amount, e.currency, e.detail, e.prev_hash, e.hash]
-    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+    return canonical_json(fields)  # a flat list: the compact JSON array, quickly
 
 
 def _decode_entry(member: Any, seq: int) -> Entry:
