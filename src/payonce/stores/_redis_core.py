@@ -145,16 +145,6 @@ def _record(reply: Any) -> Record | None:
     )
 
 
-def _value(name: str, value: Any) -> str:
-    if type(value) is str:  # most fields: no conversion (the common case first, for speed)
-        return value
-    if name in _TIMES:
-        return str(to_micros(value))
-    if isinstance(value, Status):
-        return value.value
-    return str(value)
-
-
 def _pairs(record: Record, names: Sequence[str]) -> tuple[list[str], list[str]]:
     """(fields to delete, flat field/value pairs to set) for ``names`` of ``record``."""
     deleted: list[str] = []
@@ -163,9 +153,16 @@ def _pairs(record: Record, names: Sequence[str]) -> tuple[list[str], list[str]]:
         value = getattr(record, name)
         if value is None:
             deleted.append(name)
+            continue
+        pairs.append(name)
+        if type(value) is str:  # most fields: no conversion (the common case first, for speed)
+            pairs.append(value)
+        elif name in _TIMES:
+            pairs.append(str(to_micros(value)))
+        elif isinstance(value, Status):
+            pairs.append(value.value)
         else:
-            pairs.append(name)
-            pairs.append(_value(name, value))
+            pairs.append(str(value))
     return deleted, pairs
 
 
