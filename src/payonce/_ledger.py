@@ -170,22 +170,39 @@ def _verify_heads(store: Store, chain_heads: dict[tuple[str, str], str]) -> int:
         after = (rows[-1][0], rows[-1][1])
 
 
+def _horizon(store: Store) -> int | None:
+    """The store's sealing horizon, or None for a store without one (see ``Store``)."""
+    ledger_horizon = getattr(store, "ledger_horizon", None)
+    return None if ledger_horizon is None else int(ledger_horizon())
+
+
 def seal_checkpoint(store: Store, *, now: datetime) -> Checkpoint | None:
     """Seal the entries written since the newest checkpoint; None when there are none.
 
     Call it periodically (the Reconciler loop or a cron job) and keep the returned hash outside
-    the store to anchor later verifications.
+    the store to anchor later verifications. It may run while transitions are being written:
+    on a store with a ``ledger_horizon`` (PostgreSQL, whose sequence numbers are drawn before
+    commit) it seals only the entries at or below the horizon, so a range never closes over an
+    entry that is still to commit; the entries past it wait for the next seal.
 
     Raises:
-        ConflictError: another worker sealed the same checkpoint number concurrently.
+        ConflictError: another worker sealed the same checkpoint number concurrently, or (on
+            PostgreSQL) the ledger stayed busy with writers past the store's lock timeout;
+            nothing was sealed: seal again later.
     """
+    horizon = _horizon(store)
     existing = list(store.checkpoints())
     last = existing[-1] if existing else None
     first_seq = last.last_seq + 1 if last else 1
     hashes: list[str] = []
     after, last_seq = first_seq - 1, first_seq - 1
     while True:
-        batch = store.entries(after=after, limit=_BATCH)
+        # Sequence numbers are distinct, so at most ``horizon - after`` entries lie at or below
+        # the horizon: reading that many never reads far past it.
+        limit = _BATCH if horizon is None else min(_BATCH, horizon - after)
+        batch = store.entries(after=after, limit=limit) if limit > 0 else []
+        if horizon is not None:
+            batch = [e for e in batch if e.seq <= horizon]
         if not batch:
             break
         hashes.extend(e.hash for e in batch)

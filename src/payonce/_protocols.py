@@ -57,6 +57,14 @@ class Store(Protocol):
     when a point read is much cheaper than a claim: the guard then reads ``replay_view`` first
     and claims only an absent key, so a replay never touches the write path and reads only what
     it returns.
+
+    Optional method: ``ledger_horizon() -> int`` (``async def`` on an ``AsyncStore``), the
+    highest seq such that every entry with a seq at or below it is final (committed, or rolled
+    back and never coming). A store whose sequence numbers can become visible out of order
+    defines it (PostgreSQL draws ``seq`` at INSERT time, so an uncommitted 41 can sit below a
+    visible 42); ``seal_checkpoint`` then seals no entry past it. Stores whose seq order is
+    commit order (memory, SQLite, single-server Redis) leave it out. None of these optional
+    members is part of the protocol: a store without them still conforms.
     """
 
     def claim(self, new: NewRecord, *, now: datetime, lease_for: timedelta) -> Claimed:
@@ -146,7 +154,8 @@ class Store(Protocol):
 
 @runtime_checkable
 class AsyncStore(Protocol):
-    """The async twin of ``Store``: the same methods and semantics, awaited."""
+    """The async twin of ``Store``: the same methods and semantics, awaited (the optional
+    ``ledger_horizon`` too)."""
 
     async def claim(self, new: NewRecord, *, now: datetime, lease_for: timedelta) -> Claimed:
         """See ``Store.claim``."""

@@ -75,6 +75,9 @@ _LANDED: Final = (
     "the answer to a PostgreSQL %s was lost (connection failure), and a fresh read shows it "
     "committed; it counts as done"
 )
+# How long a seal's ledger_horizon waits for the transactions writing to the ledger (the
+# server's lock_timeout); past it the seal gives up with ConflictError and nothing is sealed.
+_HORIZON_WAIT: Final = timedelta(seconds=5)
 _log = logging.getLogger("payonce.stores.postgres")
 _BACKOFF: Final = timedelta(milliseconds=10)
 
@@ -450,6 +453,27 @@ class PostgresStore(Flows):
             StoreUnavailableError: the database could not be reached or did not answer.
         """
         self._run("append_checkpoint", lambda: self._append_checkpoint_flow(checkpoint))
+
+    def ledger_horizon(self) -> int:
+        """The highest ledger seq at or below which every entry is final; ``seal_checkpoint``
+        seals no further (see ``Store``).
+
+        ``seq`` is drawn at INSERT time, so an uncommitted entry can sit below a visible one.
+        One short transaction locks ``payonce_ledger`` in SHARE mode: it waits for the
+        transactions writing to the ledger at this moment (at most 5 s; writers arriving
+        meanwhile queue behind it), holds new writers back for one ``max(seq)`` lookup, and
+        commits. The role needs UPDATE, DELETE or TRUNCATE on ``payonce_ledger`` (or to own it)
+        for that lock.
+
+        Raises:
+            ConflictError: the ledger stayed busy with writers for 5 s; nothing was sealed, so
+                seal again later.
+            StoreError: the role may not lock ``payonce_ledger`` in SHARE mode.
+            StoreUnavailableError: the database could not be reached or did not answer.
+        """
+        return self._run(
+            "ledger_horizon", lambda: self._horizon_flow(_HORIZON_WAIT), transaction=True
+        )
 
     def close(self) -> None:
         """Close the pool this store created (a pool passed in stays open)."""

@@ -21,6 +21,7 @@ from payonce._model import Checkpoint, Claimed, Entry, NewRecord, Record, Replay
 from payonce.stores._postgres import (
     _ATTEMPTS,
     _CURSOR,
+    _HORIZON_WAIT,
     _KWARGS,
     _LANDED,
     _LANDED_WAIT,
@@ -297,6 +298,12 @@ class AsyncPostgresStore(Flows):
     async def append_checkpoint(self, checkpoint: Checkpoint) -> None:
         """See ``PostgresStore.append_checkpoint``."""
         await self._run("append_checkpoint", lambda: self._append_checkpoint_flow(checkpoint))
+
+    async def ledger_horizon(self) -> int:
+        """See ``PostgresStore.ledger_horizon``."""
+        return await self._run(
+            "ledger_horizon", lambda: self._horizon_flow(_HORIZON_WAIT), transaction=True
+        )
 
     async def close(self) -> None:
         """Close the pool this store created (a pool passed in stays open)."""

@@ -23,6 +23,7 @@ __all__ = [
     "ENTRY_COLUMNS",
     "INSERT_CHECKPOINT",
     "INSERT_ENTRY",
+    "LOCK_LEDGER",
     "LOCK_MIGRATIONS",
     "MIGRATIONS",
     "MIGRATION_LOCK",
@@ -34,10 +35,12 @@ __all__ = [
     "SELECT_ENTRIES",
     "SELECT_HEADS_AFTER",
     "SELECT_HEADS_FIRST",
+    "SELECT_HORIZON",
     "SELECT_NEWEST",
     "SELECT_ONE",
     "SELECT_PURGEABLE",
     "SELECT_VIEW",
+    "SET_LOCK_TIMEOUT",
     "UPDATE_FENCED",
 ]
 
@@ -224,6 +227,19 @@ INSERT_CHECKPOINT: Final = (
     " WHERE %s::BIGINT = (SELECT COALESCE(MAX(number), 0) + 1 FROM payonce_checkpoints)"
     " RETURNING number"
 )
+
+# The sealing horizon, in one transaction (``Flows._horizon_flow``). set_config(..., true) is
+# SET LOCAL in a form that takes a parameter: SET itself cannot be bound server-side.
+SET_LOCK_TIMEOUT: Final = "SELECT set_config('lock_timeout', %s, true)"
+# SHARE conflicts with the ROW EXCLUSIVE lock every INSERT into the ledger takes before its
+# identity value is drawn and keeps until its transaction ends: the grant waits for every
+# transaction holding a seq, and keeps new inserts out until this transaction ends.
+LOCK_LEDGER: Final = "LOCK TABLE payonce_ledger IN SHARE MODE"
+# Under the lock every seq drawn so far is final, and the identity sequence draws in order:
+# its CACHE is 1 (migration 1 keeps the default; pg_sequences.cache_size says 1, and
+# tests/faults/test_postgres_seal.py checks it). A per-session cache would break this: a
+# session could insert a number it cached earlier, below one another session already committed.
+SELECT_HORIZON: Final = "SELECT COALESCE(MAX(seq), 0) FROM payonce_ledger"
 
 _ENTRY_VALUES: Final = (
     "%s::BIGINT, %s::TEXT, %s::TEXT, %s::TEXT, %s::TEXT, %s::TEXT, %s::BIGINT, %s::BIGINT,"

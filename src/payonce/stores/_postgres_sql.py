@@ -53,6 +53,7 @@ from payonce.stores._postgres_schema import (
     DURABILITY,
     INSERT_CHECKPOINT,
     INSERT_ENTRY,
+    LOCK_LEDGER,
     LOCK_MIGRATIONS,
     MIGRATION_LOCK,
     MIGRATION_TABLE,
@@ -63,10 +64,12 @@ from payonce.stores._postgres_schema import (
     SELECT_ENTRIES,
     SELECT_HEADS_AFTER,
     SELECT_HEADS_FIRST,
+    SELECT_HORIZON,
     SELECT_NEWEST,
     SELECT_ONE,
     SELECT_PURGEABLE,
     SELECT_VIEW,
+    SET_LOCK_TIMEOUT,
     UPDATE_FENCED,
 )
 
@@ -429,6 +432,32 @@ class Flows:
             raise _checkpoint_conflict(c.number) from exc
         if not rows:
             raise _checkpoint_conflict(c.number)
+
+    def _horizon_flow(self, lock_wait: timedelta) -> Flow[int]:
+        """The highest seq at or below which every ledger entry is final; run in one transaction.
+
+        ``seq`` is drawn at INSERT time, not at commit: an uncommitted 41 can sit below a
+        visible 42. Once the SHARE lock is granted, every transaction that drew a seq has
+        committed or rolled back (see ``LOCK_LEDGER`` and ``SELECT_HORIZON`` for why), so every
+        number up to the largest present is final. The lock ends with this transaction's commit,
+        right after one ``max(seq)`` index lookup.
+        """
+        # Whole milliseconds, at least one: a lock_timeout of 0 would wait forever.
+        millis = max(lock_wait // timedelta(milliseconds=1), 1)
+        yield Query(SET_LOCK_TIMEOUT, (f"{millis}ms",))
+        try:
+            yield Query(LOCK_LEDGER)
+        except psycopg.errors.LockNotAvailable as exc:
+            raise ConflictError(
+                "the PostgreSQL ledger stayed busy with writers for "
+                f"{lock_wait.total_seconds():g} s, so nothing was sealed; seal again later. If "
+                "this repeats, a long transaction is holding payonce_ledger (find it in "
+                "pg_locks and pg_stat_activity) and should be ended.",
+                operation="ledger_horizon",
+                waited=lock_wait,
+            ) from exc
+        ((horizon,),) = yield Query(SELECT_HORIZON)
+        return int(horizon)
 
     def _open_flow(self, allow_unsafe_durability: bool) -> Flow[None]:
         """Check durability, then apply missing migrations; run in one transaction."""
