@@ -199,7 +199,12 @@ def test_sixteen_concurrent_compensations_of_a_hold_release_it_once(
     store: Store, clock: ManualClock
 ) -> None:
     gateway = SimulatedGateway(idempotent=False, clock=clock)
-    guard = Guard(store, secret=SECRET, scope=SCOPE, clock=clock, gateway=gateway)
+    # The 15 waiters share the manual clock and each sleep advances it (up to the 5 s wait
+    # each, 75 s in all): a lease of an hour keeps that simulated time from expiring the
+    # holder's lease on a slow machine, which would make this a takeover test.
+    guard = Guard(
+        store, secret=SECRET, scope=SCOPE, clock=clock, gateway=gateway, lease=timedelta(hours=1)
+    )
     held = guard.execute(
         Intent("charge", 5000, "usd", payment_method="tok_visa", reference="order-hold",
                params={"capture": False})
