@@ -1350,6 +1350,45 @@ def summary(report: Report) -> str:
     )
 
 
+def _find(report: Report, backend: str, against: str, path: str, clients: int) -> Result | None:
+    for r in report.results:
+        if (r.backend, r.against, r.path, r.clients) == (backend, against, path, clients):
+            return r
+    return None
+
+
+def analysis(report: Report) -> list[str]:
+    """What the same run says about the gaps: the time payonce adds per call over its
+    hand-written minimum, and how that minimum itself compares with Powertools (computed from
+    this run's medians, never typed in)."""
+    lines = []
+    for r in report.results:
+        if r.against != "baseline" or r.clients != 1:
+            continue
+        added = 1e6 / r.ops(0) - 1e6 / r.ops(1)
+        lines.append(
+            f"{r.backend} {r.path}, 1 client: payonce adds {added:,.0f} µs per call to the "
+            f"{1e6 / r.ops(1):,.0f} µs of the same statements or scripts issued by hand."
+        )
+    for clients in CLIENTS:
+        base = _find(report, "redis", "baseline", "fresh", clients)
+        pt = _find(report, "redis", "powertools", "fresh", clients)
+        if base is None or pt is None:
+            continue
+        best = base.ops(1) / pt.ops(1)
+        target = TARGETS[("redis", "powertools", "fresh")]
+        lines.append(
+            f"redis fresh against Powertools, {clients} client(s): the hand-written minimum "
+            f"(payonce's two scripts with no library around them) ran at {base.ops(1):,.0f}/s and "
+            f"Powertools at {pt.ops(1):,.0f}/s, so a payonce that added nothing at all would "
+            f"reach {best:.2f}x of Powertools against the {target}x target. "
+            "Powertools' fresh call is two plain commands (a `SET NX` and a `SET`); "
+            "payonce's is two scripts that also compare-and-set the fencing token, append a "
+            "hash-chained ledger entry with its chain head, and keep the scan and purge indexes."
+        )
+    return lines
+
+
 _BASELINES: Final = """\
 - **PostgreSQL fresh**: canonical JSON (`json.dumps`, sorted keys, no whitespace), SHA-256
   fingerprint, HMAC-SHA256 key and provider key (length-prefixed, as payonce), the claim's ledger
@@ -1436,6 +1475,8 @@ def render(report: Report, command: str) -> str:
             else ""
         ),
         *(["\n".join(f"- {n}" for n in report.notes)] if report.notes else []),
+        "## Where the time goes",
+        "\n".join(f"- {line}" for line in analysis(report)),
         "## Cost as the store grows",
         growth_markdown(report),
         "\n".join(f"- {v}" for v in growth_verdicts(report)),
@@ -1512,6 +1553,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"targets: {summary(report)}")
     for note in report.notes:
         print(note)
+    print("\n".join(analysis(report)))
     print(growth_markdown(report))
     print("\n".join(growth_verdicts(report)))
     if args.out is not None:
