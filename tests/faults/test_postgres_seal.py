@@ -136,42 +136,28 @@ def test_ledger_sequence_has_no_session_cache(admin: Admin) -> None:
     assert row == (1,)
 
 
-def test_seal_waits_for_a_lower_uncommitted_entry_and_covers_it(
-    store: PostgresStore, admin: Admin
+@pytest.mark.parametrize("ending", ["COMMIT", "ROLLBACK"])
+def test_seal_waits_for_a_lower_uncommitted_entry_and_covers_its_number(
+    store: PostgresStore, admin: Admin, ending: str
 ) -> None:
+    # Committed, the raw entry is inside the sealed range; rolled back, its number is a gap
+    # inside the range, and final.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        with _uncommitted_entry("commit") as (writer, held):
-            later = _write_later_entries(store, "seal-commit")
+        with _uncommitted_entry(ending.lower()) as (writer, held):
+            later = _write_later_entries(store, f"seal-{ending.lower()}")
             assert held < min(later)
             assert held not in later  # invisible while its transaction is open
             future = _seal_in_thread(pool, store)
             _wait_until_sealer_waits(admin, future)
-            writer.execute("COMMIT")
+            writer.execute(ending)
         checkpoint = future.result(timeout=30)
 
+    kept = len(later) + (ending == "COMMIT")
     assert checkpoint is not None
     assert (checkpoint.first_seq, checkpoint.last_seq) == (held, max(later))
-    assert checkpoint.count == 1 + len(later)  # both the raw entry and the store's
+    assert checkpoint.count == kept
     report = verify_ledger(store)
-    assert (report.checkpoints, report.entries) == (1, 1 + len(later))
-
-
-def test_seal_past_a_rolled_back_entry_covers_the_gap(store: PostgresStore, admin: Admin) -> None:
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        with _uncommitted_entry("rollback") as (writer, held):
-            later = _write_later_entries(store, "seal-rollback")
-            assert held < min(later)
-            future = _seal_in_thread(pool, store)
-            _wait_until_sealer_waits(admin, future)
-            writer.execute("ROLLBACK")
-        checkpoint = future.result(timeout=30)
-
-    assert checkpoint is not None
-    # The range starts at the rolled-back number: the gap is inside it, and final.
-    assert (checkpoint.first_seq, checkpoint.last_seq) == (held, max(later))
-    assert checkpoint.count == len(later)
-    report = verify_ledger(store)
-    assert (report.checkpoints, report.entries) == (1, len(later))
+    assert (report.checkpoints, report.entries) == (1, kept)
 
 
 def test_seal_gives_up_when_the_ledger_stays_busy(
