@@ -535,7 +535,10 @@ class RedisBaseline:
     def tag(self, ident: str) -> str:
         return f"{{{self.prefix}:{zlib.crc32(ident.encode()) % self.buckets}}}:"
 
-    def fresh(self, d: dict[str, Any]) -> Any:
+    def _claim(self, d: dict[str, Any]) -> tuple[Any, str, str, str, str, str, int]:
+        """payonce's claim script for ``d``, every key and argument built by hand; returns
+        the reply, the ident, the bucket tag, the key, the fingerprint, the claim entry's hash
+        and its time."""
         intent_json, fp, key = b_key(d)
         pk = b_provider_key(key)
         now = _time_ns() // 1000
@@ -606,7 +609,12 @@ class RedisBaseline:
             "generation",
             "0",
         ]
-        if self.claim(keys, args)[0] != b"ok":
+        return self.claim(keys, args), ident, t, key, fp, head, now
+
+    def fresh(self, d: dict[str, Any]) -> Any:
+        reply, ident, t, key, _, head, _ = self._claim(d)
+        rec, amount = t + "rec:" + ident, d["amount"]
+        if reply[0] != b"ok":
             raise RuntimeError("baseline: the key was taken")
         value = {"id": "ch_x"}
         now = _time_ns() // 1000
@@ -682,85 +690,7 @@ class RedisBaseline:
 
     def replay_claim(self, d: dict[str, Any]) -> Any:
         """A replay the way payonce does it on one Redis server: the claim script, by hand."""
-        intent_json, fp, key = b_key(d)
-        pk = b_provider_key(key)
-        now = _time_ns() // 1000
-        detail, head = _claim_entry(key, d, fp, pk, now)
-        ident = _ident(key)
-        t = self.tag(ident)
-        at = str(now)
-        entry = _dumps(
-            [
-                now,
-                SCOPE,
-                key,
-                "claimed",
-                None,
-                "CLAIMED",
-                1,
-                1,
-                d["amount"],
-                "usd",
-                detail,
-                GENESIS,
-                head,
-            ],
-            ensure_ascii=False,
-            separators=(",", ":"),
-        )
-        keys = [
-            t + "rec:" + ident,
-            t + "chain",
-            t + "open",
-            t + "live",
-            t + "log",
-            t + "fam:",
-            self.seq,
-        ]
-        args = [
-            ident,
-            "",
-            "",
-            entry,
-            head,
-            "1",
-            secrets.token_hex(8),
-            at,
-            "",
-            "scope",
-            SCOPE,
-            "key",
-            key,
-            "status",
-            "CLAIMED",
-            "fingerprint",
-            fp,
-            "intent",
-            intent_json,
-            "provider_key",
-            pk,
-            "operation",
-            "charge",
-            "amount",
-            str(d["amount"]),
-            "currency",
-            "usd",
-            "token",
-            "1",
-            "attempt",
-            "1",
-            "lease_expires_at",
-            str(now + LEASE_US),
-            "ledger_head",
-            head,
-            "created_at",
-            at,
-            "updated_at",
-            at,
-            "generation",
-            "0",
-        ]
-        reply = self.claim(keys, args)
+        reply, _, _, _, fp, _, _ = self._claim(d)
         flat = reply[1]
         fields = dict(zip(flat[::2], flat[1::2], strict=True))
         if reply[0] != b"exists" or fields[b"status"] != b"SUCCEEDED":
