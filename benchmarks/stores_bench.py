@@ -312,13 +312,14 @@ class PgBaseline:
                 self._all.append(conn)
         return conn
 
-    def fresh(self, d: dict[str, Any]) -> Any:
+    @staticmethod
+    def _claim_params(d: dict[str, Any]) -> tuple[tuple[Any, ...], str, str, str]:
+        """The 17 parameters of payonce_claim for ``d``, built by hand; with the key, the
+        fingerprint and the claim entry's hash."""
         intent_json, fp, key = b_key(d)
         pk = b_provider_key(key)
         now = _time_ns() // 1000
         detail, head = _claim_entry(key, d, fp, pk, now)
-        amount = d["amount"]
-        conn = self.conn()
         params = (
             SCOPE,
             key,
@@ -326,7 +327,7 @@ class PgBaseline:
             intent_json,
             pk,
             "charge",
-            amount,
+            d["amount"],
             "usd",
             None,
             0,
@@ -338,6 +339,12 @@ class PgBaseline:
             head,
             None,
         )
+        return params, key, fp, head
+
+    def fresh(self, d: dict[str, Any]) -> Any:
+        params, key, _, head = self._claim_params(d)
+        amount = d["amount"]
+        conn = self.conn()
         if conn.execute(PG_CLAIM, params).fetchone()[0] != "claimed":
             raise RuntimeError("baseline: the key was taken")
         value = {"id": "ch_x"}
@@ -371,29 +378,7 @@ class PgBaseline:
 
     def replay_claim(self, d: dict[str, Any]) -> Any:
         """A replay the way payonce does it on PostgreSQL: the claim function, by hand."""
-        intent_json, fp, key = b_key(d)
-        pk = b_provider_key(key)
-        now = _time_ns() // 1000
-        detail, head = _claim_entry(key, d, fp, pk, now)
-        params = (
-            SCOPE,
-            key,
-            fp,
-            intent_json,
-            pk,
-            "charge",
-            d["amount"],
-            "usd",
-            None,
-            0,
-            1,
-            now + LEASE_US,
-            now,
-            detail,
-            GENESIS,
-            head,
-            None,
-        )
+        params, _, fp, _ = self._claim_params(d)
         row = self.conn().execute(PG_CLAIM_READ, params).fetchone()
         if row[0] != "existing" or row[1] != "SUCCEEDED" or row[2] != fp:
             raise RuntimeError("baseline: not a finished record of this intent")
