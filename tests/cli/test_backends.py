@@ -1,5 +1,5 @@
-"""The read and purge commands on PostgreSQL and Redis, not only SQLite: the dry run reads the
-ledger, the purge the records, and both must agree on every backend."""
+"""The read, seal and purge commands on PostgreSQL and Redis, not only SQLite: the dry run reads
+the ledger, the purge the records, and both must agree on every backend."""
 
 from __future__ import annotations
 
@@ -77,8 +77,12 @@ def test_read_and_purge_commands(store_url: str, cli: Cli) -> None:
     assert purged["purged"] == announced["would_purge"]
     assert json_out(cli("show", keys["old"], "--store", store_url, "--json"))["record"] is None
     assert json_out(cli("ledger", "verify", "--store", store_url, "--json"))["verified"] is True
+    sealed = json_out(cli("ledger", "seal", "--store", store_url, "--json"))["checkpoint"]
+    anchored = cli("ledger", "verify", "--anchor", sealed["hash"], "--store", store_url, "--json")
+    assert json_out(anchored)["last_checkpoint"] == sealed["hash"]
     exported = cli("ledger", "export", "--store", store_url).stdout.splitlines()
     assert (
         len(exported)
         == json_out(cli("ledger", "verify", "--store", store_url, "--json"))["entries"]
+        == sealed["count"]
     )

@@ -65,8 +65,8 @@ def commands(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
 
 def test_help_lists_the_expected_commands(commands: set[str]) -> None:
     assert commands == {
-        "demo", "show", "ledger verify", "ledger tail", "ledger export", "reconcile", "purge",
-        "keys derive", "migrate",
+        "demo", "show", "ledger verify", "ledger seal", "ledger tail", "ledger export",
+        "reconcile", "purge", "keys derive", "migrate",
     }  # fmt: skip
 
 

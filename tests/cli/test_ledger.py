@@ -1,4 +1,4 @@
-"""``payonce ledger verify | tail | export``."""
+"""``payonce ledger verify | seal | tail | export``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
-from payonce import verify_ledger
+from payonce import Intent, verify_ledger
 from payonce.cli._common import entry_dict
 from tests.cli.conftest import Cli, Seeded, json_out
 
@@ -69,6 +69,66 @@ def test_verify_with_an_anchor_missing_from_the_store_exits_1(known: Seeded, cli
     assert "anchored checkpoint" in done.stderr
 
 
+def test_seal_prints_a_checkpoint_that_verify_accepts_as_anchor(known: Seeded, cli: Cli) -> None:
+    entries = json_out(cli("ledger", "verify", "--store", known.url, "--json"))["entries"]
+    done = cli("ledger", "seal", "--store", known.url)
+    assert done.returncode == 0, done.stderr
+    assert f"Sealed checkpoint 1: entries 1 to {entries} ({entries} entries)." in done.stdout
+    store = known.open()
+    try:
+        (checkpoint,) = store.checkpoints()
+    finally:
+        store.close()
+    assert checkpoint.hash in done.stdout
+    anchored = cli("ledger", "verify", "--anchor", checkpoint.hash, "--store", known.url)
+    assert anchored.returncode == 0, anchored.stderr
+    again = json_out(cli("ledger", "seal", "--store", known.url, "--json"))
+    assert again == {"sealed": False, "verified": True, "checkpoint": None, "checkpoints": 1}
+    assert "no ledger entry to seal since checkpoint 1" in cli(
+        "ledger", "seal", "--store", known.url
+    ).stdout.replace("\n", " ")
+
+
+def test_seal_covers_only_the_entries_since_the_last_checkpoint(known: Seeded, cli: Cli) -> None:
+    first = json_out(cli("ledger", "seal", "--store", known.url, "--json"))["checkpoint"]
+    known.add("later", Intent("charge", 700, "usd", customer="cus_9", reference="later-1"))
+    report = json_out(cli("ledger", "seal", "--store", known.url, "--json"))
+    second = report["checkpoint"]
+    assert report["sealed"] is True
+    assert report["checkpoints"] == 2
+    assert (second["number"], second["first_seq"]) == (2, first["last_seq"] + 1)
+    assert second["count"] == 2  # the new intent's claimed and succeeded entries
+    assert second["prev_hash"] == first["hash"]
+    verified = json_out(cli("ledger", "verify", "--store", known.url, "--json"))
+    assert verified["last_checkpoint"] == second["hash"]
+
+
+def test_seal_refuses_a_tampered_ledger_and_seals_nothing(known: Seeded, cli: Cli) -> None:
+    _tamper(known.path, "UPDATE payonce_ledger SET amount = amount + 1 WHERE seq = 2")
+    done = cli("ledger", "seal", "--store", known.url)
+    assert done.returncode == 1
+    assert "nothing was sealed" in done.stderr
+    assert "ledger verification failed at entry 2" in done.stderr
+    report = json_out(cli("ledger", "seal", "--store", known.url, "--json"))
+    assert (report["sealed"], report["seq"], report["exit_code"]) == (False, 2, 1)
+    store = known.open()
+    try:
+        assert list(store.checkpoints()) == []
+    finally:
+        store.close()
+    # --no-verify seals what is there; the edited entry still fails verification afterwards.
+    skipped = json_out(cli("ledger", "seal", "--no-verify", "--store", known.url, "--json"))
+    assert (skipped["sealed"], skipped["verified"]) == (True, False)
+    assert cli("ledger", "verify", "--store", known.url).returncode == 1
+
+
+def test_seal_on_an_empty_store_seals_nothing(seeded: Seeded, cli: Cli) -> None:
+    seeded.open().close()  # creates the file and its schema, no entry
+    done = cli("ledger", "seal", "--store", seeded.url)
+    assert done.returncode == 0, done.stderr
+    assert "Nothing to seal: the ledger is empty." in done.stdout
+
+
 def test_tail_shows_the_newest_entries(known: Seeded, cli: Cli) -> None:
     store = known.open()
     try:
@@ -126,7 +186,7 @@ def test_export_to_a_missing_directory_exits_2(known: Seeded, cli: Cli, tmp_path
 
 
 def test_ledger_commands_on_a_missing_store_exit_3(cli: Cli, no_db_left: Path) -> None:
-    for command in (["verify"], ["tail"], ["export"]):
+    for command in (["verify"], ["seal"], ["tail"], ["export"]):
         done = cli("ledger", *command, "--store", f"sqlite:///{no_db_left}")
         assert done.returncode == 3, command
         assert "there is no store at" in done.stderr

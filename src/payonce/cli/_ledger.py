@@ -1,4 +1,4 @@
-"""``payonce ledger verify | tail | export``."""
+"""``payonce ledger verify | seal | tail | export``."""
 
 import contextlib
 import json
@@ -7,6 +7,7 @@ import sys
 import tempfile
 from collections import deque
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +15,8 @@ import typer
 from rich.table import Table
 
 from payonce._errors import LedgerCorruptedError
-from payonce._ledger import verify_ledger
+from payonce._ledger import seal_checkpoint, verify_ledger
+from payonce._model import Checkpoint
 from payonce._protocols import Store
 from payonce.cli._common import (
     DEFAULT_STORE,
@@ -34,7 +36,7 @@ __all__ = ["ledger_app"]
 
 ledger_app = typer.Typer(
     name="ledger",
-    help="Verify, read and export the tamper-evident ledger.",
+    help="Verify, seal, read and export the tamper-evident ledger.",
     no_args_is_help=True,
 )
 
@@ -88,6 +90,73 @@ def verify(
     table.add_row("last entry", str(report.last_seq))
     table.add_row("last checkpoint", "-" if last is None else last.hash)
     out.console.print(table)
+
+
+@ledger_app.command("seal")
+def seal(
+    verify_first: Annotated[
+        bool,
+        typer.Option(
+            "--verify/--no-verify",
+            help="Verify the whole ledger first and seal nothing if it fails (the default); "
+            "--no-verify skips that read on a large ledger verified on its own schedule.",
+        ),
+    ] = True,
+    store_url: StoreOption = DEFAULT_STORE,
+    as_json: JsonOption = False,
+) -> None:
+    """Seal the entries written since the newest checkpoint into a new checkpoint and print
+    its hash, to keep outside the store. Run it periodically (cron); safe under traffic."""
+    out = Out(as_json)
+    with handled(out):
+        store = open_for_reading(store_url)
+        try:
+            if verify_first:
+                try:
+                    verify_ledger(store)
+                except LedgerCorruptedError as exc:
+                    message = f"nothing was sealed: {exc.message}"
+                    detail = {"sealed": False, **exc.to_dict(), "message": message}
+                    out.fail(EXIT_PROBLEM, message, detail)
+            sealed = seal_checkpoint(store, now=datetime.now(UTC))
+            total = len(store.checkpoints())
+        finally:
+            store.close()
+    if out.json:
+        out.emit(
+            {
+                "sealed": sealed is not None,
+                "verified": verify_first,
+                "checkpoint": None if sealed is None else _checkpoint_dict(sealed),
+                "checkpoints": total,
+            }
+        )
+    elif sealed is None:
+        out.console.print(
+            f"Nothing to seal: no ledger entry to seal since checkpoint {total}."
+            if total
+            else "Nothing to seal: the ledger is empty."
+        )
+    else:
+        out.console.print(
+            f"Sealed checkpoint {sealed.number}: entries {sealed.first_seq} to {sealed.last_seq} "
+            f"({sealed.count} entries).\nhash {sealed.hash}\nKeep this hash outside the store: "
+            "`payonce ledger verify --anchor HASH` then fails if the ledger is truncated or "
+            "rewritten."
+        )
+
+
+def _checkpoint_dict(checkpoint: Checkpoint) -> dict[str, object]:
+    return {
+        "number": checkpoint.number,
+        "at": checkpoint.at.isoformat(),
+        "first_seq": checkpoint.first_seq,
+        "last_seq": checkpoint.last_seq,
+        "count": checkpoint.count,
+        "digest": checkpoint.digest,
+        "prev_hash": checkpoint.prev_hash,
+        "hash": checkpoint.hash,
+    }
 
 
 @ledger_app.command("tail")
