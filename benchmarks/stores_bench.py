@@ -111,6 +111,11 @@ class Config:
 class Series:
     latencies_ns: list[int] = field(default_factory=list)
     elapsed_ns: int = 0
+    cpu_ns: int = 0  # this process's CPU time (every thread) over the same span
+
+    @property
+    def cpu_us_per_op(self) -> float:
+        return self.cpu_ns / 1000 / len(self.latencies_ns) if self.latencies_ns else math.nan
 
     @property
     def ops_per_s(self) -> float:
@@ -932,12 +937,13 @@ class Runner:
                 lat.append(clock() - t0)
             return lat, out
 
-        start = clock()
+        start, cpu = clock(), time.process_time_ns()
         if clients == 1:
             parts = [work(items)]
         else:
             parts = list(self._pool.map(work, [items[i::clients] for i in range(clients)]))
         series.elapsed_ns += clock() - start
+        series.cpu_ns += time.process_time_ns() - cpu
         values = []
         for lat, out in parts:
             series.latencies_ns.extend(lat)
@@ -1272,6 +1278,14 @@ def _find(report: Report, backend: str, against: str, path: str, clients: int) -
     return None
 
 
+# A client process at least this busy (CPU seconds per second, every thread) is bound by the GIL.
+_GIL_BOUND: Final = 0.9
+
+
+def _cpu(series: Series) -> float:
+    return series.cpu_us_per_op
+
+
 def analysis(report: Report) -> list[str]:
     """What the same run says about the gaps: the time payonce adds per call over its
     hand-written minimum, and how that minimum itself compares with Powertools (computed from
@@ -1285,6 +1299,23 @@ def analysis(report: Report) -> list[str]:
             f"{r.backend} {r.path}, 1 client: payonce adds {added:,.0f} µs per call to the "
             f"{1e6 / r.ops(1):,.0f} µs of the same statements or scripts issued by hand."
         )
+    for r in report.results:
+        if r.against != "baseline" or r.path != "fresh" or r.clients == 1:
+            continue
+        mine, theirs = r.median(0, _cpu), r.median(1, _cpu)
+        busy = r.median(0, lambda s: s.cpu_ns / s.elapsed_ns if s.elapsed_ns else math.nan)
+        line = (
+            f"{r.backend} fresh, {r.clients} clients: this process spent {mine:,.0f} µs of CPU per "
+            f"payonce call and {theirs:,.0f} µs per hand-written one ({mine / theirs:.2f}x); "
+            f"payonce's clients kept it {busy:.0%} busy."
+        )
+        if busy >= _GIL_BOUND:
+            line += (
+                " The clients are threads of one process and the GIL runs one at a time, so at "
+                f"that load the throughput ratio tends to the CPU ratio, {theirs / mine:.2f}x "
+                f"(measured {r.ratio:.2f}x)."
+            )
+        lines.append(line)
     for clients in CLIENTS:
         base = _find(report, "redis", "baseline", "fresh", clients)
         pt = _find(report, "redis", "powertools", "fresh", clients)
