@@ -6,6 +6,7 @@ import json
 import sqlite3
 from contextlib import closing
 from pathlib import Path
+from subprocess import CompletedProcess
 
 from payonce import Intent, verify_ledger
 from payonce.cli._common import entry_dict
@@ -43,13 +44,19 @@ def test_verify_reports_what_it_checked(known: Seeded, cli: Cli) -> None:
     assert report["last_seq"] == expected.last_seq
 
 
-def test_verify_exits_1_and_names_the_edited_entry(known: Seeded, cli: Cli) -> None:
+def _on_an_edited_ledger(known: Seeded, cli: Cli, command: str) -> CompletedProcess[str]:
+    """``payonce ledger COMMAND`` after entry 2 was edited: exit 1, naming that entry."""
     _tamper(known.path, "UPDATE payonce_ledger SET amount = amount + 1 WHERE seq = 2")
-    done = cli("ledger", "verify", "--store", known.url)
+    done = cli("ledger", command, "--store", known.url)
     assert done.returncode == 1
     assert "ledger verification failed at entry 2" in done.stderr
-    assert "edited" in done.stderr
     assert "Traceback" not in done.stderr
+    return done
+
+
+def test_verify_exits_1_and_names_the_edited_entry(known: Seeded, cli: Cli) -> None:
+    done = _on_an_edited_ledger(known, cli, "verify")
+    assert "edited" in done.stderr
     report = json_out(cli("ledger", "verify", "--store", known.url, "--json"))
     assert report["verified"] is False
     assert report["seq"] == 2
@@ -104,11 +111,8 @@ def test_seal_covers_only_the_entries_since_the_last_checkpoint(known: Seeded, c
 
 
 def test_seal_refuses_a_tampered_ledger_and_seals_nothing(known: Seeded, cli: Cli) -> None:
-    _tamper(known.path, "UPDATE payonce_ledger SET amount = amount + 1 WHERE seq = 2")
-    done = cli("ledger", "seal", "--store", known.url)
-    assert done.returncode == 1
+    done = _on_an_edited_ledger(known, cli, "seal")
     assert "nothing was sealed" in done.stderr
-    assert "ledger verification failed at entry 2" in done.stderr
     report = json_out(cli("ledger", "seal", "--store", known.url, "--json"))
     assert (report["sealed"], report["seq"], report["exit_code"]) == (False, 2, 1)
     store = known.open()
