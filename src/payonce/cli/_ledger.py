@@ -7,13 +7,13 @@ import sys
 import tempfile
 from collections import deque
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
+from payonce._clock import SystemClock
 from payonce._errors import LedgerCorruptedError
 from payonce._ledger import seal_checkpoint, verify_ledger
 from payonce._model import Checkpoint
@@ -118,7 +118,7 @@ def seal(
                     message = f"nothing was sealed: {exc.message}"
                     detail = {"sealed": False, **exc.to_dict(), "message": message}
                     out.fail(EXIT_PROBLEM, message, detail)
-            sealed = seal_checkpoint(store, now=datetime.now(UTC))
+            sealed = seal_checkpoint(store, now=SystemClock().now())
             total = len(store.checkpoints())
         finally:
             store.close()
