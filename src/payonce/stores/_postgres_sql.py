@@ -229,7 +229,7 @@ class Flows:
         token: int,
         step: Callable[[Record | None], tuple[Record | None, Entry]],
         *,
-        sent: list[str] | None = None,
+        sent: list[str],
     ) -> Flow[Record | None]:
         """Apply ``step`` (a fenced transition; a None record deletes) by compare-and-set.
 
@@ -250,8 +250,7 @@ class Flows:
                 continue
             assert current is not None  # step fences: it refuses a missing record
             where = (scope, key, current.token, current.ledger_head)
-            if sent is not None:
-                sent.append(entry.hash)
+            sent.append(entry.hash)
             if record is None:
                 rows = yield Query(DELETE_FENCED, (*where, *_entry_params(entry)))
             else:
@@ -312,7 +311,7 @@ class Flows:
         status: Status,
         outcome: str,
         now: datetime,
-        sent: list[str] | None = None,
+        sent: list[str],
     ) -> Flow[Record]:
         def step(current: Record | None) -> tuple[Record | None, Entry]:
             return complete_transition(
@@ -331,7 +330,7 @@ class Flows:
         token: int,
         reason: str,
         now: datetime,
-        sent: list[str] | None = None,
+        sent: list[str],
     ) -> Flow[Record]:
         def step(current: Record | None) -> tuple[Record | None, Entry]:
             return unknown_transition(current, key=key, token=token, reason=reason, now=now, seq=0)
@@ -348,7 +347,7 @@ class Flows:
         token: int,
         reason: str,
         now: datetime,
-        sent: list[str] | None = None,
+        sent: list[str],
     ) -> Flow[None]:
         def step(current: Record | None) -> tuple[Record | None, Entry]:
             entry = release_transition(current, key=key, token=token, reason=reason, now=now, seq=0)
@@ -370,8 +369,6 @@ class Flows:
         land, or the record moved on: the caller keeps the original error.
         """
         record = yield from self._read_flow(scope, key)
-        if not sent:
-            return False, record  # the write was never sent
         if deletes:
             return record is None, record
         return record is not None and record.ledger_head in sent, record
