@@ -66,9 +66,8 @@ class ReadFirst:
         order is judged from the share as it is now, not as the call began: at a switch one
         call may count twice, which only nudges the heuristic.
         """
-        if self._mode is None and self._share < _THRESHOLD:
-            finished = claimed.lease is None and claimed.record.status.terminal
-            self._share += ((1.0 if finished else 0.0) - self._share) * _WEIGHT
+        if self._share < _THRESHOLD:
+            self.saw(finished=claimed.lease is None and claimed.record.status.terminal)
 
     def viewed(self, view: ReplayView | None) -> None:
         """Record what a read before a claim found."""
