@@ -202,7 +202,7 @@ def _decode_entry(member: Any, seq: int) -> Entry:
 
 def _encode_checkpoint(c: Checkpoint) -> str:
     fields = [c.number, to_micros(c.at), c.first_seq, c.last_seq, c.count, c.digest]
-    return json.dumps([*fields, c.prev_hash, c.hash], separators=(",", ":"))
+    return canonical_json([*fields, c.prev_hash, c.hash])
 
 
 def _decode_checkpoint(raw: Any) -> Checkpoint:
