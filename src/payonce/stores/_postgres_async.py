@@ -150,11 +150,15 @@ class AsyncPostgresStore(Flows):
             raise _closed(operation)
         for attempt in range(_ATTEMPTS):
             try:
-                async with self._pool.connection(timeout=timeout) as conn:
+                # getconn/putconn, as the sync twin: no commit step on an autocommit connection.
+                conn = await self._pool.getconn(timeout=timeout)
+                try:
                     if not transaction:
                         return await _adrive(conn, flow())
                     async with conn.transaction():
                         return await _adrive(conn, flow())
+                finally:
+                    await self._pool.putconn(conn)
             except psycopg.Error as exc:
                 if _retryable(exc) and attempt + 1 < _ATTEMPTS:
                     await asyncio.sleep(_backoff(attempt))
