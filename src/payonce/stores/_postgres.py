@@ -167,7 +167,7 @@ class PostgresStore(Flows):
         min_size / max_size: the size of the pool the store creates from a connection string.
         read_first: whether the guard reads five columns before it claims. True: a replay is
             that one ``SELECT``, a fresh call pays it as an extra round trip. False: a fresh
-            call is the claim function alone, a replay gets its row from that heavier call.
+            call is the claim function alone, a replay gets its record from that heavier call.
             None (the default) adapts: it reads first while most recent calls found their
             intent finished, and claims first otherwise. The claim, never the read, decides
             who calls, so every order gives the same answers.
@@ -188,7 +188,7 @@ class PostgresStore(Flows):
     @property
     def read_before_claim(self) -> bool:
         """Whether the guard should read before its next claim (see ``read_first``)."""
-        return self._order.now
+        return self._read_first.now
 
     def __init__(
         self,
@@ -202,7 +202,7 @@ class PostgresStore(Flows):
     ) -> None:
         super().__init__()
         _validate(min_size, max_size, timeout)
-        self._order = ReadFirst(read_first)
+        self._read_first = ReadFirst(read_first)
         self._closed = False
         if isinstance(conninfo_or_pool, psycopg_pool.ConnectionPool):
             self._pool = conninfo_or_pool
@@ -304,7 +304,7 @@ class PostgresStore(Flows):
             StoreUnavailableError: the database could not be reached or did not answer.
         """
         claimed = self._run("claim", lambda: self._claim_flow(new, now, lease_for))
-        self._order.claimed(claimed)
+        self._read_first.claimed(claimed)
         return claimed
 
     def takeover(
@@ -393,7 +393,7 @@ class PostgresStore(Flows):
             StoreUnavailableError: the database could not be reached or did not answer.
         """
         view = self._run("replay_view", lambda: self._view_flow(scope, key))
-        self._order.viewed(view)
+        self._read_first.viewed(view)
         return view
 
     def newest(self, scope: str, family: str) -> Record | None:

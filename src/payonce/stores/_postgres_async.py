@@ -65,7 +65,7 @@ class AsyncPostgresStore(Flows):
     @property
     def read_before_claim(self) -> bool:
         """See ``PostgresStore.read_before_claim``."""
-        return self._order.now
+        return self._read_first.now
 
     def __init__(
         self,
@@ -79,7 +79,7 @@ class AsyncPostgresStore(Flows):
     ) -> None:
         super().__init__()
         _validate(min_size, max_size, timeout)
-        self._order = ReadFirst(read_first)
+        self._read_first = ReadFirst(read_first)
         self._closed = False
         self._opened = False
         self._allow_unsafe = allow_unsafe_durability
@@ -206,7 +206,7 @@ class AsyncPostgresStore(Flows):
     async def claim(self, new: NewRecord, *, now: datetime, lease_for: timedelta) -> Claimed:
         """See ``PostgresStore.claim``."""
         claimed = await self._run("claim", lambda: self._claim_flow(new, now, lease_for))
-        self._order.claimed(claimed)
+        self._read_first.claimed(claimed)
         return claimed
 
     async def takeover(
@@ -268,7 +268,7 @@ class AsyncPostgresStore(Flows):
     async def replay_view(self, scope: str, key: str) -> ReplayView | None:
         """See ``PostgresStore.replay_view``."""
         view = await self._run("replay_view", lambda: self._view_flow(scope, key))
-        self._order.viewed(view)
+        self._read_first.viewed(view)
         return view
 
     async def newest(self, scope: str, family: str) -> Record | None:

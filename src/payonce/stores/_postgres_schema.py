@@ -3,8 +3,8 @@
 Split from ``payonce.stores._postgres_sql`` (the flows that run these statements). The tables are
 those of the SQLite store: the same names and columns, times as BIGINT microseconds since the
 epoch; the dialect differences (identity ``seq``, ``COLLATE "C"`` keys, PL/pgSQL triggers and the
-server-side claim function) are documented there. Every statement is a module constant; no text
-in it comes from input.
+server-side claim function) are in the statements below. Every statement is a module constant;
+no text in it comes from input.
 """
 
 # ruff: noqa: S608  (statements are assembled from the column lists below, never from input)

@@ -1,15 +1,17 @@
 """The PostgreSQL store without I/O (L4): row codecs and flows (statements: ``_postgres_schema``).
 
-The tables are those of the SQLite store (``payonce._sqlite.MIGRATIONS``): the same names, the
-same columns, times as BIGINT microseconds since the epoch. The dialect differences are here:
-``seq`` is an identity column (not gapless: a rolled-back insert consumes a number), ``scope``
-and ``key`` sort byte-wise (``COLLATE "C"``, so ``heads`` pages in the order every store uses),
-triggers are PL/pgSQL functions, and the claim is a server-side function (DESIGN §7).
+The tables are those of the SQLite store (``payonce.stores._sqlite_sql.MIGRATIONS``): the same
+names, the same columns, times as BIGINT microseconds since the epoch. The dialect differences,
+written out in ``_postgres_schema``: ``seq`` is an identity column (not gapless: a rolled-back
+insert consumes a number), ``scope`` and ``key`` sort byte-wise (``COLLATE "C"``, so ``heads``
+pages in the order every store uses), triggers are PL/pgSQL functions, and the claim is a
+server-side function (DESIGN §7).
 
 Every operation is written here once, as a flow: a generator that yields the statements it needs
-and receives their rows. ``payonce.stores._postgres`` drives the flows on a sync or an async
-connection, so the two twins differ only in how they execute a statement (the shape of the
-guard's effect flows). Every statement is a module constant; no text in it comes from input.
+and receives their rows. ``payonce.stores._postgres`` and ``_postgres_async`` drive the flows on
+a sync or an async connection, so the two twins differ only in how they execute a statement (the
+shape of the guard's effect flows). Every statement is a module constant; no text in it comes
+from input.
 """
 
 from __future__ import annotations
@@ -198,15 +200,15 @@ class Flows:
                     entry.prev_hash, entry.hash, head,
                 ),
             )  # fmt: skip
-            outcome, *stored = rows[0]
-            if outcome == "claimed":
+            verdict, *stored = rows[0]
+            if verdict == "claimed":
                 self._remembered.put(record)
                 return Claimed(record, record.lease)
-            if outcome == "existing":
+            if verdict == "existing":
                 existing = _record((new.scope, new.key, *stored))
                 self._remembered.put(existing)
                 return Claimed(existing, None)
-            if outcome == "history":
+            if verdict == "history":
                 # The key lived before: continue its chain and its tokens (they only grow).
                 head, prev_token = stored[12], stored[7]
             # "retry": the holder released the key between our conflict and our read.

@@ -287,7 +287,7 @@ class RedisStore(RedisCore):
             StoreUnavailableError: Redis could not be reached (the claim may or may not exist).
         """
         claimed = self._run(self._claim(new, now, lease_for), "claim")
-        self._order.claimed(claimed)
+        self._read_first.claimed(claimed)
         return claimed
 
     def takeover(
@@ -354,7 +354,7 @@ class RedisStore(RedisCore):
             StoreUnavailableError: Redis could not be reached.
         """
         view = self._run(self._replay_view(scope, key), "replay_view")
-        self._order.viewed(view)
+        self._read_first.viewed(view)
         return view
 
     def newest(self, scope: str, family: str) -> Record | None:
@@ -522,7 +522,7 @@ class AsyncRedisStore(RedisCore):
     async def claim(self, new: NewRecord, *, now: datetime, lease_for: timedelta) -> Claimed:
         """See ``RedisStore.claim``."""
         claimed = await self._run(self._claim(new, now, lease_for), "claim")
-        self._order.claimed(claimed)
+        self._read_first.claimed(claimed)
         return claimed
 
     async def takeover(
@@ -563,7 +563,7 @@ class AsyncRedisStore(RedisCore):
     async def replay_view(self, scope: str, key: str) -> ReplayView | None:
         """See ``RedisStore.replay_view``."""
         view = await self._run(self._replay_view(scope, key), "replay_view")
-        self._order.viewed(view)
+        self._read_first.viewed(view)
         return view
 
     async def newest(self, scope: str, family: str) -> Record | None:

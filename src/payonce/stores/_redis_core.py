@@ -272,14 +272,14 @@ class RedisCore:
         # A replay is one HMGET of five fields when the guard reads first. On a single server a
         # claim answers with the existing record in its one round trip instead (claiming first);
         # on Cluster a claim costs a seq allocation first, so reading first always wins there.
-        self._order = ReadFirst(True if cluster else read_first)
+        self._read_first = ReadFirst(True if cluster else read_first)
         self._recent: dict[str, tuple[Record, str]] = {}
         self._recent_lock = threading.Lock()
 
     @property
     def read_before_claim(self) -> bool:
         """Whether the guard should read before its next claim (see ``read_first``)."""
-        return self._order.now
+        return self._read_first.now
 
     # -- layout and memory of recent writes ----------------------------------------------------
 
