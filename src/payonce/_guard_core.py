@@ -96,6 +96,8 @@ class _Classified:
 class _GuardCore:
     """Configuration and the pure parts shared by both twins."""
 
+    store: Store | AsyncStore  # each twin narrows it to its own kind
+
     def __init__(
         self,
         store: Store | AsyncStore,
@@ -116,10 +118,6 @@ class _GuardCore:
         jitter: Uniform | None = None,
     ) -> None:
         self._adopt_store(store)
-        # A store whose point read is much cheaper than a claim (SQLite: no write lock) asks
-        # the guard to read first, so a replay never builds or writes a claim; a shared store
-        # (PostgreSQL, Redis) may adapt that order to the workload, so it is asked per call.
-        self._ordered_by: Any = store
         if not isinstance(scope, str) or not _SCOPE.fullmatch(scope):
             raise ConfigurationError(
                 "scope must be 1-128 characters: letters, digits and . _ : / @ - (e.g. "
@@ -168,8 +166,12 @@ class _GuardCore:
 
     @property
     def _read_before_claim(self) -> bool:
-        """Whether this call reads the record before it claims (``Store.read_before_claim``)."""
-        return bool(getattr(self._ordered_by, "read_before_claim", False))
+        """Whether this call reads the record before it claims (``Store.read_before_claim``).
+
+        A store whose point read is much cheaper than a claim (SQLite: no write lock) asks the
+        guard to read first, so a replay never builds or writes a claim; a shared store
+        (PostgreSQL, Redis) may adapt that order to the workload, so it is asked per call."""
+        return bool(getattr(self.store, "read_before_claim", False))
 
     def _adopt_store(self, store: Store | AsyncStore) -> None:
         """Check and keep the store; each twin accepts its own kind."""
