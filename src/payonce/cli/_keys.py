@@ -10,7 +10,7 @@ from rich.table import Table
 
 from payonce._guard import Guard
 from payonce._intent import Intent
-from payonce._keys import fingerprint
+from payonce._keys import MIN_SECRET_BYTES, fingerprint
 from payonce.cli._common import (
     JsonOption,
     Out,
@@ -28,8 +28,6 @@ keys_app = typer.Typer(
     help="Compute keys for debugging (no secret is ever printed).",
     no_args_is_help=True,
 )
-
-_MIN_HEX = 64  # 32 bytes, the shortest secret Keys accepts
 
 
 def _pairs(values: list[str] | None, option: str) -> dict[str, Any] | None:
@@ -227,10 +225,10 @@ def _secret(secret_file: Path | None) -> bytes:
         raise UsageError(
             f"{where} must hold the secret as hexadecimal (e.g. from secrets.token_hex(32))"
         ) from None
-    if len(secret) * 2 < _MIN_HEX:
+    if len(secret) < MIN_SECRET_BYTES:
         raise UsageError(
-            f"{where} holds {len(secret)} bytes; the secret is at least 32 bytes ({_MIN_HEX} hex "
-            "digits). Use the deployment's secret."
+            f"{where} holds {len(secret)} bytes; the secret is at least {MIN_SECRET_BYTES} bytes "
+            f"({2 * MIN_SECRET_BYTES} hex digits). Use the deployment's secret."
         )
     return secret
 
