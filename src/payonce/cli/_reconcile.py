@@ -14,7 +14,7 @@ from rich.table import Table
 
 from payonce._clock import SystemClock
 from payonce._protocols import Gateway, Store
-from payonce._reconciler import Reconciler, ReconcileReport
+from payonce._reconciler import Reconciler, ReconcileReport, _idle
 from payonce.cli._common import (
     DEFAULT_STORE,
     EXIT_OK,
@@ -134,9 +134,8 @@ def _gateway(name: GatewayName, api_base: str | None) -> Gateway:
 def _run(
     out: Out, reconciler: Reconciler, store: Store, batch: int, interval: timedelta
 ) -> tuple[ReconcileReport, int]:
-    # Reconciler.run(stop) cannot take --batch or hand back its reports, and it starts the next
-    # pass at once whenever the scan returned anything, records resting after a review flag
-    # included; this loop waits whenever a pass changed nothing.
+    # Reconciler.run does not hand back its reports, which this loop prints pass by pass; like
+    # it, the loop waits ``interval`` whenever a pass resolved nothing.
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -163,7 +162,7 @@ def _run(
                 f"pass {passes}: " + ", ".join(f"{n} {getattr(report, n)}" for n in _COUNTS)
             )
             sys.stdout.flush()
-        if report.scanned == report.skipped:
+        if _idle(report):
             stop.wait(interval.total_seconds())
     return total, passes
 
