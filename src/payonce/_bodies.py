@@ -32,6 +32,6 @@ def failure_body(code: str | None, *, declined: bool, value: Any = None) -> str:
     return canonical_json(body)
 
 
-def is_declined(result: GatewayAnswer) -> bool:
+def is_declined(answer: GatewayAnswer) -> bool:
     """Whether a definite failure is a payment decline (the adapters keep its decline code)."""
-    return bool((result.value or {}).get("decline_code"))
+    return bool((answer.value or {}).get("decline_code"))

@@ -243,13 +243,13 @@ class Gateway(Protocol):
     def execute(self, intent: Intent, provider_key: str, *, key: str) -> GatewayAnswer:
         """Make the movement ``intent`` describes, sending ``provider_key`` as the provider's
         idempotency key and ``key`` as the ``payonce_key`` metadata. Never raises for an answer
-        of the provider: every answer, and every transport failure, is a classified result."""
+        of the provider: every answer, and every transport failure, is a classified answer."""
         ...
 
     def lookup(self, intent: Intent, provider_key: str, *, key: str) -> GatewayAnswer | None:
         """Find the movement payonce made for ``key`` (by ``payonce_key`` metadata through the
-        provider's list endpoints): its classified result, or None when the provider has no
-        such object. A result of class UNKNOWN means the provider could not be asked."""
+        provider's list endpoints): its classified answer, or None when the provider has no
+        such object. An answer of class UNKNOWN means the provider could not be asked."""
         ...
 
 

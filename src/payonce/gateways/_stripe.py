@@ -113,18 +113,18 @@ class _StripeBase:
             return GatewayAnswer(OutcomeClass.DEFINITE, value=value, code="unsupported_intent")
 
     @staticmethod
-    def _report(intent: Intent, key: str, result: GatewayAnswer, what: str) -> GatewayAnswer:
+    def _report(intent: Intent, key: str, answer: GatewayAnswer, what: str) -> GatewayAnswer:
         # Digests and classes only: no parameters, ids, messages or bodies (I8).
         _log.debug(
             "stripe %s %s key=%s: %s code=%s replayed=%s",
             intent.operation,
             what,
             key,
-            result.kind.value,
-            result.code,
-            result.replayed,
+            answer.kind.value,
+            answer.code,
+            answer.replayed,
         )
-        return result
+        return answer
 
     def _scan(self, page: Any, key: str) -> tuple[GatewayAnswer | None, str | None]:
         """The object of ``page`` stamped with ``key`` (or None) and the cursor of the next

@@ -257,19 +257,19 @@ def retrieved(intent: Intent, obj: stripe.StripeObject) -> GatewayAnswer | None:
     return lookup_answer(obj) if _captured(obj) else None
 
 
-def cancelled(intent: Intent, result: GatewayAnswer) -> GatewayAnswer:
+def cancelled(intent: Intent, answer: GatewayAnswer) -> GatewayAnswer:
     """A cancel's answer: a PaymentIntent now ``canceled`` is what the cancel asked for, not a
     failure (``classify`` reads ``canceled`` as a failed payment)."""
-    value = result.value or {}
+    value = answer.value or {}
     if (
         intent.operation != "cancel"
-        or result.kind is not OutcomeClass.DEFINITE
+        or answer.kind is not OutcomeClass.DEFINITE
         or value.get("object") != "payment_intent"
         or value.get("status") != "canceled"
     ):
-        return result
+        return answer
     kept = {name: item for name, item in value.items() if name != "code"}
-    return GatewayAnswer(OutcomeClass.SUCCESS, value=kept, replayed=result.replayed)
+    return GatewayAnswer(OutcomeClass.SUCCESS, value=kept, replayed=answer.replayed)
 
 
 def lookup_answer(obj: stripe.StripeObject) -> GatewayAnswer:
