@@ -44,6 +44,7 @@ from payonce._model import (
 )
 from payonce._protocols import AsyncGateway, AsyncStore, Clock, Gateway, Store
 from payonce._retry import RetryPolicy, Uniform
+from payonce._transitions import ORIGINAL_METADATA
 
 __all__ = ["ExceptionTypes", "Faults"]
 
@@ -236,7 +237,7 @@ class _GuardCore:
                 "made through guard.execute",
                 field="key",
             )
-        link = {"payonce_original": original.key, "payonce_reason": reason}
+        link = {ORIGINAL_METADATA: original.key, "payonce_reason": reason}
         authorised = value.get("amount", original.amount)
         if original.operation == "charge" and _uncaptured(value):
             if sequence != 0:

@@ -11,6 +11,7 @@ import hashlib
 import json
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import Final
 
 from payonce._chain import GENESIS, make_entry
 from payonce._errors import LeaseLostError
@@ -18,6 +19,7 @@ from payonce._keys import canonical_json
 from payonce._model import Entry, Event, NewRecord, Record, Status
 
 __all__ = [
+    "ORIGINAL_METADATA",
     "claim_transition",
     "complete_transition",
     "fence",
@@ -29,8 +31,10 @@ __all__ = [
 ]
 
 _COMPLETE_EVENTS = {Status.SUCCEEDED: Event.SUCCEEDED, Status.FAILED: Event.FAILED}
-# The metadata name by which guard.compensate links a compensation to the payment it undoes.
-_ORIGINAL = "payonce_original"
+# The metadata name by which guard.compensate links a compensation to the payment it undoes,
+# and the same name as it appears in an intent's canonical JSON.
+ORIGINAL_METADATA: Final = "payonce_original"
+_ORIGINAL_QUOTED: Final = f'"{ORIGINAL_METADATA}"'
 
 
 def _link(intent_json: str, detail: dict[str, object]) -> dict[str, object]:
@@ -38,9 +42,9 @@ def _link(intent_json: str, detail: dict[str, object]) -> dict[str, object]:
     every entry of a compensation links it to the payment it undoes in the ledger itself (the
     record does, through its intent)."""
     # The substring test keeps the JSON parse off every other claim's path.
-    if f'"{_ORIGINAL}"' not in intent_json:
+    if _ORIGINAL_QUOTED not in intent_json:
         return detail
-    original = json.loads(intent_json).get("metadata", {}).get(_ORIGINAL)
+    original = json.loads(intent_json).get("metadata", {}).get(ORIGINAL_METADATA)
     return {**detail, "compensates": original} if isinstance(original, str) else detail
 
 
