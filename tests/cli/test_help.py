@@ -100,6 +100,7 @@ def test_every_command_has_help(cli: Cli, commands: set[str]) -> None:
 def test_no_arguments_prints_help_and_the_exit_codes(cli: Cli) -> None:
     done = cli()
     assert "Usage: payonce" in done.stdout + done.stderr
+    assert "Exit codes: 0 ok; 1 a problem was found" in done.stdout + done.stderr
     assert "Exit codes: 0 ok; 1 a problem was found" in cli("--help").stdout
 
 
