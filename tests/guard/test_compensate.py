@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from datetime import timedelta
 
 import pytest
@@ -28,6 +27,7 @@ from payonce import (
 from payonce.gateways.simulated import SimulatedGateway
 from payonce.testing import ManualClock
 from tests.conftest import SCOPE, SECRET
+from tests.faults.test_races import race
 
 CHARGE = Intent("charge", 5000, "usd", payment_method="tok_visa", reference="order-20")
 
@@ -90,21 +90,7 @@ def test_partial_refunds_by_sequence_never_exceed_the_charge(
 
 def test_sixteen_concurrent_refunds_refund_once(store: Store, clock: ManualClock) -> None:
     guard, gateway, key = _setup(store, clock)
-    barrier = threading.Barrier(16)
-    results: list[object] = []
-
-    def refund() -> None:
-        barrier.wait()
-        try:
-            results.append(guard.compensate(key))
-        except Exception as exc:  # an InProgressError is an acceptable answer
-            results.append(exc)
-
-    threads = [threading.Thread(target=refund) for _ in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    results = race(16, lambda: guard.compensate(key))  # InProgressError is acceptable
     assert len(results) == 16
     assert _refunded(gateway) == 5000
     assert len([m for m in gateway.movements() if m.operation == "refund"]) == 1
@@ -209,21 +195,7 @@ def test_sixteen_concurrent_compensations_of_a_hold_release_it_once(
         Intent("charge", 5000, "usd", payment_method="tok_visa", reference="order-hold",
                params={"capture": False})
     )  # fmt: skip
-    barrier = threading.Barrier(16)
-    results: list[object] = []
-
-    def cancel() -> None:
-        barrier.wait()
-        try:
-            results.append(guard.compensate(held.key))
-        except Exception as exc:  # an InProgressError is an acceptable answer
-            results.append(exc)
-
-    threads = [threading.Thread(target=cancel) for _ in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    results = race(16, lambda: guard.compensate(held.key))  # InProgressError is acceptable
     assert len(results) == 16
     assert {type(r).__name__ for r in results} <= {"Outcome", "InProgressError"}
     assert _voids(gateway) == ["void"]
