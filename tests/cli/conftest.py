@@ -32,6 +32,15 @@ class DeclinedError(Exception):
     """A definite failure of a wrapped call, declared to the guard."""
 
 
+def cli_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a CLI process: this one's without the variables the CLI reads, wide
+    and colourless output, unbuffered, plus ``env``."""
+    environ = {k: v for k, v in os.environ.items() if k not in _CLI_ENV}
+    environ.update(COLUMNS="200", NO_COLOR="1", PYTHONUNBUFFERED="1")
+    environ.update(env or {})
+    return environ
+
+
 def run_cli(
     *args: str,
     cwd: Path,
@@ -40,13 +49,10 @@ def run_cli(
     timeout: float = 120,
 ) -> subprocess.CompletedProcess[str]:
     """``python -m payonce ARGS`` in ``cwd``; wide, colourless output."""
-    environ = {k: v for k, v in os.environ.items() if k not in _CLI_ENV}
-    environ.update(COLUMNS="200", NO_COLOR="1", PYTHONUNBUFFERED="1")
-    environ.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "payonce", *args],
         cwd=cwd,
-        env=environ,
+        env=cli_env(env),
         input=stdin,
         capture_output=True,
         text=True,

@@ -4,7 +4,6 @@ the Stripe-compatible server."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from payonce import Intent, Status
-from tests.cli.conftest import Cli, Seeded, json_out
+from tests.cli.conftest import Cli, Seeded, cli_env, json_out
 from tests.stripe_server import StripeMock
 
 API_KEY = "sk_test_payonceCliReconcile5e1c9d2a7b"  # the secret scan looks for sk_test_ keys
@@ -137,7 +136,7 @@ def _loop(seeded: Seeded, tmp_path: Path, *extra: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=os.environ | {"COLUMNS": "200", "PYTHONUNBUFFERED": "1"},
+        env=cli_env(),
     )  # fmt: skip
 
 
