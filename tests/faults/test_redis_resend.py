@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
-from uuid import uuid4
 
 import pytest
 
@@ -42,9 +41,8 @@ class _NotSentError(Exception):
 
 @pytest.fixture
 def store() -> Iterator[RedisStore]:
-    prefix = f"payonce-test-{uuid4().hex[:12]}"
-    _REDIS.prefixes.append(prefix)
-    s = RedisStore(_REDIS.url, prefix=prefix)
+    s = _REDIS.fresh_store()
+    assert isinstance(s, RedisStore)
     yield s
     s.close()
 
