@@ -6,12 +6,13 @@ the same shape whoever recorded it.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from payonce._keys import canonical_json
 from payonce._model import GatewayAnswer
 
-__all__ = ["failure_body", "is_declined", "success_body"]
+__all__ = ["failure_body", "is_declined", "recorded_object", "success_body"]
 
 
 def success_body(value: Any) -> str:
@@ -35,3 +36,10 @@ def failure_body(code: str | None, *, declined: bool, value: Any = None) -> str:
 def is_declined(answer: GatewayAnswer) -> bool:
     """Whether a definite failure is a payment decline (the adapters keep its decline code)."""
     return bool((answer.value or {}).get("decline_code"))
+
+
+def recorded_object(outcome: str | None) -> dict[str, Any]:
+    """The provider object a recorded body holds: its ``value`` when that is a JSON object (what
+    ``guard.execute`` records), else an empty dict."""
+    value = json.loads(outcome or "{}").get("value")
+    return value if isinstance(value, dict) else {}

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from payonce._bodies import failure_body, is_declined
+from payonce._bodies import failure_body, is_declined, recorded_object
 from payonce._clock import SystemClock
 from payonce._decide import (
     Action,
@@ -229,8 +229,8 @@ class _GuardCore:
                 "captures can",
                 field="key",
             )
-        value = json.loads(original.outcome or "{}").get("value") or {}
-        target = value.get("id") if isinstance(value, dict) else None
+        value = recorded_object(original.outcome)
+        target = value.get("id")
         if not isinstance(target, str):
             raise IntentError(
                 "the recorded outcome has no provider object id to refund; compensate payments "

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import json
 import logging
 import threading
 from collections.abc import Generator
@@ -32,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from payonce._bodies import failure_body, is_declined, success_body
+from payonce._bodies import failure_body, is_declined, recorded_object, success_body
 from payonce._clock import SystemClock
 from payonce._errors import (
     ConfigurationError,
@@ -382,9 +381,7 @@ class _ReconcilerCore:
             report.unverified.append(record.key)
             return
         found = yield from self._ask("lookup", intent, record)
-        recorded = (json.loads(record.outcome or "{}").get("value")) or {}
-        if not isinstance(recorded, dict):
-            recorded = {}
+        recorded = recorded_object(record.outcome)
         kind, why = _disagreement(record, recorded, found)
         if kind is None:
             if found is not None and found.kind is OutcomeClass.UNKNOWN:
