@@ -98,10 +98,14 @@ class _Flows(_GuardCore):
     """The guard's control flow over effects (DESIGN §5, §6, §10)."""
 
     def _key_flow(self, prepared: _Prepared, now: datetime) -> _Flow:
+        """(key, generation, the record at that key if this flow just read it). A reference-less
+        intent reads its family's newest record to pick its key: when the window picks that
+        record's key, the record is already in hand."""
         if prepared.key is not None:
-            return prepared.key, 0
+            return prepared.key, 0, None
         newest = yield _StoreOp("newest", (self.scope, prepared.family))
-        return self._window_key(prepared, newest, now)
+        key, generation = self._window_key(prepared, newest, now)
+        return key, generation, newest if newest is not None and newest.key == key else None
 
     def _replay_first(
         self, prepared: _Prepared, view: ReplayView | None
@@ -124,24 +128,17 @@ class _Flows(_GuardCore):
         """``first_read``: ``(record or None,)`` when the driver already read ``prepared.key``."""
         self._fault("before_claim")
         waited, poll = timedelta(0), _FIRST_POLL
-        # A keyed intent's replay read ran in the driver; a reference-less one learns its key
-        # here, so its first read is the same small replay read (which also tells a store that
-        # adapts its read order what this call found).
-        viewed = prepared.key is not None
         while True:
             now = self.clock.now()
-            key, generation = yield from self._key_flow(prepared, now)
+            key, generation, known = yield from self._key_flow(prepared, now)
             existing = None
             if first_read is not None:
                 (existing,), first_read = first_read, None
-            elif self._read_before_claim and not viewed:
-                viewed = True
-                view = yield _StoreOp("replay_view", (self.scope, key))
-                replay, read = self._replay_first(prepared, view)
-                if replay is not None:
-                    return replay
-                if read is None:
-                    existing = yield _StoreOp("get", (self.scope, key))
+            elif prepared.key is None:
+                # A reference-less intent read its key's record with the family's newest; a
+                # new generation's key is claimed at once (a racer's record comes back from the
+                # claim). A keyed intent's first read ran in the driver.
+                existing = known
             elif self._read_before_claim:
                 existing = yield _StoreOp("get", (self.scope, key))
             if existing is None:

@@ -55,3 +55,18 @@ def test_replay_is_one_read_and_no_write(counted: CountingStore, clock: ManualCl
     again = guard.run(INTENT, lambda attempt: {"id": "never"})
     assert again.replayed
     assert counted.calls == (["replay_view"] if counted.read_before_claim else ["claim"])
+
+
+def test_a_reference_less_intent_reads_only_its_family(
+    counted: CountingStore, clock: ManualClock
+) -> None:
+    # The family's newest record is the record at the key the window picks: no second read of
+    # it. A fresh call is that read, the claim and the completion; a retry is the read alone.
+    guard = Guard(counted, secret=SECRET, scope=SCOPE, clock=clock)  # type: ignore[arg-type]
+    loose = Intent("charge", 5000, "usd", customer="cus_123")
+    guard.run(loose, lambda attempt: {"id": "ch_1"})
+    assert counted.calls == ["newest", "claim", "complete"]
+    counted.calls.clear()
+    again = guard.run(loose, lambda attempt: {"id": "never"})
+    assert again.replayed
+    assert counted.calls == ["newest"]
