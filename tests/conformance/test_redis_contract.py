@@ -439,3 +439,31 @@ def test_a_resent_script_recognises_its_own_write(local_prefix: str) -> None:
         assert verify_ledger(store).entries == 7
     finally:
         store.close()
+
+
+def test_a_read_across_buckets_is_one_pipeline_on_one_server(
+    local_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # newest (an intent without a reference) asks every bucket: one pipeline, plus redis-py's
+    # SCRIPT EXISTS check, not one round trip per bucket.
+    store = RedisStore(LOCAL_URL, prefix=local_prefix, buckets=16)
+    try:
+        guard = Guard(store, secret=SECRET, scope="tenant-a", clock=ManualClock())
+        loose = Intent("charge", 700, "usd", customer="cus_1")
+        guard.run(loose, lambda attempt: {"id": "ch_1"})
+        sent: list[object] = []
+        original = redis.connection.AbstractConnection.send_packed_command
+
+        def counting(self: Any, command: Any, check_health: bool = True) -> None:
+            sent.append(command)
+            original(self, command, check_health)
+
+        monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
+        family = guard.keys.material("tenant-a", loose).family
+        assert family is not None
+        record = store.newest("tenant-a", family)
+        assert record is not None
+        assert record.status is Status.SUCCEEDED
+        assert 1 <= len(sent) <= 2, len(sent)
+    finally:
+        store.close()

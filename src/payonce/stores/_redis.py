@@ -30,6 +30,7 @@ from payonce._model import Checkpoint, Claimed, Entry, NewRecord, Record, Replay
 from payonce.stores import _redis_lua as lua
 from payonce.stores._redis_core import (
     SCRIPT_NAMES,
+    Command,
     Effect,
     Fanout,
     Op,
@@ -257,19 +258,36 @@ class RedisStore(RedisCore):
         _durability(replies, allow_unsafe=allow_unsafe, where=self._where, refused=refused)
 
     def _perform(self, effect: Effect, operation: str) -> Any:
-        if isinstance(effect, Fanout):
-            return [self._perform(call, operation) for call in effect.calls]
         if self._closed:
             raise StoreUnavailableError(
                 "this RedisStore was closed; create a new one to keep using Redis",
                 operation=operation,
             )
         try:
+            if isinstance(effect, Fanout):
+                return self._fan_out(effect)
             if isinstance(effect, Script):
                 return self._scripts[effect.name](keys=effect.keys, args=effect.args)
             return getattr(self._client, effect.name)(*effect.args, **effect.kwargs)
         except rexc.RedisError as exc:
             raise _translate(exc, operation) from exc
+
+    def _fan_out(self, fanout: Fanout) -> list[Any]:
+        """One call per bucket. On one server they go as one pipeline (not a transaction: each
+        call stands alone), so a read over every bucket costs one round trip (and redis-py's
+        check that the scripts are loaded), not one per bucket; on Cluster, in turn."""
+        if self._cluster:
+            return [self._call(self._client, call) for call in fanout.calls]
+        pipe = self._client.pipeline(transaction=False)
+        for call in fanout.calls:
+            self._call(pipe, call)
+        replies: list[Any] = pipe.execute()
+        return replies
+
+    def _call(self, client: Any, call: Script | Command) -> Any:
+        if isinstance(call, Script):
+            return self._scripts[call.name](keys=call.keys, args=call.args, client=client)
+        return getattr(client, call.name)(*call.args, **call.kwargs)
 
     def _run(self, op: Op[_T], operation: str) -> _T:
         try:
