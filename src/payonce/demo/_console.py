@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
+from payonce.demo._figures import percent, seconds
 from payonce.demo._workload import FLOWS, money
 
 if TYPE_CHECKING:
@@ -17,12 +18,6 @@ if TYPE_CHECKING:
     from payonce.demo._result import DemoResult
 
 __all__ = ["print_summary", "progress_bars"]
-
-_FLOW_TITLES: Final = {
-    "checkout": "checkout",
-    "renewals": "renewals",
-    "disbursements": "disbursements",
-}
 
 
 def _rich() -> None:
@@ -147,29 +142,21 @@ def _figures_table(result: DemoResult) -> Table:
     return table
 
 
-def _percent(value: float | None) -> str:
-    return "—" if value is None else f"{value * 100:.1f}%"
-
-
-def _seconds(value: float | None) -> str:
-    return "—" if value is None else f"{value:.1f} s"
-
-
 def _kpi_table(result: DemoResult) -> Table:
     from rich.table import Table  # noqa: PLC0415
 
     table = Table(title="Business KPIs per flow (without → with payonce)", title_style="bold")
     table.add_column("")
     for flow in FLOWS:
-        table.add_column(_FLOW_TITLES[flow], justify="right")
+        table.add_column(flow, justify="right")
     rows = (
-        ("charge success rate", "charge_success_rate", _percent),
-        ("duplicate rate", "duplicate_rate", _percent),
-        ("reconciliation time p50", "reconciliation_time_s", _seconds),
-        ("renewal accuracy", "renewal_accuracy", _percent),
-        ("refund rate", "refund_rate", _percent),
-        ("disbursement latency p50", "disbursement_latency_s", _seconds),
-        ("payout accuracy", "payout_accuracy", _percent),
+        ("charge success rate", "charge_success_rate", percent),
+        ("duplicate rate", "duplicate_rate", percent),
+        ("reconciliation time p50", "reconciliation_time_s", seconds),
+        ("renewal accuracy", "renewal_accuracy", percent),
+        ("refund rate", "refund_rate", percent),
+        ("disbursement latency p50", "disbursement_latency_s", seconds),
+        ("payout accuracy", "payout_accuracy", percent),
     )
     for label, name, show in rows:
         cells = []

@@ -22,8 +22,10 @@ __all__ = [
     "FlowKpis",
     "RunFigures",
     "flow_kpis",
+    "percent",
     "percentile",
     "run_figures",
+    "seconds",
     "timeline",
 ]
 
@@ -39,6 +41,16 @@ def percentile(values: Iterable[float], share: float) -> float | None:
         return None
     rank = max(math.ceil(share * len(ordered)), 1)
     return ordered[rank - 1]
+
+
+def percent(value: float | None) -> str:
+    """A rate as the console and the report show it; an em dash when there is none."""
+    return "—" if value is None else f"{value * 100:.1f}%"
+
+
+def seconds(value: float | None) -> str:
+    """A duration in seconds as the console and the report show it; an em dash when none."""
+    return "—" if value is None else f"{value:.1f} s"
 
 
 def _ratio(part: int, whole: int) -> float | None:

@@ -13,7 +13,7 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from payonce.demo._figures import TIMELINE_KINDS
+from payonce.demo._figures import TIMELINE_KINDS, percent, seconds
 from payonce.demo._wire import FAULT_RATES
 from payonce.demo._workload import FLOWS, money
 
@@ -121,18 +121,6 @@ def _attrs(**values: object) -> str:
         key = name.rstrip("_").replace("_", "-")
         parts.append(f'{key}="{escape(str(value), quote=True)}"')
     return " ".join(parts)
-
-
-def _money(amount: int) -> str:
-    return money(amount)
-
-
-def _percent(value: float | None) -> str:
-    return "—" if value is None else f"{value * 100:.1f}%"
-
-
-def _seconds(value: float | None) -> str:
-    return "—" if value is None else f"{value:.1f} s"
 
 
 class _Bars:
@@ -325,24 +313,24 @@ def _figures_table(result: DemoResult) -> str:
         _row(
             "duplicate amount",
             "duplicate_amount",
-            _money(u.duplicate_amount),
-            _money(g.duplicate_amount),
+            money(u.duplicate_amount),
+            money(g.duplicate_amount),
             sub=True,
         ),
         _row("duplicate payouts", "duplicate_payouts", u.duplicate_payouts, g.duplicate_payouts),
         _row(
             "duplicate payout amount",
             "duplicate_payout_amount",
-            _money(u.duplicate_payout_amount),
-            _money(g.duplicate_payout_amount),
+            money(u.duplicate_payout_amount),
+            money(g.duplicate_payout_amount),
             sub=True,
         ),
         _row("wrong refunds", "wrong_refunds", u.wrong_refunds, g.wrong_refunds),
         _row(
             "wrong refund amount",
             "wrong_refund_amount",
-            _money(u.wrong_refund_amount),
-            _money(g.wrong_refund_amount),
+            money(u.wrong_refund_amount),
+            money(g.wrong_refund_amount),
             sub=True,
         ),
         _row("unknown outcomes", "unknown_outcomes", u.unknown_outcomes, g.unknown_outcomes),
@@ -391,13 +379,13 @@ def _figures_table(result: DemoResult) -> str:
 
 
 _KPI_ROWS: Final = (
-    ("charge success rate", "charge_success_rate", _percent),
-    ("duplicate rate", "duplicate_rate", _percent),
-    ("reconciliation time (p50)", "reconciliation_time_s", _seconds),
-    ("renewal accuracy", "renewal_accuracy", _percent),
-    ("refund rate", "refund_rate", _percent),
-    ("disbursement latency (p50)", "disbursement_latency_s", _seconds),
-    ("payout accuracy", "payout_accuracy", _percent),
+    ("charge success rate", "charge_success_rate", percent),
+    ("duplicate rate", "duplicate_rate", percent),
+    ("reconciliation time (p50)", "reconciliation_time_s", seconds),
+    ("renewal accuracy", "renewal_accuracy", percent),
+    ("refund rate", "refund_rate", percent),
+    ("disbursement latency (p50)", "disbursement_latency_s", seconds),
+    ("payout accuracy", "payout_accuracy", percent),
 )
 
 
@@ -447,8 +435,8 @@ def _cards(result: DemoResult) -> str:
             (
                 "money charged twice",
                 "duplicate_amount",
-                _money(u.duplicate_amount),
-                _money(g.duplicate_amount),
+                money(u.duplicate_amount),
+                money(g.duplicate_amount),
             ),
             (
                 "unknown outcomes never resolved",
