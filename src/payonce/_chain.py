@@ -21,7 +21,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from payonce._keys import canonical_json
+from payonce._keys import canonical_flat
 from payonce._model import Checkpoint, Entry, Event, Status
 
 __all__ = [
@@ -69,7 +69,7 @@ def entry_hash(entry: Entry) -> str:
         entry.detail,
         entry.prev_hash,
     ]
-    return hashlib.sha256(canonical_json(material).encode("utf-8")).hexdigest()
+    return hashlib.sha256(canonical_flat(material).encode("utf-8")).hexdigest()
 
 
 def make_entry(
@@ -131,7 +131,7 @@ def checkpoint_hash(checkpoint: Checkpoint) -> str:
         checkpoint.digest,
         checkpoint.prev_hash,
     ]
-    return hashlib.sha256(canonical_json(material).encode("utf-8")).hexdigest()
+    return hashlib.sha256(canonical_flat(material).encode("utf-8")).hexdigest()
 
 
 def make_checkpoint(

@@ -16,11 +16,13 @@ from typing import Any, Final
 
 from payonce._errors import ConfigurationError
 from payonce._intent import Intent
+from payonce._model import quick_init
 
 __all__ = [
     "MAX_PROVIDER_KEY",
     "KeyMaterial",
     "Keys",
+    "canonical_flat",
     "canonical_json",
     "fingerprint",
     "fingerprint_of",
@@ -68,6 +70,26 @@ def _unsupported(value: object) -> object:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
+def canonical_flat(value: list[Any] | dict[str, Any]) -> str:
+    """``canonical_json`` of a list or dict of str, int, bool and None that payonce built
+    itself: a ledger entry's fields, an entry's detail.
+
+    Such a value cannot contain itself, so it needs no circular-reference check, and one encoder
+    serves every call (a third faster than ``canonical_json`` for an entry). The bytes are the
+    same. Values from callers (intents, outcome bodies) go through ``canonical_json``.
+    """
+    if _FLAT is None:
+        return canonical_json(value)
+    return "".join(_FLAT(value, 0))
+
+
+_FLAT: Final[Any] = (
+    None
+    if _make_encoder is None
+    else _make_encoder(None, _unsupported, _quote, None, ":", ",", True, False, False)
+)
+
+
 def length_prefixed(*fields: str) -> bytes:
     """Encode fields unambiguously: a 4-byte big-endian length, then the UTF-8 bytes, per field."""
     out = bytearray()
@@ -88,6 +110,7 @@ def fingerprint_of(intent_json: str) -> str:
     return hashlib.sha256(intent_json.encode("utf-8")).hexdigest()
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class KeyMaterial:
     """What the guard needs to claim an intent.

@@ -5,11 +5,12 @@ Timestamps are aware UTC datetimes; durations are timedeltas.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = [
     "Attempt",
@@ -25,7 +26,47 @@ __all__ = [
     "Record",
     "ReplayView",
     "Status",
+    "quick_init",
 ]
+
+_V = TypeVar("_V")
+
+
+def quick_init(cls: type[_V]) -> type[_V]:
+    """Give a frozen, slotted dataclass a faster ``__init__`` with the same signature.
+
+    The ``__init__`` that ``dataclass(frozen=True)`` writes sets each field through
+    ``object.__setattr__``, the generic path that frozenness blocks for everyone else: about
+    0.2 µs a field, 4 µs for a ``Record``, and a guarded call builds a dozen such values. This
+    one sets each slot through the slot's own descriptor, which the frozen ``__setattr__`` does
+    not guard either, at a third of the cost. Everything else stays the dataclass's own:
+    fields, defaults, equality, hashing, ``replace``, frozenness after construction.
+
+    Only plain fields are supported (no ``default_factory``, ``InitVar``, ``kw_only``,
+    ``init=False`` or ``__post_init__``): anything else raises ``TypeError`` at import.
+    """
+    params = cls.__dataclass_params__  # type: ignore[attr-defined]
+    if not (params.frozen and "__slots__" in cls.__dict__) or hasattr(cls, "__post_init__"):
+        raise TypeError(f"quick_init needs a frozen, slotted dataclass; {cls.__name__} is not")
+    namespace: dict[str, Any] = {}
+    signature, body = [], []
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.default_factory is not dataclasses.MISSING or f.kw_only or not f.init:
+            raise TypeError(f"quick_init takes plain fields only; {cls.__name__}.{f.name} is not")
+        namespace[f"_set_{f.name}"] = cls.__dict__[f.name].__set__
+        if f.default is dataclasses.MISSING:
+            signature.append(f.name)
+        else:
+            namespace[f"_default_{f.name}"] = f.default
+            signature.append(f"{f.name}=_default_{f.name}")
+        body.append(f"    _set_{f.name}(self, {f.name})")
+    source = f"def __init__(self, {', '.join(signature)}):\n" + "\n".join(body or ["    pass"])
+    exec(source, namespace)  # noqa: S102 - source built above from the class's own field names
+    init = namespace["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__annotations__ = cls.__init__.__annotations__
+    setattr(cls, "__init__", init)  # noqa: B010 - mypy refuses a direct assignment to __init__
+    return cls
 
 
 class Status(enum.StrEnum):
@@ -84,6 +125,7 @@ class GatewayAnswer:
     replayed: bool = False
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Lease:
     """The time-bounded right to act on a record.
@@ -97,6 +139,7 @@ class Lease:
     expires_at: datetime
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class NewRecord:
     """What a claim writes when the key is free. Built by the guard, stored as given."""
@@ -113,6 +156,7 @@ class NewRecord:
     generation: int = 0
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Record:
     """A stored record for one (scope, key)."""
@@ -150,6 +194,7 @@ class Record:
         return loaded
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ReplayView:
     """The columns of a record the replay path needs, read without the rest of the record.
@@ -166,6 +211,7 @@ class ReplayView:
     provider_key: str
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Claimed:
     """The answer of ``Store.claim`` and ``Store.takeover``.
@@ -178,6 +224,7 @@ class Claimed:
     lease: Lease | None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Attempt:
     """One call under a lease, handed to the guarded function.
@@ -196,6 +243,7 @@ class Attempt:
     token: int
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """The recorded outcome of an intent, as the guard returns it.
@@ -219,6 +267,7 @@ class Outcome:
     body: str
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One ledger entry: a transition of one record, hash-chained per (scope, key)."""

@@ -15,7 +15,7 @@ from typing import Final
 
 from payonce._chain import GENESIS, make_entry
 from payonce._errors import LeaseLostError
-from payonce._keys import canonical_json
+from payonce._keys import canonical_flat
 from payonce._model import Entry, Event, NewRecord, Record, Status
 
 __all__ = [
@@ -73,7 +73,7 @@ def _entry(
         attempt=attempt,
         amount=record.amount,
         currency=record.currency,
-        detail=canonical_json(detail),
+        detail=canonical_flat(detail),
         prev_hash=prev_hash,
     )
 

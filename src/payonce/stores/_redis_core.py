@@ -27,7 +27,7 @@ from typing import Any, Final, TypeAlias, TypeVar
 
 from payonce._chain import checkpoint_digest, from_micros, to_micros
 from payonce._errors import ConfigurationError, ConflictError, LeaseLostError, StoreError
-from payonce._keys import canonical_json
+from payonce._keys import canonical_flat, canonical_json
 from payonce._model import Checkpoint, Claimed, Entry, Event, NewRecord, Record, ReplayView, Status
 from payonce._transitions import (
     claim_transition,
@@ -169,12 +169,32 @@ def _pairs(record: Record, names: Sequence[str]) -> tuple[list[str], list[str]]:
 _RECORD_FIELDS: Final = tuple(f.name for f in dataclasses.fields(Record))
 
 
+def _claim_pairs(r: Record) -> list[str]:
+    """``_pairs(r, _RECORD_FIELDS)[1]`` for the record a claim writes, field by field: this is
+    every claim's path, and the loop costs three times as much. A claimed record holds a lease
+    and has no outcome and no reason yet; any other record takes the loop."""
+    if r.lease_expires_at is None or r.outcome is not None or r.reason is not None:
+        return _pairs(r, _RECORD_FIELDS)[1]
+    pairs = [
+        "scope", r.scope, "key", r.key, "status", r.status.value, "fingerprint", r.fingerprint,
+        "intent", r.intent, "provider_key", r.provider_key, "operation", r.operation,
+        "amount", str(r.amount), "currency", r.currency, "token", str(r.token),
+        "attempt", str(r.attempt), "lease_expires_at", str(to_micros(r.lease_expires_at)),
+        "ledger_head", r.ledger_head, "created_at", str(to_micros(r.created_at)),
+        "updated_at", str(to_micros(r.updated_at)),
+    ]  # fmt: skip
+    if r.family is not None:
+        pairs += ("family", r.family)
+    pairs += ("generation", str(r.generation))
+    return pairs
+
+
 def _encode_entry(e: Entry) -> str:
     status_from = None if e.status_from is None else e.status_from.value
     status_to = None if e.status_to is None else e.status_to.value
     fields = [to_micros(e.at), e.scope, e.key, e.event.value, status_from, status_to, e.token]
     fields += [e.attempt, e.amount, e.currency, e.detail, e.prev_hash, e.hash]
-    return canonical_json(fields)  # a flat list: the compact JSON array, quickly
+    return canonical_flat(fields)  # a flat list: the compact JSON array, quickly
 
 
 def _decode_entry(member: Any, seq: int) -> Entry:
@@ -337,9 +357,8 @@ class RedisCore:
             )
             seq = yield from self._seq(1, floor)
             generation = "" if new.family is None else str(new.generation)
-            _, pairs = _pairs(record, _RECORD_FIELDS)
             args = [ident, prev_hash, seq, _encode_entry(entry), entry.hash, str(record.token)]
-            args += [lease_id, str(to_micros(now)), generation, *pairs]
+            args += [lease_id, str(to_micros(now)), generation, *_claim_pairs(record)]
             reply = yield Script("claim", keys, args)
             tag = text(reply[0])
             if tag == "ok":

@@ -1,0 +1,203 @@
+"""The hot path's value plumbing: ``quick_init`` keeps every dataclass behaviour of the classes
+it speeds up, and ``canonical_flat`` writes the bytes ``canonical_json`` writes."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import pickle
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from payonce import _keys
+from payonce._chain import make_entry, to_micros
+from payonce._keys import KeyMaterial, canonical_flat, canonical_json
+from payonce._model import (
+    Attempt,
+    Claimed,
+    Entry,
+    Event,
+    Lease,
+    NewRecord,
+    Outcome,
+    Record,
+    ReplayView,
+    Status,
+    quick_init,
+)
+from payonce._transitions import claim_transition
+from payonce.stores._redis_core import _RECORD_FIELDS, _claim_pairs, _pairs
+
+QUICK = [Lease, NewRecord, Record, ReplayView, Claimed, Attempt, Outcome, Entry, KeyMaterial]
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+def _values(cls: type) -> dict[str, Any]:
+    """A distinct value per field (identity is enough: nothing here validates types)."""
+    return {f.name: object() for f in dataclasses.fields(cls)}
+
+
+@pytest.mark.parametrize("cls", QUICK, ids=lambda c: c.__name__)
+def test_quick_init_sets_every_field_by_keyword_and_by_position(cls: type) -> None:
+    values = _values(cls)
+    by_keyword = cls(**values)
+    by_position = cls(*values.values())
+    for name, value in values.items():
+        assert getattr(by_keyword, name) is value
+        assert getattr(by_position, name) is value
+    assert by_keyword == by_position
+
+
+@pytest.mark.parametrize("cls", QUICK, ids=lambda c: c.__name__)
+def test_quick_init_keeps_the_dataclass_signature_and_defaults(cls: type) -> None:
+    params = list(inspect.signature(cls).parameters.values())
+    fields = dataclasses.fields(cls)
+    assert [p.name for p in params] == [f.name for f in fields]
+    for p, f in zip(params, fields, strict=True):
+        expected = inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default
+        assert p.default == expected, f.name
+        assert p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    required = [f.name for f in fields if f.default is dataclasses.MISSING]
+    with pytest.raises(TypeError, match="missing"):
+        cls(*[object()] * (len(required) - 1))
+
+
+@pytest.mark.parametrize("cls", QUICK, ids=lambda c: c.__name__)
+def test_quick_init_values_stay_frozen(cls: type) -> None:
+    value = cls(**_values(cls))
+    name = dataclasses.fields(cls)[0].name
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(value, name, 1)
+
+
+def test_quick_init_values_replace_compare_hash_and_pickle() -> None:
+    record = Record(
+        scope="tenant-a",
+        key="k1_x",
+        status=Status.CLAIMED,
+        fingerprint="f",
+        intent="{}",
+        provider_key="po1_x",
+        operation="charge",
+        amount=1000,
+        currency="usd",
+        token=1,
+        attempt=1,
+        lease_expires_at=NOW + timedelta(seconds=60),
+        outcome=None,
+        reason=None,
+        ledger_head="0" * 64,
+        created_at=NOW,
+        updated_at=NOW,
+    )
+    assert (record.family, record.generation) == (None, 0)
+    done = dataclasses.replace(record, status=Status.SUCCEEDED, outcome='{"value":1}')
+    assert (done.status, done.outcome, done.key) == (Status.SUCCEEDED, '{"value":1}', "k1_x")
+    assert record != done
+    assert hash(record) == hash(dataclasses.replace(done, status=Status.CLAIMED, outcome=None))
+    assert pickle.loads(pickle.dumps(record)) == record  # noqa: S301 - our own bytes
+    assert record.lease == Lease(1, NOW + timedelta(seconds=60))
+
+
+def test_quick_init_refuses_what_it_cannot_keep() -> None:
+    @dataclass(slots=True)
+    class Mutable:
+        a: int
+
+    @dataclass(frozen=True)
+    class Unslotted:
+        a: int
+
+    @dataclass(frozen=True, slots=True)
+    class Factory:
+        a: list[int] = field(default_factory=list)
+
+    @dataclass(frozen=True, slots=True)
+    class Checked:
+        a: int
+
+        def __post_init__(self) -> None:
+            pass
+
+    @dataclass(frozen=True, slots=True, kw_only=True)
+    class KeywordOnly:
+        a: int
+
+    for cls in (Mutable, Unslotted, Factory, Checked, KeywordOnly):
+        with pytest.raises(TypeError, match="quick_init"):
+            quick_init(cls)
+
+
+FLAT: list[list[Any] | dict[str, Any]] = [
+    ["payonce/ledger/v1", 1795463159857934, "tenant", "k1_x", "claimed", None, "CLAIMED", 1],
+    [True, False, None, 0, -1, 2**70, "", "é ü 日本", 'quote " back \\ nl \n tab \t \x00 \x1f'],
+    {"z": 1, "a": "b", "m": None, "é": "ü", "\x00": True},
+    {"fingerprint": "f" * 64, "operation": "charge", "provider_key": "po1_x", "compensates": "k"},
+    [],
+    {},
+]
+
+
+@pytest.mark.parametrize("value", FLAT)
+def test_canonical_flat_writes_the_bytes_of_canonical_json(value: Any) -> None:
+    assert canonical_flat(value) == canonical_json(value)
+
+
+@pytest.mark.parametrize("value", FLAT)
+def test_canonical_flat_without_the_c_encoder(value: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    expected = canonical_json(value)
+    monkeypatch.setattr(_keys, "_FLAT", None)
+    monkeypatch.setattr(_keys, "_make_encoder", None)
+    assert canonical_flat(value) == expected
+
+
+def test_canonical_flat_refuses_what_json_cannot_hold() -> None:
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        canonical_flat([object()])
+    with pytest.raises(ValueError, match="Out of range"):
+        canonical_flat([float("nan")])
+
+
+def test_an_entry_hashes_the_same_as_through_canonical_json() -> None:
+    detail = canonical_json({"previous_token": 1, "compensates": "k1_é"})
+    entry = make_entry(
+        seq=3,
+        at=NOW,
+        scope="tenant-é",
+        key="k1_x",
+        event=Event.TAKEN_OVER,
+        status_from=Status.UNKNOWN,
+        status_to=Status.CLAIMED,
+        token=2,
+        attempt=2,
+        amount=1000,
+        currency="usd",
+        detail=detail,
+        prev_hash="a" * 64,
+    )
+    material = ["payonce/ledger/v1", to_micros(NOW), "tenant-é", "k1_x", "taken_over", "UNKNOWN"]
+    material += ["CLAIMED", 2, 2, 1000, "usd", detail, "a" * 64]
+    assert entry.hash == hashlib.sha256(canonical_json(material).encode()).hexdigest()
+
+
+@pytest.mark.parametrize("family", [None, "f1_family"])
+def test_the_redis_claim_writes_every_field_of_the_claimed_record(family: str | None) -> None:
+    new = NewRecord("tenant-a", "k1_x", "f", "{}", "po1_x", "charge", 1000, "usd", family, 2)
+    record, _ = claim_transition(
+        new, now=NOW, lease_for=timedelta(seconds=60), seq=0, prev_hash=None
+    )
+    pairs = _claim_pairs(record)
+    assert pairs == _pairs(record, _RECORD_FIELDS)[1]
+    written = set(pairs[::2])
+    assert written == {f.name for f in dataclasses.fields(Record)} - {
+        "outcome",
+        "reason",
+        *(("family",) if family is None else ()),
+    }
+    # A record that is not a fresh claim takes the general encoding.
+    done = dataclasses.replace(record, outcome='{"value":1}', lease_expires_at=None)
+    assert _claim_pairs(done) == _pairs(done, _RECORD_FIELDS)[1]
