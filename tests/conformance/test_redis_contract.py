@@ -467,3 +467,28 @@ def test_a_read_across_buckets_is_one_pipeline_on_one_server(
         assert 1 <= len(sent) <= 2, len(sent)
     finally:
         store.close()
+
+
+def test_the_store_remembers_leases_in_flight_only(local_prefix: str) -> None:
+    # A claim is remembered so that its complete needs no read; a finished record is not (its
+    # key is never fenced again), so the memory stays the size of the calls in flight.
+    store = RedisStore(LOCAL_URL, prefix=local_prefix)
+    try:
+        t0 = datetime(2026, 2, 1, tzinfo=UTC)
+        lease = timedelta(seconds=30)
+        keys = [f"k1_memory_{i}" for i in range(3)]
+        for key in keys:
+            new = NewRecord("tenant-a", key, "fp", "{}", "po1_" + key, "charge", 100, "usd")
+            assert store.claim(new, now=t0, lease_for=lease).lease is not None
+        assert len(store._recent) == 3
+        store.complete("tenant-a", keys[0], token=1, status=Status.SUCCEEDED, outcome="{}", now=t0)
+        store.mark_unknown("tenant-a", keys[1], token=1, reason="timeout", now=t0)
+        store.release("tenant-a", keys[2], token=1, reason="refused", now=t0)
+        assert store._recent == {}
+        guard = Guard(store, secret=SECRET, scope="tenant-a", clock=ManualClock())
+        for i in range(3):
+            intent = Intent("charge", 100, "usd", customer="cus_a", reference=f"memory-{i}")
+            guard.run(intent, lambda attempt: {"id": 1})
+        assert store._recent == {}
+    finally:
+        store.close()

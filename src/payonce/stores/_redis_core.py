@@ -313,9 +313,12 @@ class RedisCore:
         return keys
 
     def _remember(self, ident: str, record: Record | None, lease_id: str = "") -> None:
+        """Keep a CLAIMED record this store just wrote, so the fenced write that ends its lease
+        needs no read; anything else forgets the key (``_recalled`` answers CLAIMED records only,
+        so a completed call leaves nothing behind and the memory holds leases in flight)."""
         with self._recent_lock:
             self._recent.pop(ident, None)
-            if record is not None:
+            if record is not None and record.status is Status.CLAIMED:
                 self._recent[ident] = (record, lease_id)
                 if len(self._recent) > _REMEMBERED:
                     del self._recent[next(iter(self._recent))]
