@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -120,6 +121,68 @@ def test_secrets_stay_out_of_repr(database: str, admin: Admin) -> None:
         assert "payonce_test_" in repr(store)
     finally:
         store.close()
+
+
+# -- a server that cannot be used ------------------------------------------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port  # nothing listens on it now: connections are refused
+
+
+def _unusable(database: str) -> list[tuple[str, str]]:
+    """(conninfo, what libpq says about it) for servers and databases the store cannot use."""
+    return [
+        (make_conninfo(database, host="127.0.0.1", port=_closed_port()), "Connection refused"),
+        (make_conninfo(database, dbname="payonce_no_such_database"), "does not exist"),
+        (make_conninfo(database, user="payonce_no_such_role"), "does not exist"),
+    ]
+
+
+def test_an_unusable_server_is_refused_with_libpq_s_reason(database: str) -> None:
+    # The pool reports only that it timed out; the error names why and where, and no password.
+    for conninfo, says in _unusable(database):
+        with pytest.raises(StoreUnavailableError) as caught:
+            PostgresStore(
+                make_conninfo(conninfo, password="hunter2-not-used"),  # noqa: S106
+                timeout=timedelta(seconds=0.5),
+            )
+        message = str(caught.value)
+        assert says in message, message
+        assert "could not connect to PostgreSQL (host=" in message
+        assert "PoolTimeout" not in message
+        assert "hunter2" not in message
+
+
+def test_an_unusable_server_is_refused_by_the_async_store_with_its_reason(database: str) -> None:
+    async def open_each() -> list[str]:
+        messages = []
+        for conninfo, _ in _unusable(database):
+            store = AsyncPostgresStore(conninfo, timeout=timedelta(seconds=0.5))
+            with pytest.raises(StoreUnavailableError) as caught:
+                await store.open()
+            await store.close()
+            messages.append(str(caught.value))
+        return messages
+
+    messages = asyncio.run(open_each())
+    for (_, says), message in zip(_unusable(database), messages, strict=True):
+        assert says in message, message
+        assert "could not connect to PostgreSQL (host=" in message
+
+
+@pytest.mark.parametrize(
+    "conninfo", ["host=127.0.0.1 dbname", "postgresql://u:hunter2@host/db?no_such_option=1", 42]
+)
+def test_a_malformed_connection_string_is_refused_before_connecting(conninfo: object) -> None:
+    for store in (PostgresStore, AsyncPostgresStore):
+        with pytest.raises(ConfigurationError) as caught:
+            store(conninfo)  # type: ignore[arg-type]
+        assert caught.value.option == "conninfo_or_pool"
+        assert "hunter2" not in str(caught.value)
 
 
 # -- schema ----------------------------------------------------------------------------------------

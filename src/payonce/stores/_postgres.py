@@ -120,6 +120,52 @@ def _masked(conninfo: str) -> str:
     return " ".join(f"{name}={params[name]}" for name in shown if params.get(name))
 
 
+def _checked_conninfo(conninfo: object, pool_type: str) -> str:
+    """A connection string libpq accepts, refused before any connection is tried (the pool would
+    otherwise retry a malformed one until its timeout)."""
+    if not isinstance(conninfo, str):
+        raise ConfigurationError(
+            f"pass a libpq connection string or URL ('postgresql://app@db/payments'), or an open "
+            f"psycopg_pool.{pool_type}; got {type(conninfo).__name__}",
+            option="conninfo_or_pool",
+        )
+    try:
+        conninfo_to_dict(conninfo)
+    except psycopg.Error as exc:
+        # Only the error's type: its text may quote the string, password included.
+        raise ConfigurationError(
+            f"the PostgreSQL connection string is not one libpq accepts "
+            f"({type(exc).__name__}): check its spelling, quoting and parameter names.",
+            option="conninfo_or_pool",
+        ) from None
+    return conninfo
+
+
+def _unreachable(target: str, timeout: timedelta, reason: str) -> StoreUnavailableError:
+    return StoreUnavailableError(
+        f"could not connect to PostgreSQL ({target}) within {timeout.total_seconds():g} s: "
+        f"{reason} (check that the server runs and accepts connections from here, and the "
+        "host, port, database, user and password of the connection string; a longer timeout "
+        "waits for a server that is still starting)",
+        operation="open",
+    )
+
+
+def _libpq_says(exc: psycopg.Error) -> str:
+    """libpq's reason on one line (it names host, port, user and database, never a password)."""
+    return " ".join(str(exc).split())
+
+
+def _connect_reason(conninfo: str) -> str:
+    """Why the pool could not open: it only reports a timeout, so one direct connection asks
+    libpq for the reason (refused, unknown database or role, authentication failed)."""
+    try:
+        psycopg.connect(conninfo, connect_timeout=_PROBE_SECONDS).close()
+    except psycopg.Error as exc:
+        return _libpq_says(exc)
+    return "it answered only after the pool had given up"
+
+
 def _closed(operation: str) -> StoreUnavailableError:
     return StoreUnavailableError(
         "this PostgreSQL store was closed; create a new one to keep using the database",
@@ -152,6 +198,7 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
 # COMMITTED; a database whose default is stricter would answer "retry" forever instead.
 _SESSION: Final = "SET default_transaction_isolation TO 'read committed'"
 _KWARGS: Final = {"autocommit": True}
+_PROBE_SECONDS: Final = 2  # libpq's smallest connect_timeout
 
 
 # -- the sync store --------------------------------------------------------------------------------
@@ -207,18 +254,25 @@ class PostgresStore(Flows):
         if isinstance(conninfo_or_pool, psycopg_pool.ConnectionPool):
             self._pool = conninfo_or_pool
             self._owned = False
+            conninfo = self._pool.conninfo if isinstance(self._pool.conninfo, str) else ""
         else:
+            conninfo = _checked_conninfo(conninfo_or_pool, "ConnectionPool")
             self._pool = psycopg_pool.ConnectionPool(
-                conninfo_or_pool, min_size=min_size, max_size=max_size, open=False,
+                conninfo,
+                min_size=min_size, max_size=max_size, open=False,
                 kwargs=_KWARGS, configure=_configure, timeout=timeout.total_seconds(),
                 name="payonce",
             )  # fmt: skip
             self._owned = True
-        self._target = _masked(self._pool.conninfo if isinstance(self._pool.conninfo, str) else "")
+        self._conninfo = conninfo
+        self._target = _masked(conninfo)
         try:
             if self._owned:
                 try:
                     self._pool.open(wait=True, timeout=timeout.total_seconds())
+                except psycopg_pool.PoolTimeout:
+                    reason = _connect_reason(self._conninfo)
+                    raise _unreachable(self._target, timeout, reason) from None
                 except psycopg.Error as exc:
                     raise _translate(exc, "open") from exc
             self._run("open", lambda: self._open_flow(allow_unsafe_durability), transaction=True)

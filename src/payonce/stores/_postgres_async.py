@@ -25,20 +25,35 @@ from payonce.stores._postgres import (
     _KWARGS,
     _LANDED,
     _LANDED_WAIT,
+    _PROBE_SECONDS,
     _backoff,
+    _checked_conninfo,
     _closed,
     _configure_async,
     _has_rows,
+    _libpq_says,
     _log,
     _masked,
     _retryable,
     _translate,
+    _unreachable,
     _validate,
 )
 from payonce.stores._postgres_sql import Flow, Flows, Query
 from payonce.stores._read_first import ReadFirst
 
 __all__ = ["AsyncPostgresStore"]
+
+
+async def _connect_reason(conninfo: str) -> str:
+    """The async twin of ``_postgres._connect_reason``."""
+    try:
+        conn = await psycopg.AsyncConnection.connect(conninfo, connect_timeout=_PROBE_SECONDS)
+    except psycopg.Error as exc:
+        return _libpq_says(exc)
+    await conn.close()
+    return "it answered only after the pool had given up"
+
 
 _T = TypeVar("_T")
 
@@ -88,14 +103,18 @@ class AsyncPostgresStore(Flows):
         if isinstance(conninfo_or_pool, psycopg_pool.AsyncConnectionPool):
             self._pool = conninfo_or_pool
             self._owned = False
+            conninfo = self._pool.conninfo if isinstance(self._pool.conninfo, str) else ""
         else:
+            conninfo = _checked_conninfo(conninfo_or_pool, "AsyncConnectionPool")
             self._pool = psycopg_pool.AsyncConnectionPool(
-                conninfo_or_pool, min_size=min_size, max_size=max_size, open=False,
+                conninfo,
+                min_size=min_size, max_size=max_size, open=False,
                 kwargs=_KWARGS, configure=_configure_async, timeout=timeout.total_seconds(),
                 name="payonce",
             )  # fmt: skip
             self._owned = True
-        self._target = _masked(self._pool.conninfo if isinstance(self._pool.conninfo, str) else "")
+        self._conninfo = conninfo
+        self._target = _masked(conninfo)
 
     def __repr__(self) -> str:
         return f"AsyncPostgresStore({self._target!r})"
@@ -117,6 +136,9 @@ class AsyncPostgresStore(Flows):
             if self._owned:
                 try:
                     await self._pool.open(wait=True, timeout=self._timeout.total_seconds())
+                except psycopg_pool.PoolTimeout:
+                    reason = await _connect_reason(self._conninfo)
+                    raise _unreachable(self._target, self._timeout, reason) from None
                 except psycopg.Error as exc:
                     raise _translate(exc, "open") from exc
             await self._run_opened(
