@@ -179,7 +179,11 @@ class _ReconcilerCore:
         recheck: timedelta = timedelta(hours=1),
     ) -> None:
         if not callable(getattr(gateway, "lookup", None)):
-            raise ConfigurationError("the Reconciler needs a gateway with lookup()")
+            raise ConfigurationError(
+                "the Reconciler needs a gateway with lookup(intent, provider_key), such as "
+                f"StripeGateway or SimulatedGateway; got {type(gateway).__name__}",
+                option="gateway",
+            )
         for name, value in (("lease", lease), ("recheck", recheck)):
             if not isinstance(value, timedelta) or value <= timedelta(0):
                 raise ConfigurationError(f"{name} must be a positive timedelta")
@@ -455,6 +459,14 @@ class Reconciler(_ReconcilerCore):
         lease: timedelta = timedelta(seconds=60),
         recheck: timedelta = timedelta(hours=1),
     ) -> None:
+        if not isinstance(store, Store) or inspect.iscoroutinefunction(
+            getattr(store, "scan", None)
+        ):
+            raise ConfigurationError(
+                f"Reconciler needs a sync Store such as SQLiteStore or PostgresStore; got "
+                f"{type(store).__name__}. Use AsyncReconciler for an AsyncStore.",
+                option="store",
+            )
         super().__init__(store, gateway, clock=clock, lease=lease, recheck=recheck)
 
     def run_once(self, batch: int = 100) -> ReconcileReport:
@@ -555,7 +567,12 @@ class AsyncReconciler(_ReconcilerCore):
         from payonce.stores._threaded import ThreadedAsyncStore  # noqa: PLC0415 - L4 adapter
 
         if not inspect.iscoroutinefunction(getattr(store, "scan", None)):
-            store = ThreadedAsyncStore(store)  # type: ignore[arg-type]
+            if not isinstance(store, Store):
+                raise ConfigurationError(
+                    f"AsyncReconciler needs an AsyncStore or a Store; got {type(store).__name__}",
+                    option="store",
+                )
+            store = ThreadedAsyncStore(store)
         super().__init__(store, gateway, clock=clock, lease=lease, recheck=recheck)
 
     async def run_once(self, batch: int = 100) -> ReconcileReport:

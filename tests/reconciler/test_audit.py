@@ -26,6 +26,7 @@ from payonce import (
 from payonce._reconciler import GATEWAY_FAILED, LEDGER_WITHOUT_GATEWAY, OBJECT_MISMATCH
 from payonce.gateways._simulated import Fault
 from payonce.gateways.simulated import SimulatedGateway
+from payonce.stores import MemoryStore
 from payonce.testing import ManualClock
 from tests.conftest import SCOPE, SECRET
 
@@ -157,11 +158,11 @@ def test_bad_arguments_are_refused(store: Store, clock: ManualClock, bad: dict[s
 
 
 def test_an_unreadable_store_raises_and_reports_nothing(clock: ManualClock) -> None:
-    class Down:
+    class Down(MemoryStore):
         def entries(self, *, after: int, limit: int) -> list[Any]:
             raise StoreUnavailableError("unreachable (injected)", operation="entries")
 
-    reconciler = Reconciler(Down(), SimulatedGateway(clock=clock), clock=clock)  # type: ignore[arg-type]
+    reconciler = Reconciler(Down(), SimulatedGateway(clock=clock), clock=clock)
     with pytest.raises(StoreUnavailableError):
         reconciler.audit()
 

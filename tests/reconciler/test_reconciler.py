@@ -12,6 +12,7 @@ import pytest
 
 from payonce import (
     AsyncReconciler,
+    ConfigurationError,
     Guard,
     Intent,
     OutcomeUnknownError,
@@ -24,6 +25,8 @@ from payonce import (
 )
 from payonce._reconciler import REVIEW
 from payonce.gateways.simulated import SimulatedGateway
+from payonce.stores import MemoryStore
+from payonce.stores._threaded import ThreadedAsyncStore
 from payonce.testing import ManualClock
 from tests.conftest import SCOPE, SECRET
 
@@ -302,3 +305,23 @@ def test_run_waits_out_a_store_outage_and_keeps_going(
         reconciler.run(stop, interval=timedelta(seconds=1), batch=5)
     assert len(scans) == 2  # the outage was waited out, then the loop scanned again
     assert any("unavailable" in r.getMessage() for r in caplog.records)
+
+
+def test_a_store_or_gateway_of_the_wrong_kind_is_refused_with_what_to_pass(
+    clock: ManualClock,
+) -> None:
+    gateway = SimulatedGateway(clock=clock)
+    with pytest.raises(ConfigurationError, match="sync Store such as SQLiteStore") as caught:
+        Reconciler(object(), gateway)  # type: ignore[arg-type]
+    assert caught.value.option == "store"
+    with pytest.raises(ConfigurationError, match="Use AsyncReconciler for an AsyncStore"):
+        Reconciler(ThreadedAsyncStore(MemoryStore()), gateway)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="needs an AsyncStore or a Store") as caught:
+        AsyncReconciler(object(), gateway)  # type: ignore[arg-type]
+    assert caught.value.option == "store"
+    for reconciler in (Reconciler, AsyncReconciler):
+        with pytest.raises(ConfigurationError, match="StripeGateway or SimulatedGateway"):
+            reconciler(MemoryStore(), object())  # type: ignore[arg-type]
+    # Both kinds of store are accepted by the async twin; the sync one runs in a thread.
+    assert AsyncReconciler(MemoryStore(), gateway).store is not None
+    assert AsyncReconciler(ThreadedAsyncStore(MemoryStore()), gateway).store is not None
