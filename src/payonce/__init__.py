@@ -26,7 +26,13 @@ from payonce._errors import (
 )
 from payonce._guard import AsyncGuard, Guard
 from payonce._intent import Intent, format_amount
-from payonce._ledger import LedgerReport, seal_checkpoint, verify_ledger
+from payonce._ledger import (
+    LedgerReport,
+    aseal_checkpoint,
+    averify_ledger,
+    seal_checkpoint,
+    verify_ledger,
+)
 from payonce._model import (
     Attempt,
     Checkpoint,
@@ -100,6 +106,8 @@ __all__ = [
     "StoreUnavailableError",
     "SystemClock",
     "ThreadedAsyncStore",
+    "aseal_checkpoint",
+    "averify_ledger",
     "format_amount",
     "once",
     "open_store",

@@ -1,18 +1,89 @@
-"""The ledger's read side (L3): verification and sealed checkpoints (DESIGN §8)."""
+"""The ledger's read side (L3): verification and sealed checkpoints (DESIGN §8).
+
+Verification and sealing are each written once, as a flow that yields the store calls it needs
+(``_Call``) and receives their answers; ``verify_ledger`` and ``seal_checkpoint`` drive a flow on
+a ``Store``, ``averify_ledger`` and ``aseal_checkpoint`` await it on an ``AsyncStore``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import inspect
+from collections.abc import Generator
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, TypeAlias, TypeVar
 
 from payonce._chain import GENESIS, checkpoint_digest, checkpoint_hash, entry_hash, make_checkpoint
-from payonce._errors import LedgerCorruptedError
+from payonce._errors import ConfigurationError, LedgerCorruptedError
 from payonce._model import Checkpoint, Entry
-from payonce._protocols import Store
+from payonce._protocols import AsyncStore, Store
 
-__all__ = ["LedgerReport", "seal_checkpoint", "verify_ledger"]
+__all__ = [
+    "LedgerReport",
+    "aseal_checkpoint",
+    "averify_ledger",
+    "seal_checkpoint",
+    "verify_ledger",
+]
 
 _BATCH = 5000
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """Effect: ``store.<name>(**kwargs)``; the driver sends back the answer."""
+
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+_Flow: TypeAlias = Generator[_Call, Any, _T]
+
+
+def _drive(store: Store, flow: _Flow[_T]) -> _T:
+    answer: Any = None
+    while True:
+        try:
+            call = flow.send(answer)
+        except StopIteration as stop:
+            result: _T = stop.value
+            return result
+        answer = getattr(store, call.name)(**call.kwargs)
+
+
+async def _adrive(store: AsyncStore, flow: _Flow[_T]) -> _T:
+    answer: Any = None
+    while True:
+        try:
+            call = flow.send(answer)
+        except StopIteration as stop:
+            result: _T = stop.value
+            return result
+        answer = await getattr(store, call.name)(**call.kwargs)
+
+
+def _async_store(store: AsyncStore | Store, function: str) -> AsyncStore:
+    """An AsyncStore as given, or a sync Store run in a worker thread (as AsyncGuard does)."""
+    from payonce.stores._threaded import ThreadedAsyncStore  # noqa: PLC0415 - L4 adapter
+
+    if inspect.iscoroutinefunction(getattr(store, "entries", None)):
+        return store  # type: ignore[return-value]
+    if isinstance(store, Store):
+        return ThreadedAsyncStore(store)
+    raise ConfigurationError(
+        f"{function} needs an AsyncStore or a Store; got {type(store).__name__}", option="store"
+    )
+
+
+def _gapless(store: AsyncStore | Store) -> bool:
+    """Whether the store hands out seqs without gaps, so that a gap is a deleted entry."""
+    return bool(getattr(store, "gapless_ledger", False))
+
+
+def _has_horizon(store: AsyncStore | Store) -> bool:
+    """Whether the store has a sealing horizon (see ``Store``)."""
+    return callable(getattr(store, "ledger_horizon", None))
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,16 +174,30 @@ def verify_ledger(store: Store, *, anchor: str | None = None) -> LedgerReport:
     Raises:
         LedgerCorruptedError: naming the first bad entry (by ``seq`` and key) and what is wrong.
     """
-    checkpoints = list(store.checkpoints())
+    return _drive(store, _verify_flow(anchor, gapless=_gapless(store)))
+
+
+async def averify_ledger(store: AsyncStore | Store, *, anchor: str | None = None) -> LedgerReport:
+    """``verify_ledger`` for an ``AsyncStore`` (a sync ``Store`` runs in a worker thread).
+
+    Raises:
+        LedgerCorruptedError: naming the first bad entry (by ``seq`` and key) and what is wrong.
+        ConfigurationError: ``store`` is not a store.
+    """
+    target = _async_store(store, "averify_ledger")
+    return await _adrive(target, _verify_flow(anchor, gapless=_gapless(target)))
+
+
+def _verify_flow(anchor: str | None, *, gapless: bool) -> _Flow[LedgerReport]:
+    checkpoints = list((yield _Call("checkpoints")))
     _verify_checkpoints(checkpoints, anchor)
     ranges = _RangeCheck(checkpoints)
     chain_heads: dict[tuple[str, str], str] = {}
     count, last_seq = 0, 0
     # Stores that hand out sequence numbers without gaps (under their write lock) let a gap
     # reveal a deleted entry even when no record or checkpoint points at it.
-    gapless = bool(getattr(store, "gapless_ledger", False))
     while True:
-        batch = store.entries(after=last_seq, limit=_BATCH)
+        batch = yield _Call("entries", {"after": last_seq, "limit": _BATCH})
         if not batch:
             break
         for entry in batch:
@@ -140,7 +225,7 @@ def verify_ledger(store: Store, *, anchor: str | None = None) -> LedgerReport:
             chain_heads[ident] = entry.hash
             count, last_seq = count + 1, entry.seq
     ranges.finish()
-    records = _verify_heads(store, chain_heads)
+    records = yield from _verify_heads(chain_heads)
     return LedgerReport(
         entries=count,
         keys=len(chain_heads),
@@ -151,11 +236,11 @@ def verify_ledger(store: Store, *, anchor: str | None = None) -> LedgerReport:
     )
 
 
-def _verify_heads(store: Store, chain_heads: dict[tuple[str, str], str]) -> int:
+def _verify_heads(chain_heads: dict[tuple[str, str], str]) -> _Flow[int]:
     after: tuple[str, str] | None = None
     records = 0
     while True:
-        rows = store.heads(after=after, limit=_BATCH)
+        rows = yield _Call("heads", {"after": after, "limit": _BATCH})
         if not rows:
             return records
         for scope, key, head in rows:
@@ -168,12 +253,6 @@ def _verify_heads(store: Store, chain_heads: dict[tuple[str, str], str]) -> int:
                 )
             records += 1
         after = (rows[-1][0], rows[-1][1])
-
-
-def _horizon(store: Store) -> int | None:
-    """The store's sealing horizon, or None for a store without one (see ``Store``)."""
-    ledger_horizon = getattr(store, "ledger_horizon", None)
-    return None if ledger_horizon is None else int(ledger_horizon())
 
 
 def seal_checkpoint(store: Store, *, now: datetime) -> Checkpoint | None:
@@ -190,19 +269,36 @@ def seal_checkpoint(store: Store, *, now: datetime) -> Checkpoint | None:
             PostgreSQL) the ledger stayed busy with writers past the store's lock timeout;
             nothing was sealed: seal again later.
     """
-    horizon = _horizon(store)
-    existing = list(store.checkpoints())
+    return _drive(store, _seal_flow(now, horizon=_has_horizon(store)))
+
+
+async def aseal_checkpoint(store: AsyncStore | Store, *, now: datetime) -> Checkpoint | None:
+    """``seal_checkpoint`` for an ``AsyncStore`` (a sync ``Store`` runs in a worker thread).
+
+    Raises:
+        ConflictError: as ``seal_checkpoint``; nothing was sealed: seal again later.
+        ConfigurationError: ``store`` is not a store.
+    """
+    target = _async_store(store, "aseal_checkpoint")
+    return await _adrive(target, _seal_flow(now, horizon=_has_horizon(target)))
+
+
+def _seal_flow(now: datetime, *, horizon: bool) -> _Flow[Checkpoint | None]:
+    # A store may answer None for "no horizon" (ThreadedAsyncStore around a store without one).
+    answer = (yield _Call("ledger_horizon")) if horizon else None
+    top = None if answer is None else int(answer)
+    existing = list((yield _Call("checkpoints")))
     last = existing[-1] if existing else None
     first_seq = last.last_seq + 1 if last else 1
     hashes: list[str] = []
     after, last_seq = first_seq - 1, first_seq - 1
     while True:
-        # Sequence numbers are distinct, so at most ``horizon - after`` entries lie at or below
+        # Sequence numbers are distinct, so at most ``top - after`` entries lie at or below
         # the horizon: reading that many never reads far past it.
-        limit = _BATCH if horizon is None else min(_BATCH, horizon - after)
-        batch = store.entries(after=after, limit=limit) if limit > 0 else []
-        if horizon is not None:
-            batch = [e for e in batch if e.seq <= horizon]
+        limit = _BATCH if top is None else min(_BATCH, top - after)
+        batch = (yield _Call("entries", {"after": after, "limit": limit})) if limit > 0 else []
+        if top is not None:
+            batch = [e for e in batch if e.seq <= top]
         if not batch:
             break
         hashes.extend(e.hash for e in batch)
@@ -218,5 +314,5 @@ def seal_checkpoint(store: Store, *, now: datetime) -> Checkpoint | None:
         digest=checkpoint_digest(hashes),
         prev_hash=last.hash if last else GENESIS,
     )
-    store.append_checkpoint(checkpoint)
+    yield _Call("append_checkpoint", {"checkpoint": checkpoint})
     return checkpoint

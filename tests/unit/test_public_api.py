@@ -134,6 +134,7 @@ FACADE = 6  # ``payonce`` itself re-exports everything; only leaves may import i
 ALLOWED_UPWARD = {
     ("payonce._guard", "AsyncGuard._adopt_store", "payonce.stores._threaded"),
     ("payonce._reconciler", "AsyncReconciler.__init__", "payonce.stores._threaded"),
+    ("payonce._ledger", "_async_store", "payonce.stores._threaded"),
 }
 
 # L0 and L1 do no I/O and read no clock (DESIGN §3).

@@ -29,6 +29,11 @@ class ThreadedAsyncStore:
         """The wrapped store's order, asked per call (it may adapt to the workload)."""
         return bool(getattr(self.store, "read_before_claim", False))
 
+    @property
+    def gapless_ledger(self) -> bool:
+        """The wrapped store's promise of seqs without gaps (``verify_ledger`` relies on it)."""
+        return bool(getattr(self.store, "gapless_ledger", False))
+
     def __repr__(self) -> str:
         return f"ThreadedAsyncStore({self.store!r})"
 
@@ -89,6 +94,11 @@ class ThreadedAsyncStore:
 
     async def append_checkpoint(self, checkpoint: Checkpoint) -> None:
         await asyncio.to_thread(self.store.append_checkpoint, checkpoint)
+
+    async def ledger_horizon(self) -> int | None:
+        """The wrapped store's sealing horizon, or None when it has none (see ``Store``)."""
+        horizon = getattr(self.store, "ledger_horizon", None)
+        return None if horizon is None else int(await asyncio.to_thread(horizon))
 
     async def close(self) -> None:
         await asyncio.to_thread(self.store.close)
