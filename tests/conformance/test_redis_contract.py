@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -490,5 +491,42 @@ def test_the_store_remembers_leases_in_flight_only(local_prefix: str) -> None:
             intent = Intent("charge", 100, "usd", customer="cus_a", reference=f"memory-{i}")
             guard.run(intent, lambda attempt: {"id": 1})
         assert store._recent == {}
+    finally:
+        store.close()
+
+
+def test_a_read_across_buckets_goes_out_side_by_side_on_cluster(
+    cluster: Cluster, cluster_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A pipeline cannot carry scripts across a cluster's masters, so the store sends a read's
+    # per-bucket calls from several threads at once: two of them must be in flight together
+    # (one after the other, the barrier would never fill and break after its timeout).
+    store = RedisStore(f"redis+cluster://127.0.0.1:{cluster.ports[0]}", prefix=cluster_prefix)
+    try:
+        guard = Guard(store, secret=SECRET, scope="tenant-a", clock=ManualClock())
+        loose = Intent("charge", 700, "usd", customer="cus_1")
+        guard.run(loose, lambda attempt: {"id": "ch_1"})
+        together = threading.Barrier(2, timeout=30)
+        threads: set[str] = set()
+        lock = threading.Lock()
+        original = RedisStore._call
+
+        def meeting(self: RedisStore, client: Any, call: Any) -> Any:
+            with lock:
+                first = threading.current_thread().name not in threads
+                threads.add(threading.current_thread().name)
+                meet = first and len(threads) <= 2
+            if meet:  # the first two threads, each on its first call
+                together.wait()
+            return original(self, client, call)
+
+        monkeypatch.setattr(RedisStore, "_call", meeting)
+        family = guard.keys.material("tenant-a", loose).family
+        assert family is not None
+        record = store.newest("tenant-a", family)
+        assert record is not None
+        assert record.status is Status.SUCCEEDED
+        assert len(threads) >= 2
+        assert not together.broken
     finally:
         store.close()

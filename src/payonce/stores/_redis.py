@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -57,6 +58,7 @@ _log = logging.getLogger("payonce.stores.redis")
 _T = TypeVar("_T")
 
 _SOCKET_TIMEOUT: Final = 5.0  # seconds; for clients the store builds from a URL
+_FAN_THREADS: Final = 8  # per Cluster store: calls of one read across buckets in flight at once
 _SCRIPTS: Final = {name: getattr(lua, name.upper()) for name in SCRIPT_NAMES}
 # Conditions that pass, or that an operator fixes, after which the same intent is retried.
 _UNAVAILABLE: Final = (
@@ -233,6 +235,14 @@ class RedisStore(RedisCore):
         self._where = _describe(client, url)
         self._closed = False
         self._scripts = {name: client.register_script(src) for name, src in _SCRIPTS.items()}
+        # On Cluster the buckets of a read across them live on several masters and a pipeline
+        # cannot carry scripts there, so the calls go out side by side from a few threads (the
+        # client is thread-safe), as the async store gathers them.
+        self._fan_threads = (
+            ThreadPoolExecutor(min(buckets, _FAN_THREADS), thread_name_prefix="payonce-redis")
+            if cluster
+            else None
+        )
         try:
             self._check_durability(allow_unsafe_durability)
             self._run(self._meta(buckets), "open")
@@ -275,9 +285,10 @@ class RedisStore(RedisCore):
     def _fan_out(self, fanout: Fanout) -> list[Any]:
         """One call per bucket. On one server they go as one pipeline (not a transaction: each
         call stands alone), so a read over every bucket costs one round trip (and redis-py's
-        check that the scripts are loaded), not one per bucket; on Cluster, in turn."""
-        if self._cluster:
-            return [self._call(self._client, call) for call in fanout.calls]
+        check that the scripts are loaded), not one per bucket; on Cluster, side by side."""
+        if self._fan_threads is not None:
+            client = self._client
+            return list(self._fan_threads.map(lambda call: self._call(client, call), fanout.calls))
         pipe = self._client.pipeline(transaction=False)
         for call in fanout.calls:
             self._call(pipe, call)
@@ -438,6 +449,8 @@ class RedisStore(RedisCore):
     def close(self) -> None:
         """Close the client if this store created it (from a URL); the store is unusable after."""
         self._closed = True
+        if self._fan_threads is not None:
+            self._fan_threads.shutdown()
         if self._owned:
             self._client.close()
 
