@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -495,38 +494,62 @@ def test_the_store_remembers_leases_in_flight_only(local_prefix: str) -> None:
         store.close()
 
 
-def test_a_read_across_buckets_goes_out_side_by_side_on_cluster(
+def _cluster_store_with_a_loose_payment(cluster: Cluster, prefix: str) -> tuple[RedisStore, str]:
+    store = RedisStore(f"redis+cluster://127.0.0.1:{cluster.ports[0]}", prefix=prefix)
+    guard = Guard(store, secret=SECRET, scope="tenant-a", clock=ManualClock())
+    loose = Intent("charge", 700, "usd", customer="cus_1")
+    guard.run(loose, lambda attempt: {"id": "ch_1"})
+    family = guard.keys.material("tenant-a", loose).family
+    assert family is not None
+    return store, family
+
+
+def test_a_read_across_buckets_is_one_pipeline_per_cluster_master(
     cluster: Cluster, cluster_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A pipeline cannot carry scripts across a cluster's masters, so the store sends a read's
-    # per-bucket calls from several threads at once: two of them must be in flight together
-    # (one after the other, the barrier would never fill and break after its timeout).
-    store = RedisStore(f"redis+cluster://127.0.0.1:{cluster.ports[0]}", prefix=cluster_prefix)
+    # 16 buckets over 3 masters: a pipeline per master (plus redis-py's SCRIPT EXISTS check
+    # each), not one round trip per bucket.
+    store, family = _cluster_store_with_a_loose_payment(cluster, cluster_prefix)
     try:
-        guard = Guard(store, secret=SECRET, scope="tenant-a", clock=ManualClock())
-        loose = Intent("charge", 700, "usd", customer="cus_1")
-        guard.run(loose, lambda attempt: {"id": "ch_1"})
-        together = threading.Barrier(2, timeout=30)
-        threads: set[str] = set()
-        lock = threading.Lock()
-        original = RedisStore._call
+        sent: list[object] = []
+        original = redis.connection.AbstractConnection.send_packed_command
 
-        def meeting(self: RedisStore, client: Any, call: Any) -> Any:
-            with lock:
-                first = threading.current_thread().name not in threads
-                threads.add(threading.current_thread().name)
-                meet = first and len(threads) <= 2
-            if meet:  # the first two threads, each on its first call
-                together.wait()
-            return original(self, client, call)
+        def counting(self: Any, command: Any, check_health: bool = True) -> None:
+            sent.append(command)
+            original(self, command, check_health)
 
-        monkeypatch.setattr(RedisStore, "_call", meeting)
-        family = guard.keys.material("tenant-a", loose).family
-        assert family is not None
+        monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
         record = store.newest("tenant-a", family)
         assert record is not None
         assert record.status is Status.SUCCEEDED
-        assert len(threads) >= 2
-        assert not together.broken
+        assert 3 <= len(sent) <= 6, len(sent)
+    finally:
+        store.close()
+
+
+def test_a_stale_slot_map_falls_back_to_the_cluster_client(
+    cluster: Cluster, cluster_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every bucket sent to one master: the others' buckets answer MOVED there, and the read
+    # goes through the cluster client instead, with the same answer.
+    store, family = _cluster_store_with_a_loose_payment(cluster, cluster_prefix)
+    try:
+        expected = store.newest("tenant-a", family)
+        wrong = store._client.get_primaries()[0]
+        monkeypatch.setattr(store._client, "get_node_from_key", lambda key: wrong)
+        moved: list[BaseException] = []
+        original = RedisStore._pipelined
+
+        def watching(self: RedisStore, client: Any, calls: Any) -> list[Any]:
+            try:
+                return original(self, client, calls)
+            except redis.ResponseError as exc:
+                moved.append(exc)
+                raise
+
+        monkeypatch.setattr(RedisStore, "_pipelined", watching)
+        assert store.newest("tenant-a", family) == expected
+        assert moved
+        assert isinstance(moved[0], redis.exceptions.MovedError)
     finally:
         store.close()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -58,7 +57,6 @@ _log = logging.getLogger("payonce.stores.redis")
 _T = TypeVar("_T")
 
 _SOCKET_TIMEOUT: Final = 5.0  # seconds; for clients the store builds from a URL
-_FAN_THREADS: Final = 8  # per Cluster store: calls of one read across buckets in flight at once
 _SCRIPTS: Final = {name: getattr(lua, name.upper()) for name in SCRIPT_NAMES}
 # Conditions that pass, or that an operator fixes, after which the same intent is retried.
 _UNAVAILABLE: Final = (
@@ -235,14 +233,6 @@ class RedisStore(RedisCore):
         self._where = _describe(client, url)
         self._closed = False
         self._scripts = {name: client.register_script(src) for name, src in _SCRIPTS.items()}
-        # On Cluster the buckets of a read across them live on several masters and a pipeline
-        # cannot carry scripts there, so the calls go out side by side from a few threads (the
-        # client is thread-safe), as the async store gathers them.
-        self._fan_threads = (
-            ThreadPoolExecutor(min(buckets, _FAN_THREADS), thread_name_prefix="payonce-redis")
-            if cluster
-            else None
-        )
         try:
             self._check_durability(allow_unsafe_durability)
             self._run(self._meta(buckets), "open")
@@ -283,14 +273,40 @@ class RedisStore(RedisCore):
             raise _translate(exc, operation) from exc
 
     def _fan_out(self, fanout: Fanout) -> list[Any]:
-        """One call per bucket. On one server they go as one pipeline (not a transaction: each
-        call stands alone), so a read over every bucket costs one round trip (and redis-py's
-        check that the scripts are loaded), not one per bucket; on Cluster, side by side."""
-        if self._fan_threads is not None:
-            client = self._client
-            return list(self._fan_threads.map(lambda call: self._call(client, call), fanout.calls))
-        pipe = self._client.pipeline(transaction=False)
-        for call in fanout.calls:
+        """One call per bucket, as one pipeline (not a transaction: each call stands alone) per
+        server: a read over every bucket costs one round trip (and redis-py's check that the
+        scripts are loaded) per master, not one per bucket."""
+        if not self._cluster:
+            return self._pipelined(self._client, fanout.calls)
+        # Each call's keys share its bucket's hash tag, hence one slot and one master; the
+        # cluster pipeline cannot carry scripts, so each master gets a plain pipeline of its
+        # own. A slot map gone stale (a failover or reshard since) answers MOVED or fails to
+        # connect: then the calls go through the cluster client one by one, which follows
+        # redirects and refreshes the map. They are reads, or the idempotent seal watermark.
+        by_node: dict[str, tuple[Any, list[int]]] = {}
+        try:
+            for i, call in enumerate(fanout.calls):
+                first = call.keys[0] if isinstance(call, Script) else call.args[0]
+                node = self._client.get_node_from_key(first)
+                by_node.setdefault(node.name, (node, []))[1].append(i)
+            replies: list[Any] = [None] * len(fanout.calls)
+            for node, indexes in by_node.values():
+                server = self._client.get_redis_connection(node)
+                answers = self._pipelined(server, [fanout.calls[i] for i in indexes])
+                for i, answer in zip(indexes, answers, strict=True):
+                    replies[i] = answer
+        except (
+            rexc.ResponseError,
+            rexc.ConnectionError,
+            rexc.TimeoutError,
+            rexc.RedisClusterException,
+        ):
+            return [self._call(self._client, call) for call in fanout.calls]
+        return replies
+
+    def _pipelined(self, client: Any, calls: Sequence[Script | Command]) -> list[Any]:
+        pipe = client.pipeline(transaction=False)
+        for call in calls:
             self._call(pipe, call)
         replies: list[Any] = pipe.execute()
         return replies
@@ -449,8 +465,6 @@ class RedisStore(RedisCore):
     def close(self) -> None:
         """Close the client if this store created it (from a URL); the store is unusable after."""
         self._closed = True
-        if self._fan_threads is not None:
-            self._fan_threads.shutdown()
         if self._owned:
             self._client.close()
 
