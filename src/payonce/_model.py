@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -48,21 +49,29 @@ def quick_init(cls: type[_V]) -> type[_V]:
     params = cls.__dataclass_params__  # type: ignore[attr-defined]
     if not (params.frozen and "__slots__" in cls.__dict__) or hasattr(cls, "__post_init__"):
         raise TypeError(f"quick_init needs a frozen, slotted dataclass; {cls.__name__} is not")
-    namespace: dict[str, Any] = {}
+    captured: dict[str, Any] = {}  # the setters and defaults, closed over by the __init__
     signature, body = [], []
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if f.default_factory is not dataclasses.MISSING or f.kw_only or not f.init:
             raise TypeError(f"quick_init takes plain fields only; {cls.__name__}.{f.name} is not")
-        namespace[f"_set_{f.name}"] = cls.__dict__[f.name].__set__
+        captured[f"_set_{f.name}"] = cls.__dict__[f.name].__set__
         if f.default is dataclasses.MISSING:
             signature.append(f.name)
         else:
-            namespace[f"_default_{f.name}"] = f.default
+            captured[f"_default_{f.name}"] = f.default
             signature.append(f"{f.name}=_default_{f.name}")
-        body.append(f"    _set_{f.name}(self, {f.name})")
-    source = f"def __init__(self, {', '.join(signature)}):\n" + "\n".join(body or ["    pass"])
-    exec(source, namespace)  # noqa: S102 - source built above from the class's own field names
-    init = namespace["__init__"]
+        body.append(f"        _set_{f.name}(self, {f.name})")
+    # Built inside a factory, as dataclasses does: the __init__ reaches the setters through
+    # its closure and has the class's module as its globals, so get_type_hints resolves it.
+    source = (
+        f"def factory({', '.join(captured)}):\n"
+        f"    def __init__(self, {', '.join(signature)}):\n"
+        + "\n".join(body or ["        pass"])
+        + "\n    return __init__"
+    )
+    namespace: dict[str, Any] = {}
+    exec(source, sys.modules[cls.__module__].__dict__, namespace)  # noqa: S102 - built above
+    init = namespace["factory"](**captured)
     init.__qualname__ = f"{cls.__qualname__}.__init__"
     init.__annotations__ = cls.__init__.__annotations__
     setattr(cls, "__init__", init)  # noqa: B010 - mypy refuses a direct assignment to __init__

@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import inspect
 import pickle
+import typing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -64,6 +65,15 @@ def test_quick_init_keeps_the_dataclass_signature_and_defaults(cls: type) -> Non
     required = [f.name for f in fields if f.default is dataclasses.MISSING]
     with pytest.raises(TypeError, match="missing"):
         cls(*[object()] * (len(required) - 1))
+
+
+@pytest.mark.parametrize("cls", QUICK, ids=lambda c: c.__name__)
+def test_quick_init_keeps_the_init_introspectable(cls: type) -> None:
+    # Tools that read an __init__'s types (get_type_hints) resolve them in the class's module.
+    hints = typing.get_type_hints(cls.__init__)
+    assert set(hints) == {f.name for f in dataclasses.fields(cls)} | {"return"}
+    assert cls.__init__.__qualname__ == f"{cls.__qualname__}.__init__"
+    assert cls.__init__.__module__ == cls.__module__
 
 
 @pytest.mark.parametrize("cls", QUICK, ids=lambda c: c.__name__)
