@@ -63,6 +63,15 @@ async def _adrive(store: AsyncStore, flow: _Flow[_T]) -> _T:
         answer = await getattr(store, call.name)(**call.kwargs)
 
 
+def _sync_store(store: Store, function: str) -> Store:
+    if inspect.iscoroutinefunction(getattr(store, "entries", None)):
+        raise ConfigurationError(
+            f"{function} takes a sync Store; for an AsyncStore await a{function}(store, ...)",
+            option="store",
+        )
+    return store
+
+
 def _async_store(store: AsyncStore | Store, function: str) -> AsyncStore:
     """An AsyncStore as given, or a sync Store run in a worker thread (as AsyncGuard does)."""
     from payonce.stores._threaded import ThreadedAsyncStore  # noqa: PLC0415 - L4 adapter
@@ -77,7 +86,8 @@ def _async_store(store: AsyncStore | Store, function: str) -> AsyncStore:
 
 
 def _gapless(store: AsyncStore | Store) -> bool:
-    """Whether the store hands out seqs without gaps, so that a gap is a deleted entry."""
+    """Whether the store hands out seqs without gaps (under its write lock), so that a gap
+    reveals a deleted entry even when no record or checkpoint points at it."""
     return bool(getattr(store, "gapless_ledger", False))
 
 
@@ -173,8 +183,10 @@ def verify_ledger(store: Store, *, anchor: str | None = None) -> LedgerReport:
 
     Raises:
         LedgerCorruptedError: naming the first bad entry (by ``seq`` and key) and what is wrong.
+        ConfigurationError: ``store`` is an AsyncStore (use ``averify_ledger``).
     """
-    return _drive(store, _verify_flow(anchor, gapless=_gapless(store)))
+    target = _sync_store(store, "verify_ledger")
+    return _drive(target, _verify_flow(anchor, gapless=_gapless(target)))
 
 
 async def averify_ledger(store: AsyncStore | Store, *, anchor: str | None = None) -> LedgerReport:
@@ -194,8 +206,6 @@ def _verify_flow(anchor: str | None, *, gapless: bool) -> _Flow[LedgerReport]:
     ranges = _RangeCheck(checkpoints)
     chain_heads: dict[tuple[str, str], str] = {}
     count, last_seq = 0, 0
-    # Stores that hand out sequence numbers without gaps (under their write lock) let a gap
-    # reveal a deleted entry even when no record or checkpoint points at it.
     while True:
         batch = yield _Call("entries", {"after": last_seq, "limit": _BATCH})
         if not batch:
@@ -268,8 +278,10 @@ def seal_checkpoint(store: Store, *, now: datetime) -> Checkpoint | None:
         ConflictError: another worker sealed the same checkpoint number concurrently, or (on
             PostgreSQL) the ledger stayed busy with writers past the store's lock timeout;
             nothing was sealed: seal again later.
+        ConfigurationError: ``store`` is an AsyncStore (use ``aseal_checkpoint``).
     """
-    return _drive(store, _seal_flow(now, horizon=_has_horizon(store)))
+    target = _sync_store(store, "seal_checkpoint")
+    return _drive(target, _seal_flow(now, horizon=_has_horizon(target)))
 
 
 async def aseal_checkpoint(store: AsyncStore | Store, *, now: datetime) -> Checkpoint | None:

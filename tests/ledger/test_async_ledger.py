@@ -118,3 +118,13 @@ def test_a_sync_store_is_accepted_and_anything_else_refused(clock: ManualClock) 
     for call in (averify_ledger(object()), aseal_checkpoint(object(), now=clock.now())):  # type: ignore[arg-type]
         with pytest.raises(ConfigurationError, match="needs an AsyncStore or a Store"):
             asyncio.run(call)
+
+
+def test_the_sync_functions_refuse_an_async_store_and_name_the_async_ones(
+    clock: ManualClock,
+) -> None:
+    astore = ThreadedAsyncStore(MemoryStore())
+    with pytest.raises(ConfigurationError, match="await averify_ledger"):
+        verify_ledger(astore)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="await aseal_checkpoint"):
+        seal_checkpoint(astore, now=clock.now())  # type: ignore[arg-type]
