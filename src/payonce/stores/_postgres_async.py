@@ -44,6 +44,8 @@ from payonce.stores._read_first import ReadFirst
 
 __all__ = ["AsyncPostgresStore"]
 
+_T = TypeVar("_T")
+
 
 async def _connect_reason(conninfo: str) -> str:
     """The async twin of ``_postgres._connect_reason``."""
@@ -53,9 +55,6 @@ async def _connect_reason(conninfo: str) -> str:
         return _libpq_says(exc)
     await conn.close()
     return "it answered only after the pool had given up"
-
-
-_T = TypeVar("_T")
 
 
 class AsyncPostgresStore(Flows):

@@ -282,7 +282,8 @@ class RedisStore(RedisCore):
         # cluster pipeline cannot carry scripts, so each master gets a plain pipeline of its
         # own. A slot map gone stale (a failover or reshard since) answers MOVED or fails to
         # connect: then the calls go through the cluster client one by one, which follows
-        # redirects and refreshes the map. They are reads, or the idempotent seal watermark.
+        # redirects and refreshes the map (a timeout is an outage, raised as it is). The calls
+        # are reads, or the idempotent seal watermark, so sending them again is harmless.
         by_node: dict[str, tuple[Any, list[int]]] = {}
         try:
             for i, call in enumerate(fanout.calls):
@@ -295,12 +296,7 @@ class RedisStore(RedisCore):
                 answers = self._pipelined(server, [fanout.calls[i] for i in indexes])
                 for i, answer in zip(indexes, answers, strict=True):
                     replies[i] = answer
-        except (
-            rexc.ResponseError,
-            rexc.ConnectionError,
-            rexc.TimeoutError,
-            rexc.RedisClusterException,
-        ):
+        except (rexc.ResponseError, rexc.ConnectionError, rexc.RedisClusterException):
             return [self._call(self._client, call) for call in fanout.calls]
         return replies
 
