@@ -441,32 +441,27 @@ def test_a_resent_script_recognises_its_own_write(local_prefix: str) -> None:
         store.close()
 
 
-def test_a_read_across_buckets_is_one_pipeline_on_one_server(
-    local_prefix: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # newest (an intent without a reference) asks every bucket: one pipeline, plus redis-py's
-    # SCRIPT EXISTS check, not one round trip per bucket.
-    store = RedisStore(LOCAL_URL, prefix=local_prefix, buckets=16)
-    try:
-        guard = Guard(store, secret=SECRET, scope="tenant-a", clock=ManualClock())
-        loose = Intent("charge", 700, "usd", customer="cus_1")
-        guard.run(loose, lambda attempt: {"id": "ch_1"})
-        sent: list[object] = []
-        original = redis.connection.AbstractConnection.send_packed_command
+def _with_a_loose_payment(store: RedisStore) -> str:
+    """Record one payment of an intent without a reference; returns its family."""
+    guard = Guard(store, secret=SECRET, scope="tenant-a", clock=ManualClock())
+    loose = Intent("charge", 700, "usd", customer="cus_1")
+    guard.run(loose, lambda attempt: {"id": "ch_1"})
+    family = guard.keys.material("tenant-a", loose).family
+    assert family is not None
+    return family
 
-        def counting(self: Any, command: Any, check_health: bool = True) -> None:
-            sent.append(command)
-            original(self, command, check_health)
 
-        monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
-        family = guard.keys.material("tenant-a", loose).family
-        assert family is not None
-        record = store.newest("tenant-a", family)
-        assert record is not None
-        assert record.status is Status.SUCCEEDED
-        assert 1 <= len(sent) <= 2, len(sent)
-    finally:
-        store.close()
+def _count_sends(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Every command (or pipeline) redis-py sends from now on, in order."""
+    sent: list[object] = []
+    original = redis.connection.AbstractConnection.send_packed_command
+
+    def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        sent.append(command)
+        original(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
+    return sent
 
 
 def test_the_store_remembers_leases_in_flight_only(local_prefix: str) -> None:
@@ -494,62 +489,56 @@ def test_the_store_remembers_leases_in_flight_only(local_prefix: str) -> None:
         store.close()
 
 
-def _cluster_store_with_a_loose_payment(cluster: Cluster, prefix: str) -> tuple[RedisStore, str]:
-    store = RedisStore(f"redis+cluster://127.0.0.1:{cluster.ports[0]}", prefix=prefix)
-    guard = Guard(store, secret=SECRET, scope="tenant-a", clock=ManualClock())
-    loose = Intent("charge", 700, "usd", customer="cus_1")
-    guard.run(loose, lambda attempt: {"id": "ch_1"})
-    family = guard.keys.material("tenant-a", loose).family
-    assert family is not None
-    return store, family
+@pytest.fixture
+def local_store(local_prefix: str) -> Iterator[RedisStore]:
+    store = RedisStore(LOCAL_URL, prefix=local_prefix, buckets=16)
+    yield store
+    store.close()
 
 
-def test_a_read_across_buckets_is_one_pipeline_per_cluster_master(
-    cluster: Cluster, cluster_prefix: str, monkeypatch: pytest.MonkeyPatch
+@pytest.fixture
+def cluster_store(cluster: Cluster, cluster_prefix: str) -> Iterator[RedisStore]:
+    store = RedisStore(f"redis+cluster://127.0.0.1:{cluster.ports[0]}", prefix=cluster_prefix)
+    yield store
+    store.close()
+
+
+@pytest.mark.parametrize(("where", "most"), [("local", 2), ("cluster", 6)])
+def test_a_read_across_buckets_is_one_pipeline_per_server(
+    where: str, most: int, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # 16 buckets over 3 masters: a pipeline per master (plus redis-py's SCRIPT EXISTS check
-    # each), not one round trip per bucket.
-    store, family = _cluster_store_with_a_loose_payment(cluster, cluster_prefix)
-    try:
-        sent: list[object] = []
-        original = redis.connection.AbstractConnection.send_packed_command
-
-        def counting(self: Any, command: Any, check_health: bool = True) -> None:
-            sent.append(command)
-            original(self, command, check_health)
-
-        monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
-        record = store.newest("tenant-a", family)
-        assert record is not None
-        assert record.status is Status.SUCCEEDED
-        assert 3 <= len(sent) <= 6, len(sent)
-    finally:
-        store.close()
+    # newest (an intent without a reference) asks all 16 buckets: one pipeline per server (the
+    # single one, or each of the cluster's 3 masters), each plus redis-py's SCRIPT EXISTS
+    # check, not one round trip per bucket.
+    store: RedisStore = request.getfixturevalue(f"{where}_store")
+    family = _with_a_loose_payment(store)
+    sent = _count_sends(monkeypatch)
+    record = store.newest("tenant-a", family)
+    assert record is not None
+    assert record.status is Status.SUCCEEDED
+    assert 1 <= len(sent) <= most, len(sent)
 
 
 def test_a_stale_slot_map_falls_back_to_the_cluster_client(
-    cluster: Cluster, cluster_prefix: str, monkeypatch: pytest.MonkeyPatch
+    cluster_store: RedisStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Every bucket sent to one master: the others' buckets answer MOVED there, and the read
     # goes through the cluster client instead, with the same answer.
-    store, family = _cluster_store_with_a_loose_payment(cluster, cluster_prefix)
-    try:
-        expected = store.newest("tenant-a", family)
-        wrong = store._client.get_primaries()[0]
-        monkeypatch.setattr(store._client, "get_node_from_key", lambda key: wrong)
-        moved: list[BaseException] = []
-        original = RedisStore._pipelined
+    family = _with_a_loose_payment(cluster_store)
+    expected = cluster_store.newest("tenant-a", family)
+    wrong = cluster_store._client.get_primaries()[0]
+    monkeypatch.setattr(cluster_store._client, "get_node_from_key", lambda key: wrong)
+    moved: list[BaseException] = []
+    original = RedisStore._pipelined
 
-        def watching(self: RedisStore, client: Any, calls: Any) -> list[Any]:
-            try:
-                return original(self, client, calls)
-            except redis.ResponseError as exc:
-                moved.append(exc)
-                raise
+    def watching(self: RedisStore, client: Any, calls: Any) -> list[Any]:
+        try:
+            return original(self, client, calls)
+        except redis.ResponseError as exc:
+            moved.append(exc)
+            raise
 
-        monkeypatch.setattr(RedisStore, "_pipelined", watching)
-        assert store.newest("tenant-a", family) == expected
-        assert moved
-        assert isinstance(moved[0], redis.exceptions.MovedError)
-    finally:
-        store.close()
+    monkeypatch.setattr(RedisStore, "_pipelined", watching)
+    assert cluster_store.newest("tenant-a", family) == expected
+    assert moved
+    assert isinstance(moved[0], redis.exceptions.MovedError)
