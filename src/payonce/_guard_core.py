@@ -44,7 +44,7 @@ from payonce._model import (
 )
 from payonce._protocols import AsyncGateway, AsyncStore, Clock, Gateway, Store
 from payonce._retry import RetryPolicy, Uniform
-from payonce._transitions import ORIGINAL_METADATA
+from payonce._transitions import ORIGINAL_METADATA, compensation_reference
 
 __all__ = ["ExceptionTypes", "Faults"]
 
@@ -195,7 +195,7 @@ class _GuardCore:
                 1,
                 original.currency,
                 target="ch_probe",
-                reference=_compensation_reference(original.key),
+                reference=compensation_reference(original.key),
                 sequence=number,
             )
             key = self.keys.material(self.scope, probe).key
@@ -257,7 +257,7 @@ class _GuardCore:
                 authorised,
                 original.currency,
                 target=target,
-                reference=_compensation_reference(original.key),
+                reference=compensation_reference(original.key),
                 metadata=link,
             )
         done = [r for r in earlier if r is not None and r.status is Status.SUCCEEDED]
@@ -276,7 +276,7 @@ class _GuardCore:
             wanted,
             original.currency,
             target=target,
-            reference=_compensation_reference(original.key),
+            reference=compensation_reference(original.key),
             sequence=sequence,
             metadata=link,
         )
@@ -436,10 +436,6 @@ class _GuardCore:
             f"the function returned a {type(value).__name__}, which is not JSON-serialisable, so "
             "its outcome could not be recorded although the call ran; return plain JSON values"
         )
-
-
-def _compensation_reference(key: str) -> str:
-    return f"compensate:{key}"
 
 
 def _uncaptured(value: dict[str, Any]) -> bool:

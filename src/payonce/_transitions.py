@@ -21,6 +21,7 @@ from payonce._model import Entry, Event, NewRecord, Record, Status
 __all__ = [
     "ORIGINAL_METADATA",
     "claim_transition",
+    "compensation_reference",
     "complete_transition",
     "fence",
     "purge_transition",
@@ -35,17 +36,35 @@ _COMPLETE_EVENTS = {Status.SUCCEEDED: Event.SUCCEEDED, Status.FAILED: Event.FAIL
 # and the same name as it appears in an intent's canonical JSON.
 ORIGINAL_METADATA: Final = "payonce_original"
 _ORIGINAL_QUOTED: Final = f'"{ORIGINAL_METADATA}"'
+_COMPENSATIONS: Final = frozenset({"refund", "cancel"})  # what guard.compensate makes
+
+
+def compensation_reference(key: str) -> str:
+    """The reference of the intents that compensate the payment recorded at ``key``."""
+    return f"compensate:{key}"
 
 
 def _link(intent_json: str, detail: dict[str, object]) -> dict[str, object]:
     """``detail`` plus ``{"compensates": <original key>}`` for a compensation's intent, so that
     every entry of a compensation links it to the payment it undoes in the ledger itself (the
-    record does, through its intent)."""
+    record does, through its intent).
+
+    Only an intent shaped as ``guard.compensate`` builds it gets the link: a refund or cancel
+    whose reference names the same key as its metadata. The metadata alone is anyone's to
+    write, and would otherwise let any intent claim in the ledger to undo any payment.
+    """
     # The substring test keeps the JSON parse off every other claim's path.
     if _ORIGINAL_QUOTED not in intent_json:
         return detail
-    original = json.loads(intent_json).get("metadata", {}).get(ORIGINAL_METADATA)
-    return {**detail, "compensates": original} if isinstance(original, str) else detail
+    intent = json.loads(intent_json)
+    original = intent.get("metadata", {}).get(ORIGINAL_METADATA)
+    if (
+        not isinstance(original, str)
+        or intent.get("operation") not in _COMPENSATIONS
+        or intent.get("reference") != compensation_reference(original)
+    ):
+        return detail
+    return {**detail, "compensates": original}
 
 
 def _entry(

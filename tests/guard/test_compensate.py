@@ -74,6 +74,34 @@ def test_the_compensation_is_linked_to_the_original_in_the_record_and_the_ledger
     verify_ledger(store)
 
 
+def test_the_ledger_link_needs_the_shape_of_a_compensation_not_just_its_metadata(
+    store: Store, clock: ManualClock
+) -> None:
+    # Anyone may write payonce_original into an intent's metadata; only a refund or cancel
+    # whose reference names the same payment (what compensate builds) is linked to it.
+    guard, _, key = _setup(store, clock)
+    target = json.loads(store.get(SCOPE, key).outcome or "{}")["value"]["id"]  # type: ignore[union-attr]
+    forged = [
+        Intent(
+            "charge", 700, "usd", payment_method="tok_visa", reference="order-x",
+            metadata={"payonce_original": key},
+        ),
+        Intent(
+            "refund", 700, "usd", target=target, reference="refund-x",
+            metadata={"payonce_original": key},
+        ),
+        Intent(
+            "charge", 700, "usd", payment_method="tok_visa", reference=f"compensate:{key}",
+            metadata={"payonce_original": key},
+        ),
+    ]  # fmt: skip
+    keys = {guard.execute(intent).key for intent in forged}
+    entries = [e for e in store.entries(after=0, limit=1000) if e.key in keys]
+    assert len(entries) == 6
+    assert all("compensates" not in json.loads(e.detail) for e in entries)
+    verify_ledger(store)
+
+
 def test_partial_refunds_by_sequence_never_exceed_the_charge(
     store: Store, clock: ManualClock
 ) -> None:
