@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from functools import partial
 from typing import TYPE_CHECKING
 
-from payonce.demo._figures import percent, seconds
+from payonce.demo._figures import KPI_ROWS
 from payonce.demo._workload import FLOWS, money
 
 if TYPE_CHECKING:
@@ -149,16 +149,7 @@ def _kpi_table(result: DemoResult) -> Table:
     table.add_column("")
     for flow in FLOWS:
         table.add_column(flow, justify="right")
-    rows = (
-        ("charge success rate", "charge_success_rate", percent),
-        ("duplicate rate", "duplicate_rate", percent),
-        ("reconciliation time p50", "reconciliation_time_s", seconds),
-        ("renewal accuracy", "renewal_accuracy", percent),
-        ("refund rate", "refund_rate", percent),
-        ("disbursement latency p50", "disbursement_latency_s", seconds),
-        ("payout accuracy", "payout_accuracy", percent),
-    )
-    for label, name, show in rows:
+    for label, name, show in KPI_ROWS:
         cells = []
         for flow in FLOWS:
             before = getattr(result.kpis[flow]["unguarded"], name)

@@ -18,6 +18,7 @@ from payonce.demo._wire import Mark
 from payonce.demo._workload import FLOWS, Step, Task, Workload
 
 __all__ = [
+    "KPI_ROWS",
     "TIMELINE_KINDS",
     "FlowKpis",
     "RunFigures",
@@ -51,6 +52,18 @@ def percent(value: float | None) -> str:
 def seconds(value: float | None) -> str:
     """A duration in seconds as the console and the report show it; an em dash when none."""
     return "—" if value is None else f"{value:.1f} s"
+
+
+#: The KPI rows the console and the report show: (label, FlowKpis field, format).
+KPI_ROWS: Final = (
+    ("charge success rate", "charge_success_rate", percent),
+    ("duplicate rate", "duplicate_rate", percent),
+    ("reconciliation time p50", "reconciliation_time_s", seconds),
+    ("renewal accuracy", "renewal_accuracy", percent),
+    ("refund rate", "refund_rate", percent),
+    ("disbursement latency p50", "disbursement_latency_s", seconds),
+    ("payout accuracy", "payout_accuracy", percent),
+)
 
 
 def _ratio(part: int, whole: int) -> float | None:

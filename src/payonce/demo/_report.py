@@ -13,7 +13,7 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from payonce.demo._figures import TIMELINE_KINDS, percent, seconds
+from payonce.demo._figures import KPI_ROWS, TIMELINE_KINDS
 from payonce.demo._wire import FAULT_RATES
 from payonce.demo._workload import FLOWS, money
 
@@ -378,17 +378,6 @@ def _figures_table(result: DemoResult) -> str:
     )
 
 
-_KPI_ROWS: Final = (
-    ("charge success rate", "charge_success_rate", percent),
-    ("duplicate rate", "duplicate_rate", percent),
-    ("reconciliation time (p50)", "reconciliation_time_s", seconds),
-    ("renewal accuracy", "renewal_accuracy", percent),
-    ("refund rate", "refund_rate", percent),
-    ("disbursement latency (p50)", "disbursement_latency_s", seconds),
-    ("payout accuracy", "payout_accuracy", percent),
-)
-
-
 def _kpi_table(result: DemoResult) -> str:
     head = (
         "".join(f'<th colspan="2">{escape(_FLOW_TITLES[f])}</th>' for f in FLOWS)
@@ -396,7 +385,7 @@ def _kpi_table(result: DemoResult) -> str:
         + "<th>without</th><th>with</th>" * len(FLOWS)
     )
     rows = []
-    for label, name, show in _KPI_ROWS:
+    for label, name, show in KPI_ROWS:
         cells = []
         for flow in FLOWS:
             for run in ("unguarded", "payonce"):
