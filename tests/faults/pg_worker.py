@@ -104,14 +104,7 @@ class Outage:
         self.tag = tag
         self.store = PostgresStore(make_conninfo(database, application_name=self.tag))
         self.clock = ManualClock(datetime.now(UTC))
-        self.guard = Guard(
-            self.store,
-            secret=worker.SECRET,
-            scope=worker.SCOPE,
-            clock=self.clock,
-            lease=lease,
-            wait=timedelta(0),
-        )
+        self.guard = worker.impatient_guard(self.store, self.clock, lease=lease)
         self.intent = worker.intent_for(tag)
         self.key = self.guard.key_for(self.intent)
         self.movements = tmp_path / f"movements-{tag}.txt"

@@ -28,7 +28,6 @@ import pytest
 from payonce import (
     Attempt,
     Event,
-    Guard,
     InProgressError,
     OutcomeUnknownError,
     Record,
@@ -58,14 +57,7 @@ class Crashed:
         self.store = SQLiteStore(self.db)
         # Started after the worker claimed, so its lease (on the wall clock) is still live.
         self.clock = ManualClock(datetime.now(UTC))
-        self.guard = Guard(
-            self.store,
-            secret=worker.SECRET,
-            scope=worker.SCOPE,
-            clock=self.clock,
-            lease=LEASE,
-            wait=timedelta(0),
-        )
+        self.guard = worker.impatient_guard(self.store, self.clock, lease=LEASE)
         self.key = self.guard.key_for(self.intent)
 
     def record(self) -> Record:
@@ -298,14 +290,8 @@ def test_r7_unsent_resume_after_a_crash_keeps_the_record(
     movements = worker.read_movements(state.movements)
     assert len(movements) == 1
     state.expire_lease()
-    guard = Guard(
-        state.store,
-        secret=worker.SECRET,
-        scope=worker.SCOPE,
-        clock=state.clock,
-        lease=LEASE,
-        wait=timedelta(0),
-        not_executed=(ConnectionRefusedError,),
+    guard = worker.impatient_guard(
+        state.store, state.clock, lease=LEASE, not_executed=(ConnectionRefusedError,)
     )
 
     def refused(attempt: Attempt) -> dict[str, str]:

@@ -146,15 +146,7 @@ class Outage:
         self.intent = worker.intent_for("outage-order")
 
     def guard(self, *, resumable: bool = False) -> Guard:
-        return Guard(
-            self.store,
-            secret=worker.SECRET,
-            scope=worker.SCOPE,
-            clock=self.clock,
-            lease=LEASE,
-            wait=timedelta(0),
-            resumable=resumable,
-        )
+        return worker.impatient_guard(self.store, self.clock, lease=LEASE, resumable=resumable)
 
     def pause(self) -> None:
         self.admin.client_pause(PAUSE_MS, all=False)  # CLIENT PAUSE ... WRITE

@@ -31,7 +31,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from payonce import Attempt, Guard, Intent, PayonceError, SQLiteStore
+from payonce import Attempt, Clock, Guard, Intent, PayonceError, SQLiteStore
 from payonce.testing import CrashAt
 
 # The same values as tests.conftest (a test asserts it); not imported, so that the worker starts
@@ -41,6 +41,14 @@ SCOPE = "tenant-a"
 CUSTOMER = "cus_worker"
 
 _print_lock = threading.Lock()
+
+
+def impatient_guard(store: Any, clock: Clock, *, lease: timedelta, **options: Any) -> Guard:
+    """A guard with the workers' secret and scope that never waits for a call in flight (a
+    test process inspecting what a worker left behind must not block on its lease)."""
+    return Guard(
+        store, secret=SECRET, scope=SCOPE, clock=clock, lease=lease, wait=timedelta(0), **options
+    )
 
 
 def intent_for(reference: str, amount: int = 1000) -> Intent:
