@@ -264,14 +264,13 @@ class PostgresStore(Flows):
                 name="payonce",
             )  # fmt: skip
             self._owned = True
-        self._conninfo = conninfo
         self._target = _masked(conninfo)
         try:
             if self._owned:
                 try:
                     self._pool.open(wait=True, timeout=timeout.total_seconds())
                 except psycopg_pool.PoolTimeout:
-                    reason = _connect_reason(self._conninfo)
+                    reason = _connect_reason(conninfo)
                     raise _unreachable(self._target, timeout, reason) from None
                 except psycopg.Error as exc:
                     raise _translate(exc, "open") from exc

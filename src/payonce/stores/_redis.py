@@ -57,6 +57,12 @@ _log = logging.getLogger("payonce.stores.redis")
 _T = TypeVar("_T")
 
 _SOCKET_TIMEOUT: Final = 5.0  # seconds; for clients the store builds from a URL
+# What a pipeline to one Cluster master raises when its slot map is stale: a redirect (MOVED is
+# an ASK), a slot in migration, a node gone or no longer serving the slot.
+_STALE_MAP: Final = (
+    rexc.AskError, rexc.TryAgainError, rexc.ClusterDownError, rexc.ConnectionError,
+    rexc.RedisClusterException,
+)  # fmt: skip
 _SCRIPTS: Final = {name: getattr(lua, name.upper()) for name in SCRIPT_NAMES}
 # Conditions that pass, or that an operator fixes, after which the same intent is retried.
 _UNAVAILABLE: Final = (
@@ -296,7 +302,7 @@ class RedisStore(RedisCore):
                 answers = self._pipelined(server, [fanout.calls[i] for i in indexes])
                 for i, answer in zip(indexes, answers, strict=True):
                     replies[i] = answer
-        except (rexc.ResponseError, rexc.ConnectionError, rexc.RedisClusterException):
+        except _STALE_MAP:
             return [self._call(self._client, call) for call in fanout.calls]
         return replies
 

@@ -326,7 +326,7 @@ class RedisCore:
     def _recalled(self, ident: str, token: int) -> Record | None:
         with self._recent_lock:
             found = self._recent.get(ident)
-        if found is None or found[0].token != token or found[0].status is not Status.CLAIMED:
+        if found is None or found[0].token != token:  # only CLAIMED records are remembered
             return None
         return found[0]
 
