@@ -508,8 +508,7 @@ def test_a_read_across_buckets_is_one_pipeline_per_server(
     where: str, most: int, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # newest (an intent without a reference) asks all 16 buckets: one pipeline per server (the
-    # single one, or each of the cluster's 3 masters), each plus redis-py's SCRIPT EXISTS
-    # check, not one round trip per bucket.
+    # single one, or each of the cluster's 3 masters), not one round trip per bucket.
     store: RedisStore = request.getfixturevalue(f"{where}_store")
     family = _with_a_loose_payment(store)
     sent = _count_sends(monkeypatch)
@@ -542,3 +541,19 @@ def test_a_stale_slot_map_falls_back_to_the_cluster_client(
     assert cluster_store.newest("tenant-a", family) == expected
     assert moved
     assert isinstance(moved[0], redis.exceptions.MovedError)
+
+
+def test_a_read_across_buckets_loads_scripts_the_server_lost(
+    local_store: RedisStore, local_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pipeline sends EVALSHA without checking first; after SCRIPT FLUSH (as after a restart
+    # or a failover) the server answers NOSCRIPT, the store loads the scripts and sends again.
+    family = _with_a_loose_payment(local_store)
+    expected = local_store.newest("tenant-a", family)
+    local_redis.script_flush()
+    sent = _count_sends(monkeypatch)
+    assert local_store.newest("tenant-a", family) == expected
+    assert len(sent) == 3  # the pipeline, SCRIPT LOAD, the pipeline again
+    sent.clear()
+    assert local_store.newest("tenant-a", family) == expected
+    assert len(sent) == 1

@@ -307,11 +307,29 @@ class RedisStore(RedisCore):
         return replies
 
     def _pipelined(self, client: Any, calls: Sequence[Script | Command]) -> list[Any]:
-        pipe = client.pipeline(transaction=False)
-        for call in calls:
-            self._call(pipe, call)
-        replies: list[Any] = pipe.execute()
-        return replies
+        """The calls as one pipeline on ``client``, in one round trip. The scripts go as plain
+        EVALSHA: redis-py would check them with SCRIPT EXISTS before every pipeline, a second
+        round trip. A server that lost them (a restart, a failover, SCRIPT FLUSH) answers
+        NOSCRIPT; they are loaded and the pipeline is sent once more, which is harmless, since
+        a fan-out only reads (or raises the idempotent seal watermark)."""
+        for attempt in range(2):
+            pipe = client.pipeline(transaction=False)
+            for call in calls:
+                if isinstance(call, Script):
+                    sha = self._scripts[call.name].sha
+                    pipe.evalsha(sha, len(call.keys), *call.keys, *call.args)
+                else:
+                    getattr(pipe, call.name)(*call.args, **call.kwargs)
+            try:
+                replies: list[Any] = pipe.execute()
+            except rexc.NoScriptError:
+                if attempt:
+                    raise
+                for name in {call.name for call in calls if isinstance(call, Script)}:
+                    client.script_load(_SCRIPTS[name])
+            else:
+                return replies
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     def _call(self, client: Any, call: Script | Command) -> Any:
         if isinstance(call, Script):
