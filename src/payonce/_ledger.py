@@ -1,8 +1,8 @@
 """The ledger's read side (L3): verification and sealed checkpoints (DESIGN §8).
 
 Verification and sealing are each written once, as a flow that yields the store calls it needs
-(``_Call``) and receives their answers; ``verify_ledger`` and ``seal_checkpoint`` drive a flow on
-a ``Store``, ``averify_ledger`` and ``aseal_checkpoint`` await it on an ``AsyncStore``.
+(``_StoreCall``) and receives their answers; ``verify_ledger`` and ``seal_checkpoint`` drive a
+flow on a ``Store``, ``averify_ledger`` and ``aseal_checkpoint`` await it on an ``AsyncStore``.
 """
 
 from __future__ import annotations
@@ -31,14 +31,14 @@ _T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
-class _Call:
+class _StoreCall:
     """Effect: ``store.<name>(**kwargs)``; the driver sends back the answer."""
 
     name: str
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-_Flow: TypeAlias = Generator[_Call, Any, _T]
+_Flow: TypeAlias = Generator[_StoreCall, Any, _T]
 
 
 def _drive(store: Store, flow: _Flow[_T]) -> _T:
@@ -67,6 +67,11 @@ def _sync_store(store: Store, function: str) -> Store:
     if inspect.iscoroutinefunction(getattr(store, "entries", None)):
         raise ConfigurationError(
             f"{function} takes a sync Store; for an AsyncStore await a{function}(store, ...)",
+            option="store",
+        )
+    if not isinstance(store, Store):
+        raise ConfigurationError(
+            f"{function} needs a Store such as SQLiteStore; got {type(store).__name__}",
             option="store",
         )
     return store
@@ -201,13 +206,13 @@ async def averify_ledger(store: AsyncStore | Store, *, anchor: str | None = None
 
 
 def _verify_flow(anchor: str | None, *, gapless: bool) -> _Flow[LedgerReport]:
-    checkpoints = list((yield _Call("checkpoints")))
+    checkpoints = list((yield _StoreCall("checkpoints")))
     _verify_checkpoints(checkpoints, anchor)
     ranges = _RangeCheck(checkpoints)
     chain_heads: dict[tuple[str, str], str] = {}
     count, last_seq = 0, 0
     while True:
-        batch = yield _Call("entries", {"after": last_seq, "limit": _BATCH})
+        batch = yield _StoreCall("entries", {"after": last_seq, "limit": _BATCH})
         if not batch:
             break
         for entry in batch:
@@ -250,7 +255,7 @@ def _verify_heads(chain_heads: dict[tuple[str, str], str]) -> _Flow[int]:
     after: tuple[str, str] | None = None
     records = 0
     while True:
-        rows = yield _Call("heads", {"after": after, "limit": _BATCH})
+        rows = yield _StoreCall("heads", {"after": after, "limit": _BATCH})
         if not rows:
             return records
         for scope, key, head in rows:
@@ -268,7 +273,7 @@ def _verify_heads(chain_heads: dict[tuple[str, str], str]) -> _Flow[int]:
 def seal_checkpoint(store: Store, *, now: datetime) -> Checkpoint | None:
     """Seal the entries written since the newest checkpoint; None when there are none.
 
-    Call it periodically (the Reconciler loop or a cron job) and keep the returned hash outside
+    Call it periodically (from cron: ``payonce ledger seal``) and keep the returned hash outside
     the store to anchor later verifications. It may run while transitions are being written:
     on a store with a ``ledger_horizon`` (PostgreSQL, whose sequence numbers are drawn before
     commit) it seals only the entries at or below the horizon, so a range never closes over an
@@ -297,9 +302,9 @@ async def aseal_checkpoint(store: AsyncStore | Store, *, now: datetime) -> Check
 
 def _seal_flow(now: datetime, *, horizon: bool) -> _Flow[Checkpoint | None]:
     # A store may answer None for "no horizon" (ThreadedAsyncStore around a store without one).
-    answer = (yield _Call("ledger_horizon")) if horizon else None
+    answer = (yield _StoreCall("ledger_horizon")) if horizon else None
     top = None if answer is None else int(answer)
-    existing = list((yield _Call("checkpoints")))
+    existing = list((yield _StoreCall("checkpoints")))
     last = existing[-1] if existing else None
     first_seq = last.last_seq + 1 if last else 1
     hashes: list[str] = []
@@ -308,7 +313,7 @@ def _seal_flow(now: datetime, *, horizon: bool) -> _Flow[Checkpoint | None]:
         # Sequence numbers are distinct, so at most ``top - after`` entries lie at or below
         # the horizon: reading that many never reads far past it.
         limit = _BATCH if top is None else min(_BATCH, top - after)
-        batch = (yield _Call("entries", {"after": after, "limit": limit})) if limit > 0 else []
+        batch = (yield _StoreCall("entries", {"after": after, "limit": limit})) if limit > 0 else []
         if top is not None:
             batch = [e for e in batch if e.seq <= top]
         if not batch:
@@ -326,5 +331,5 @@ def _seal_flow(now: datetime, *, horizon: bool) -> _Flow[Checkpoint | None]:
         digest=checkpoint_digest(hashes),
         prev_hash=last.hash if last else GENESIS,
     )
-    yield _Call("append_checkpoint", {"checkpoint": checkpoint})
+    yield _StoreCall("append_checkpoint", {"checkpoint": checkpoint})
     return checkpoint

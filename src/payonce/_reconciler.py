@@ -180,8 +180,8 @@ class _ReconcilerCore:
     ) -> None:
         if not callable(getattr(gateway, "lookup", None)):
             raise ConfigurationError(
-                "the Reconciler needs a gateway with lookup(intent, provider_key), such as "
-                f"StripeGateway or SimulatedGateway; got {type(gateway).__name__}",
+                "the Reconciler needs a gateway with lookup(intent, provider_key, key=...), such "
+                f"as StripeGateway or SimulatedGateway; got {type(gateway).__name__}",
                 option="gateway",
             )
         for name, value in (("lease", lease), ("recheck", recheck)):

@@ -128,3 +128,6 @@ def test_the_sync_functions_refuse_an_async_store_and_name_the_async_ones(
         verify_ledger(astore)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="await aseal_checkpoint"):
         seal_checkpoint(astore, now=clock.now())  # type: ignore[arg-type]
+    for call in (verify_ledger, lambda s: seal_checkpoint(s, now=clock.now())):
+        with pytest.raises(ConfigurationError, match="needs a Store such as SQLiteStore"):
+            call(object())  # type: ignore[arg-type]

@@ -119,7 +119,8 @@ def seal(
                     detail = {"sealed": False, **exc.to_dict(), "message": message}
                     out.fail(EXIT_PROBLEM, message, detail)
             sealed = seal_checkpoint(store, now=SystemClock().now())
-            total = len(store.checkpoints())
+            # A new checkpoint's number is the count; without one the store is asked.
+            total = sealed.number if sealed is not None else len(store.checkpoints())
         finally:
             store.close()
     if out.json:
