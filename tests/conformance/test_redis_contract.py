@@ -83,12 +83,24 @@ def cluster_prefix(cluster_client: RedisCluster) -> Iterator[str]:
     delete_prefix(cluster_client, prefix)
 
 
+@pytest.fixture
+def local_store(local_redis: redis.Redis, local_prefix: str) -> Iterator[RedisStore]:
+    store = RedisStore(LOCAL_URL, prefix=local_prefix)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def cluster_store(cluster: Cluster, cluster_prefix: str) -> Iterator[RedisStore]:
+    store = RedisStore(f"redis+cluster://127.0.0.1:{cluster.ports[0]}", prefix=cluster_prefix)
+    yield store
+    store.close()
+
+
 class TestRedisStore(StoreContract):
     @pytest.fixture
-    def store(self, local_redis: redis.Redis, local_prefix: str) -> Iterator[RedisStore]:
-        s = RedisStore(LOCAL_URL, prefix=local_prefix)
-        yield s
-        s.close()
+    def store(self, local_store: RedisStore) -> RedisStore:
+        return local_store
 
 
 class TestAsyncRedisStore(AsyncStoreContract):
@@ -99,10 +111,8 @@ class TestAsyncRedisStore(AsyncStoreContract):
 
 class TestRedisClusterStore(StoreContract):
     @pytest.fixture
-    def store(self, cluster: Cluster, cluster_prefix: str) -> Iterator[RedisStore]:
-        s = RedisStore(f"redis+cluster://127.0.0.1:{cluster.ports[0]}", prefix=cluster_prefix)
-        yield s
-        s.close()
+    def store(self, cluster_store: RedisStore) -> RedisStore:
+        return cluster_store
 
 
 class TestAsyncRedisClusterStore(AsyncStoreContract):
@@ -464,43 +474,26 @@ def _count_sends(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     return sent
 
 
-def test_the_store_remembers_leases_in_flight_only(local_prefix: str) -> None:
+def test_the_store_remembers_leases_in_flight_only(local_store: RedisStore) -> None:
     # A claim is remembered so that its complete needs no read; a finished record is not (its
     # key is never fenced again), so the memory stays the size of the calls in flight.
-    store = RedisStore(LOCAL_URL, prefix=local_prefix)
-    try:
-        t0 = datetime(2026, 2, 1, tzinfo=UTC)
-        lease = timedelta(seconds=30)
-        keys = [f"k1_memory_{i}" for i in range(3)]
-        for key in keys:
-            new = NewRecord("tenant-a", key, "fp", "{}", "po1_" + key, "charge", 100, "usd")
-            assert store.claim(new, now=t0, lease_for=lease).lease is not None
-        assert len(store._recent) == 3
-        store.complete("tenant-a", keys[0], token=1, status=Status.SUCCEEDED, outcome="{}", now=t0)
-        store.mark_unknown("tenant-a", keys[1], token=1, reason="timeout", now=t0)
-        store.release("tenant-a", keys[2], token=1, reason="refused", now=t0)
-        assert store._recent == {}
-        guard = Guard(store, secret=SECRET, scope="tenant-a", clock=ManualClock())
-        for i in range(3):
-            intent = Intent("charge", 100, "usd", customer="cus_a", reference=f"memory-{i}")
-            guard.run(intent, lambda attempt: {"id": 1})
-        assert store._recent == {}
-    finally:
-        store.close()
-
-
-@pytest.fixture
-def local_store(local_prefix: str) -> Iterator[RedisStore]:
-    store = RedisStore(LOCAL_URL, prefix=local_prefix, buckets=16)
-    yield store
-    store.close()
-
-
-@pytest.fixture
-def cluster_store(cluster: Cluster, cluster_prefix: str) -> Iterator[RedisStore]:
-    store = RedisStore(f"redis+cluster://127.0.0.1:{cluster.ports[0]}", prefix=cluster_prefix)
-    yield store
-    store.close()
+    store = local_store
+    t0 = datetime(2026, 2, 1, tzinfo=UTC)
+    lease = timedelta(seconds=30)
+    keys = [f"k1_memory_{i}" for i in range(3)]
+    for key in keys:
+        new = NewRecord("tenant-a", key, "fp", "{}", "po1_" + key, "charge", 100, "usd")
+        assert store.claim(new, now=t0, lease_for=lease).lease is not None
+    assert len(store._recent) == 3
+    store.complete("tenant-a", keys[0], token=1, status=Status.SUCCEEDED, outcome="{}", now=t0)
+    store.mark_unknown("tenant-a", keys[1], token=1, reason="timeout", now=t0)
+    store.release("tenant-a", keys[2], token=1, reason="refused", now=t0)
+    assert store._recent == {}
+    guard = Guard(store, secret=SECRET, scope="tenant-a", clock=ManualClock())
+    for i in range(3):
+        intent = Intent("charge", 100, "usd", customer="cus_a", reference=f"memory-{i}")
+        guard.run(intent, lambda attempt: {"id": 1})
+    assert store._recent == {}
 
 
 @pytest.mark.parametrize(("where", "most"), [("local", 2), ("cluster", 6)])

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -42,6 +41,7 @@ from tests.faults import pg_worker, worker
 from tests.faults.history import Ack, check_history
 from tests.faults.pg_worker import Outage
 from tests.faults.test_races import _check_round, _results
+from tests.redis_cluster import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PROCESSES = 16
@@ -126,17 +126,10 @@ def test_secrets_stay_out_of_repr(database: str, admin: Admin) -> None:
 # -- a server that cannot be used ------------------------------------------------------------------
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port  # nothing listens on it now: connections are refused
-
-
 def _unusable(database: str) -> list[tuple[str, str]]:
     """(conninfo, what libpq says about it) for servers and databases the store cannot use."""
     return [
-        (make_conninfo(database, host="127.0.0.1", port=_closed_port()), "Connection refused"),
+        (make_conninfo(database, host="127.0.0.1", port=free_port()), "Connection refused"),
         (make_conninfo(database, dbname="payonce_no_such_database"), "does not exist"),
         (make_conninfo(database, user="payonce_no_such_role"), "does not exist"),
     ]
