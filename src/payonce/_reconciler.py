@@ -26,7 +26,7 @@ import contextlib
 import inspect
 import logging
 import threading
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -485,11 +485,17 @@ class Reconciler(_ReconcilerCore):
         *,
         interval: timedelta = timedelta(seconds=5),
         batch: int = 100,
+        on_pass: Callable[[ReconcileReport], object] | None = None,
     ) -> None:
         """Run passes of up to ``batch`` records until ``stop`` is set, waiting ``interval``
         after a pass that resolved nothing (every record it saw was resting in review or held
         by another worker), so that such records are not polled in a tight loop. A store
-        outage is logged and waited out the same way; the loop keeps running.
+        outage is logged (logger ``payonce.reconciler``, WARNING) and waited out the same way;
+        the loop keeps running.
+
+        Args:
+            on_pass: called with each finished pass's report, in this thread (a store outage
+                finishes no pass). What it raises ends the loop and propagates.
 
         Raises:
             ConfigurationError: for a bad ``batch``.
@@ -497,10 +503,14 @@ class Reconciler(_ReconcilerCore):
         self._check_batch(batch)
         while not stop.is_set():
             try:
-                idle = _idle(self.run_once(batch))
+                report = self.run_once(batch)
             except StoreUnavailableError as exc:
                 _log.warning(_STORE_DOWN, exc)  # an outage passes: keep the loop alive
                 idle = True
+            else:
+                if on_pass is not None:
+                    on_pass(report)
+                idle = _idle(report)
             if idle:
                 stop.wait(interval.total_seconds())
 
@@ -587,15 +597,20 @@ class AsyncReconciler(_ReconcilerCore):
         *,
         interval: timedelta = timedelta(seconds=5),
         batch: int = 100,
+        on_pass: Callable[[ReconcileReport], object] | None = None,
     ) -> None:
-        """See ``Reconciler.run``."""
+        """See ``Reconciler.run``; ``on_pass`` is a plain function, called in the loop's task."""
         self._check_batch(batch)
         while not stop.is_set():
             try:
-                idle = _idle(await self.run_once(batch))
+                report = await self.run_once(batch)
             except StoreUnavailableError as exc:
                 _log.warning(_STORE_DOWN, exc)
                 idle = True
+            else:
+                if on_pass is not None:
+                    on_pass(report)
+                idle = _idle(report)
             if idle:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), interval.total_seconds())

@@ -4,14 +4,18 @@ the Stripe-compatible server."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
 
+import redis
+
 from payonce import Intent, Status
 from tests.cli.conftest import Cli, Seeded, cli_env, json_out
+from tests.redis_cluster import redis_server
 from tests.stripe_server import StripeMock
 
 API_KEY = "sk_test_payonceCliReconcile5e1c9d2a7b"  # the secret scan looks for sk_test_ keys
@@ -183,3 +187,34 @@ def test_loop_stops_on_sigterm_with_json_lines(seeded: Seeded, tmp_path: Path) -
     assert totals["passes"] == len(documents) - 1
     assert totals["succeeded"] == 1
     assert totals["failed"] == 1
+
+
+def test_loop_waits_out_a_store_outage_then_stops_on_sigint(tmp_path: Path) -> None:
+    # The loop is Reconciler.run's: a store gone away is logged to stderr and the loop keeps
+    # going (it used to exit 3 at the first failed pass), until the signal stops it.
+    with redis_server() as port:
+        url = f"redis://127.0.0.1:{port}/0"
+        with subprocess.Popen(
+            [sys.executable, "-m", "payonce", "reconcile", "--gateway", "simulated", "--store",
+             url, "--interval", "0.05"],
+            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=cli_env(),
+        ) as proc:  # fmt: skip
+            assert proc.stdout is not None
+            assert proc.stderr is not None
+            for line in proc.stdout:  # blocks until the first pass is printed
+                if line.startswith("pass 1:"):
+                    break
+            redis.Redis(port=port).shutdown(nosave=True)  # the store goes away mid-loop
+            for line in proc.stderr:  # blocks until the loop reports the outage
+                if "the store is unavailable" in line:
+                    break
+            assert proc.poll() is None  # still running after the failed pass
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=60)
+            rest, err = proc.stdout.read(), proc.stderr.read()
+    assert proc.returncode == 0, err
+    assert "trying again later" in line
+    # The totals of the passes that finished (one, or more if one ran before the shutdown).
+    assert re.search(r"Reconcile (pass|: \d+ passes)\s", rest)
+    assert "Traceback" not in err

@@ -18,6 +18,7 @@ from payonce import (
     OutcomeUnknownError,
     PaymentDeclinedError,
     Reconciler,
+    ReconcileReport,
     RetryPolicy,
     Status,
     Store,
@@ -305,6 +306,49 @@ def test_run_waits_out_a_store_outage_and_keeps_going(
         reconciler.run(stop, interval=timedelta(seconds=1), batch=5)
     assert len(scans) == 2  # the outage was waited out, then the loop scanned again
     assert any("unavailable" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_run_hands_each_finished_pass_to_on_pass(
+    store: Store, clock: ManualClock, kind: str
+) -> None:
+    # A crash after the charge, then a loop of three rounds: an outage (no pass finished, so
+    # nothing is handed over), the pass that resolves the record, and an empty pass.
+    from payonce import StoreUnavailableError  # noqa: PLC0415
+
+    gateway = SimulatedGateway(clock=clock)
+    with pytest.raises(Crash):
+        _guard(store, clock, gateway, faults=_crash_at("before_complete")).execute(INTENT)
+    clock.advance(LEASE)
+    rounds: list[int] = []
+    real_scan = store.scan
+
+    def scan_after_an_outage(*, now: object, limit: int) -> object:
+        rounds.append(limit)
+        if len(rounds) == 1:
+            raise StoreUnavailableError("the store went away", operation="scan")
+        return real_scan(now=now, limit=limit)  # type: ignore[arg-type]
+
+    store.scan = scan_after_an_outage  # type: ignore[method-assign]
+    reports: list[ReconcileReport] = []
+    stop = threading.Event() if kind == "sync" else asyncio.Event()
+
+    def on_pass(report: ReconcileReport) -> None:
+        reports.append(report)
+        if len(reports) == 2:
+            stop.set()
+
+    if isinstance(stop, threading.Event):
+        Reconciler(store, gateway, clock=clock).run(
+            stop, interval=timedelta(0), batch=5, on_pass=on_pass
+        )
+    else:
+        reconciler = AsyncReconciler(store, gateway, clock=clock)
+        asyncio.run(reconciler.run(stop, interval=timedelta(0), batch=5, on_pass=on_pass))
+    assert len(rounds) == 3  # the outage, then two passes
+    assert [(r.scanned, r.succeeded) for r in reports] == [(1, 1), (0, 0)]
+    assert _guard(store, clock, gateway).execute(INTENT).replayed
+    assert len(gateway.movements()) == 1
 
 
 def test_a_store_or_gateway_of_the_wrong_kind_is_refused_with_what_to_pass(

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from payonce._clock import SystemClock
 from payonce._protocols import Gateway, Store
-from payonce._reconciler import Reconciler, ReconcileReport, _idle
+from payonce._reconciler import Reconciler, ReconcileReport
 from payonce.cli._common import (
     DEFAULT_STORE,
     EXIT_OK,
@@ -134,8 +134,8 @@ def _gateway(name: GatewayName, api_base: str | None) -> Gateway:
 def _run(
     out: Out, reconciler: Reconciler, store: Store, batch: int, interval: timedelta
 ) -> tuple[ReconcileReport, int]:
-    # Reconciler.run does not hand back its reports, which this loop prints pass by pass; like
-    # it, the loop waits ``interval`` whenever a pass resolved nothing.
+    """``Reconciler.run`` until SIGINT or SIGTERM, printing each pass and adding up the totals.
+    A store outage is logged to stderr and waited out, as the library's loop does."""
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -146,11 +146,9 @@ def _run(
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     total, passes = ReconcileReport(), 0
-    if not out.json:
-        out.console.print(f"Reconciling {store!r} every pass of up to {batch}; Ctrl-C stops.")
-        sys.stdout.flush()
-    while not stop.is_set():
-        report = reconciler.run_once(batch)
+
+    def on_pass(report: ReconcileReport) -> None:
+        nonlocal passes
         passes += 1
         for name in _COUNTS:
             setattr(total, name, getattr(total, name) + getattr(report, name))
@@ -162,8 +160,11 @@ def _run(
                 f"pass {passes}: " + ", ".join(f"{n} {getattr(report, n)}" for n in _COUNTS)
             )
             sys.stdout.flush()
-        if _idle(report):
-            stop.wait(interval.total_seconds())
+
+    if not out.json:
+        out.console.print(f"Reconciling {store!r} every pass of up to {batch}; Ctrl-C stops.")
+        sys.stdout.flush()
+    reconciler.run(stop, interval=interval, batch=batch, on_pass=on_pass)
     return total, passes
 
 
