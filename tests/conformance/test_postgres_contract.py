@@ -7,10 +7,12 @@ test empties the tables through a privileged connection, so every store starts e
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
 
+from payonce._model import NewRecord, Status
 from payonce.stores._postgres import PostgresStore
 from payonce.stores._postgres_async import AsyncPostgresStore
 from payonce.testing import AsyncStoreContract, StoreContract
@@ -54,3 +56,32 @@ class TestAsyncPostgresStore(AsyncStoreContract):
     @pytest.fixture
     def astore(self, conninfo: str) -> AsyncPostgresStore:
         return AsyncPostgresStore(conninfo, max_size=POOL)
+
+
+@pytest.mark.parametrize("outcome", ["complete", "replay", "unknown"])
+def test_the_store_remembers_calls_in_flight_only(conninfo: str, outcome: str) -> None:
+    # A claim is remembered so that its complete needs no read, and an UNKNOWN record so that a
+    # takeover needs none; a finished record is never fenced again, so completing or replaying
+    # a call leaves nothing behind.
+    store = PostgresStore(conninfo, max_size=2)
+    try:
+        t0 = datetime(2026, 2, 1, tzinfo=UTC)
+        new = NewRecord("tenant-a", "k1_memory", "fp", "{}", "po1_memory", "charge", 100, "usd")
+        store.claim(new, now=t0, lease_for=timedelta(seconds=30))
+        assert set(store._remembered._records) == {("tenant-a", "k1_memory")}
+        if outcome == "unknown":
+            store.mark_unknown("tenant-a", "k1_memory", token=1, reason="timeout", now=t0)
+            assert set(store._remembered._records) == {("tenant-a", "k1_memory")}
+            return
+        store.complete(
+            "tenant-a", "k1_memory", token=1, status=Status.SUCCEEDED, outcome="{}", now=t0
+        )
+        assert not store._remembered._records
+        if outcome == "replay":
+            claimed = store.claim(new, now=t0, lease_for=timedelta(seconds=30))
+            assert claimed.lease is None
+            assert claimed.record.status is Status.SUCCEEDED
+            assert store.get("tenant-a", "k1_memory") is not None
+            assert not store._remembered._records
+    finally:
+        store.close()

@@ -153,7 +153,10 @@ class _Remembered:
     """The record this store last returned per key, so a fenced write can skip its read.
 
     Bounded (oldest first out) and only a hint: every write it feeds is a compare-and-set on the
-    ledger head, and a stale hint costs one read, never a wrong write.
+    ledger head, and a stale hint costs one read, never a wrong write. Only CLAIMED and UNKNOWN
+    records are kept (the ones a complete or a takeover starts from): a finished record is
+    never fenced again, so a completed call or a replay leaves nothing behind and the memory
+    holds the calls in flight.
     """
 
     def __init__(self) -> None:
@@ -165,9 +168,13 @@ class _Remembered:
             return self._records.get((scope, key))
 
     def put(self, record: Record) -> None:
+        where = (record.scope, record.key)
         with self._lock:
-            self._records[(record.scope, record.key)] = record
-            self._records.move_to_end((record.scope, record.key))
+            if record.status.terminal:
+                self._records.pop(where, None)
+                return
+            self._records[where] = record
+            self._records.move_to_end(where)
             if len(self._records) > _REMEMBERED:
                 self._records.popitem(last=False)
 
