@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio.connection
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
@@ -31,7 +32,7 @@ from payonce import (
     seal_checkpoint,
     verify_ledger,
 )
-from payonce._model import NewRecord
+from payonce._model import NewRecord, Record
 from payonce.stores._redis import AsyncRedisStore, RedisStore
 from payonce.stores._redis_core import Effect, Script
 from payonce.testing import AsyncStoreContract, ManualClock, StoreContract
@@ -97,6 +98,18 @@ def cluster_store(cluster: Cluster, cluster_prefix: str) -> Iterator[RedisStore]
     store.close()
 
 
+@pytest.fixture
+def local_astore(local_redis: redis.Redis, local_prefix: str) -> AsyncRedisStore:
+    """Not connected yet (no I/O before its first use); the user closes it on its own loop."""
+    return AsyncRedisStore(LOCAL_URL, prefix=local_prefix)
+
+
+@pytest.fixture
+def cluster_astore(cluster: Cluster, cluster_prefix: str) -> AsyncRedisStore:
+    """As ``local_astore``, on the cluster."""
+    return AsyncRedisStore(f"redis+cluster://127.0.0.1:{cluster.ports[0]}", prefix=cluster_prefix)
+
+
 class TestRedisStore(StoreContract):
     @pytest.fixture
     def store(self, local_store: RedisStore) -> RedisStore:
@@ -105,8 +118,8 @@ class TestRedisStore(StoreContract):
 
 class TestAsyncRedisStore(AsyncStoreContract):
     @pytest.fixture
-    def astore(self, local_redis: redis.Redis, local_prefix: str) -> AsyncRedisStore:
-        return AsyncRedisStore(LOCAL_URL, prefix=local_prefix)
+    def astore(self, local_astore: AsyncRedisStore) -> AsyncRedisStore:
+        return local_astore
 
 
 class TestRedisClusterStore(StoreContract):
@@ -117,10 +130,8 @@ class TestRedisClusterStore(StoreContract):
 
 class TestAsyncRedisClusterStore(AsyncStoreContract):
     @pytest.fixture
-    def astore(self, cluster: Cluster, cluster_prefix: str) -> AsyncRedisStore:
-        return AsyncRedisStore(
-            f"redis+cluster://127.0.0.1:{cluster.ports[0]}", prefix=cluster_prefix
-        )
+    def astore(self, cluster_astore: AsyncRedisStore) -> AsyncRedisStore:
+        return cluster_astore
 
 
 # -- beyond the contract: start-up checks, layout, the ledger through a guard --------------------
@@ -451,26 +462,49 @@ def test_a_resent_script_recognises_its_own_write(local_prefix: str) -> None:
         store.close()
 
 
+LOOSE = Intent("charge", 700, "usd", customer="cus_1")  # an intent without a reference
+
+
 def _with_a_loose_payment(store: RedisStore) -> str:
-    """Record one payment of an intent without a reference; returns its family."""
+    """Record one payment of ``LOOSE``; returns its family."""
     guard = Guard(store, secret=SECRET, scope="tenant-a", clock=ManualClock())
-    loose = Intent("charge", 700, "usd", customer="cus_1")
-    guard.run(loose, lambda attempt: {"id": "ch_1"})
-    family = guard.keys.material("tenant-a", loose).family
+    guard.run(LOOSE, lambda attempt: {"id": "ch_1"})
+    family = guard.keys.material("tenant-a", LOOSE).family
+    assert family is not None
+    return family
+
+
+async def _with_a_loose_payment_async(store: AsyncRedisStore) -> str:
+    """As ``_with_a_loose_payment``, through an ``AsyncGuard``."""
+    guard = AsyncGuard(store, secret=SECRET, scope="tenant-a", clock=ManualClock())
+
+    async def charge(attempt: Attempt) -> dict[str, str]:
+        return {"id": "ch_1"}
+
+    await guard.run(LOOSE, charge)
+    family = guard.keys.material("tenant-a", LOOSE).family
     assert family is not None
     return family
 
 
 def _count_sends(monkeypatch: pytest.MonkeyPatch) -> list[object]:
-    """Every command (or pipeline) redis-py sends from now on, in order."""
+    """Every command (or pipeline) redis-py sends from now on, sync or async, in order."""
     sent: list[object] = []
     original = redis.connection.AbstractConnection.send_packed_command
+    original_async = redis.asyncio.connection.AbstractConnection.send_packed_command
 
     def counting(self: Any, command: Any, check_health: bool = True) -> None:
         sent.append(command)
         original(self, command, check_health)
 
+    async def counting_async(self: Any, command: Any, check_health: bool = True) -> None:
+        sent.append(command)
+        await original_async(self, command, check_health)
+
     monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
+    monkeypatch.setattr(
+        redis.asyncio.connection.AbstractConnection, "send_packed_command", counting_async
+    )
     return sent
 
 
@@ -553,3 +587,98 @@ def test_a_read_across_buckets_loads_scripts_the_server_lost(
     sent.clear()
     assert local_store.newest("tenant-a", family) == expected
     assert len(sent) == 1
+
+
+@pytest.mark.parametrize("where", ["local", "cluster"])
+def test_an_async_read_across_buckets_is_one_pipeline_per_server(
+    where: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As the sync test: not 16 concurrent commands (each on a pooled connection of its own).
+    store: AsyncRedisStore = request.getfixturevalue(f"{where}_astore")
+
+    async def scenario() -> tuple[Record | None, list[object]]:
+        try:
+            family = await _with_a_loose_payment_async(store)
+            sent = _count_sends(monkeypatch)
+            return await store.newest("tenant-a", family), sent
+        finally:
+            await store.close()
+
+    record, sent = asyncio.run(scenario())
+
+    assert record is not None
+    assert record.status is Status.SUCCEEDED
+    servers = 1
+    if where == "cluster":
+        servers = len({store._client.get_node_from_key(b.fam).name for b in store._buckets})
+    assert len(sent) == servers, (len(sent), servers)
+
+
+@pytest.mark.parametrize("where", ["local", "cluster"])
+def test_an_async_read_across_buckets_loads_scripts_the_server_lost(
+    where: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As the sync test; on the cluster SCRIPT LOAD goes to every master (one send each).
+    store: AsyncRedisStore = request.getfixturevalue(f"{where}_astore")
+    flush: redis.Redis | RedisCluster = request.getfixturevalue(
+        "local_redis" if where == "local" else "cluster_client"
+    )
+
+    async def scenario() -> list[tuple[Record | None, Record | None, int]]:
+        try:
+            family = await _with_a_loose_payment_async(store)
+            expected = await store.newest("tenant-a", family)
+            flush.script_flush()
+            sent = _count_sends(monkeypatch)
+            rounds = []
+            for _ in range(2):
+                sent.clear()
+                rounds.append((await store.newest("tenant-a", family), expected, len(sent)))
+            return rounds
+        finally:
+            await store.close()
+
+    (lost, expected, after_flush), (again, _, next_time) = asyncio.run(scenario())
+
+    assert expected is not None
+    assert lost == expected
+    assert again == expected
+    servers = 1
+    if where == "cluster":
+        servers = len({store._client.get_node_from_key(b.fam).name for b in store._buckets})
+        masters = len(store._client.get_primaries())
+        assert after_flush == servers + masters + servers  # pipelines, SCRIPT LOAD, pipelines
+    else:
+        assert after_flush == 3  # the pipeline, SCRIPT LOAD, the pipeline again
+    assert next_time == servers
+
+
+def test_an_async_read_on_a_stale_slot_map_still_answers(
+    cluster_astore: AsyncRedisStore, cluster_client: RedisCluster
+) -> None:
+    # Every bucket's slot mapped to one master, as after a reshard: the other masters' buckets
+    # answer MOVED there, the cluster pipeline sends those calls again through the cluster
+    # client, and the answer is the same; the client's slot map is right again afterwards.
+    store = cluster_astore
+
+    async def scenario() -> tuple[Record | None, Record | None, list[str], list[str]]:
+        try:
+            family = await _with_a_loose_payment_async(store)
+            expected = await store.newest("tenant-a", family)
+            client = store._client
+            right = [client.get_node_from_key(b.fam).name for b in store._buckets]
+            wrong = client.get_primaries()[0]
+            for b in store._buckets:
+                client.nodes_manager.slots_cache[client.keyslot(b.fam)] = [wrong]
+            stale = await store.newest("tenant-a", family)
+            after = [client.get_node_from_key(b.fam).name for b in store._buckets]
+            return expected, stale, right, after
+        finally:
+            await store.close()
+
+    expected, stale, right, after = asyncio.run(scenario())
+
+    assert expected is not None
+    assert stale == expected
+    assert len(set(right)) > 1  # the test moved some buckets to a master that does not own them
+    assert after == right

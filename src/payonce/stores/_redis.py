@@ -18,7 +18,6 @@ operations themselves are in ``_redis_core``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
@@ -184,6 +183,27 @@ def _describe(client: Any, url: str | None) -> str:
     return type(client).__name__
 
 
+def _queue(pipe: Any, calls: Sequence[Script | Command], scripts: Mapping[str, Any]) -> None:
+    """Queue a fan-out's calls on a pipeline (sync or async, plain or Cluster), each script as a
+    plain EVALSHA of its registered sha, without redis-py's SCRIPT EXISTS check in front."""
+    for call in calls:
+        if isinstance(call, Script):
+            # execute_command, not pipe.evalsha (the same command): the Cluster pipeline blocks
+            # the evalsha method (redis-py #2914, lifted by PR #4206) though it routes EVALSHA
+            # by its keys, which share one slot here.
+            sha = scripts[call.name].sha
+            pipe.execute_command("EVALSHA", sha, len(call.keys), *call.keys, *call.args)
+        else:
+            getattr(pipe, call.name)(*call.args, **call.kwargs)
+
+
+def _sources(calls: Sequence[Script | Command]) -> list[str]:
+    """The Lua source of each script the calls use, once each: what SCRIPT LOAD sends after a
+    NOSCRIPT."""
+    names = sorted({call.name for call in calls if isinstance(call, Script)})
+    return [_SCRIPTS[name] for name in names]
+
+
 # -- the sync store --------------------------------------------------------------------------------
 
 
@@ -314,19 +334,14 @@ class RedisStore(RedisCore):
         a fan-out only reads (or raises the idempotent seal watermark)."""
         for attempt in range(2):
             pipe = client.pipeline(transaction=False)
-            for call in calls:
-                if isinstance(call, Script):
-                    sha = self._scripts[call.name].sha
-                    pipe.evalsha(sha, len(call.keys), *call.keys, *call.args)
-                else:
-                    getattr(pipe, call.name)(*call.args, **call.kwargs)
+            _queue(pipe, calls, self._scripts)
             try:
                 replies: list[Any] = pipe.execute()
             except rexc.NoScriptError:
                 if attempt:
                     raise
-                for name in {call.name for call in calls if isinstance(call, Script)}:
-                    client.script_load(_SCRIPTS[name])
+                for source in _sources(calls):
+                    client.script_load(source)
             else:
                 return replies
         raise AssertionError("unreachable: the second attempt returns or raises")
@@ -559,19 +574,51 @@ class AsyncRedisStore(RedisCore):
         self._ready = True
 
     async def _perform(self, effect: Effect, operation: str) -> Any:
-        if isinstance(effect, Fanout):
-            return await asyncio.gather(*(self._perform(c, operation) for c in effect.calls))
         if self._closed:
             raise StoreUnavailableError(
                 "this AsyncRedisStore was closed; create a new one to keep using Redis",
                 operation=operation,
             )
         try:
+            if isinstance(effect, Fanout):
+                return await self._fan_out(effect)
             if isinstance(effect, Script):
                 return await self._scripts[effect.name](keys=effect.keys, args=effect.args)
             return await getattr(self._client, effect.name)(*effect.args, **effect.kwargs)
         except rexc.RedisError as exc:
             raise _translate(exc, operation) from exc
+
+    async def _fan_out(self, fanout: Fanout) -> list[Any]:
+        """One call per bucket, as one pipeline (not a transaction) per server; see
+        ``RedisStore._fan_out``.
+
+        On Cluster the pipeline is the cluster client's own: unlike the sync one, the async
+        cluster pipeline already does what ``RedisStore._fan_out`` does by hand (and
+        ``redis.asyncio.cluster`` has no per-node client to do it with): it groups the calls by
+        master, sends each master its share as one plain pipeline, concurrently, and sends the
+        calls answered MOVED, ASK or TRYAGAIN (a stale slot map) once more one by one through
+        the cluster client, which follows the redirect and refreshes the map. A connection
+        error, a timeout or CLUSTERDOWN makes it reload the map and send again, within the
+        client's retries, as the cluster client does for a single call.
+        """
+        return await self._pipelined(self._client, fanout.calls)
+
+    async def _pipelined(self, client: Any, calls: Sequence[Script | Command]) -> list[Any]:
+        """The calls as one pipeline on ``client``; see ``RedisStore._pipelined``. On Cluster,
+        SCRIPT LOAD goes to every master."""
+        for attempt in range(2):
+            pipe = client.pipeline(transaction=False)
+            _queue(pipe, calls, self._scripts)
+            try:
+                replies: list[Any] = await pipe.execute()
+            except rexc.NoScriptError:
+                if attempt:
+                    raise
+                for source in _sources(calls):
+                    await client.script_load(source)
+            else:
+                return replies
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     async def _drive(self, op: Op[_T], operation: str) -> _T:
         try:
