@@ -12,8 +12,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import redis
 
 from payonce import _keys
+from payonce._chain import to_micros
 from payonce._keys import KeyMaterial, canonical_flat, canonical_json
 from payonce._model import (
     Attempt,
@@ -27,8 +29,8 @@ from payonce._model import (
     Status,
     quick_init,
 )
-from payonce._transitions import claim_transition
-from payonce.stores._redis_core import _RECORD_FIELDS, _claim_pairs, _pairs
+from payonce._transitions import claim_transition, complete_transition
+from payonce.stores._redis_core import _RECORD_FIELDS, _claim_pairs, _encode_entry, _pairs
 
 QUICK = [Lease, NewRecord, Record, ReplayView, Claimed, Attempt, Outcome, Entry, KeyMaterial]
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -186,3 +188,33 @@ def test_the_redis_claim_writes_every_field_of_the_claimed_record(family: str | 
     # A record that is not a fresh claim takes the general encoding.
     done = dataclasses.replace(record, outcome='{"value":1}', lease_expires_at=None)
     assert _claim_pairs(done) == _pairs(done, _RECORD_FIELDS)[1]
+
+
+@pytest.mark.parametrize("c_encoder", [True, False], ids=["c", "python"])
+def test_redis_entries_and_arguments_carry_status_members_as_their_values(
+    c_encoder: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The Redis store passes Status and Event members where their values used to go (a
+    # StrEnum is its value's str): the stored entry and the script arguments keep their bytes.
+    new = NewRecord("tenant-a", "k1_x", "f", "{}", "po1_x", "charge", 1000, "usd")
+    record, entry = claim_transition(
+        new, now=NOW, lease_for=timedelta(seconds=60), seq=0, prev_hash=None
+    )
+    done = complete_transition(
+        record, key="k1_x", token=1, status=Status.SUCCEEDED, outcome="{}", now=NOW, seq=0
+    )[1]
+    if not c_encoder:
+        monkeypatch.setattr(_keys, "_FLAT", None)
+        monkeypatch.setattr(_keys, "_make_encoder", None)
+    for e in (entry, done):
+        by_value = [
+            to_micros(e.at), e.scope, e.key, e.event.value,
+            None if e.status_from is None else e.status_from.value,
+            None if e.status_to is None else e.status_to.value,
+            e.token, e.attempt, e.amount, e.currency, e.detail, e.prev_hash, e.hash,
+        ]  # fmt: skip
+        assert _encode_entry(e) == canonical_json(by_value)
+    encoder = redis.connection.Encoder("utf-8", "strict", decode_responses=False)
+    for status in Status:
+        assert encoder.encode(status) == status.value.encode()
+    assert "CLAIMED" in _claim_pairs(record)

@@ -160,7 +160,7 @@ def _pairs(record: Record, names: Sequence[str]) -> tuple[list[str], list[str]]:
         elif name in _TIMES:
             pairs.append(str(to_micros(value)))
         elif isinstance(value, Status):
-            pairs.append(value.value)
+            pairs.append(value)  # a StrEnum: the member is its value's str, sent as such
         else:
             pairs.append(str(value))
     return deleted, pairs
@@ -176,7 +176,7 @@ def _claim_pairs(r: Record) -> list[str]:
     if r.lease_expires_at is None or r.outcome is not None or r.reason is not None:
         return _pairs(r, _RECORD_FIELDS)[1]
     pairs = [
-        "scope", r.scope, "key", r.key, "status", r.status.value, "fingerprint", r.fingerprint,
+        "scope", r.scope, "key", r.key, "status", r.status, "fingerprint", r.fingerprint,
         "intent", r.intent, "provider_key", r.provider_key, "operation", r.operation,
         "amount", str(r.amount), "currency", r.currency, "token", str(r.token),
         "attempt", str(r.attempt), "lease_expires_at", str(to_micros(r.lease_expires_at)),
@@ -190,9 +190,9 @@ def _claim_pairs(r: Record) -> list[str]:
 
 
 def _encode_entry(e: Entry) -> str:
-    status_from = None if e.status_from is None else e.status_from.value
-    status_to = None if e.status_to is None else e.status_to.value
-    fields = [to_micros(e.at), e.scope, e.key, e.event.value, status_from, status_to, e.token]
+    # Status and Event are StrEnums: JSON writes a member as its value, so ``.value`` (a Python
+    # descriptor call each) is left out.
+    fields = [to_micros(e.at), e.scope, e.key, e.event, e.status_from, e.status_to, e.token]
     fields += [e.attempt, e.amount, e.currency, e.detail, e.prev_hash, e.hash]
     return canonical_flat(fields)  # a flat list: the compact JSON array, quickly
 
@@ -395,13 +395,13 @@ class RedisCore:
     ) -> Effect:
         fam = b.fam + (_ident(current.scope, current.family) if current.family else "")
         keys = self._keys(b.rec + ident, b.chain, b.open, b.live, b.done, b.log, fam)
-        args = [ident, str(current.token), current.status.value, current.ledger_head, now, seq]
+        args = [ident, str(current.token), current.status, current.ledger_head, now, seq]
         args += [_encode_entry(entry), entry.hash, str(entry.token)]
         if record is None:
             return Script("apply", keys, [*args, "", "", "", "0"])
         deleted, pairs = _pairs(record, _MUTABLE)
         updated = str(to_micros(record.updated_at))
-        args += [record.status.value, lease_id, updated, str(len(deleted)), *deleted, *pairs]
+        args += [record.status, lease_id, updated, str(len(deleted)), *deleted, *pairs]
         return Script("apply", keys, args)
 
     def _takeover(
