@@ -77,6 +77,9 @@ class ReconcileReport:
         flagged: records left UNKNOWN with a ``review:`` reason.
         skipped: records another worker held or changed first, or flagged too recently.
         reasons: the review reason of every flagged record, by record key.
+        interrupted: None for a pass that went through its batch; else why it stopped early
+            (the store became unavailable after the scan). What it resolved before is counted
+            above; the record in hand counts as skipped, and it and the rest stay due.
     """
 
     scanned: int = 0
@@ -86,6 +89,7 @@ class ReconcileReport:
     flagged: int = 0
     skipped: int = 0
     reasons: dict[str, str] = field(default_factory=dict)
+    interrupted: str | None = None
 
 
 # How far a pass widens its scan past records resting in review: up to this many batches (a
@@ -99,6 +103,39 @@ _STORE_DOWN: Final = "payonce reconciler: the store is unavailable (%s); trying 
 def _idle(report: ReconcileReport) -> bool:
     """A pass that resolved nothing: the next one would see the same records."""
     return report.scanned == report.skipped
+
+
+class _OutageLog:
+    """A loop's log of store outages: a WARNING when one starts and when it ends, DEBUG for the
+    passes that fail in between (a loop every few seconds would otherwise flood the log)."""
+
+    def __init__(self) -> None:
+        self.down = False
+
+    def failed(self, why: str) -> None:
+        _log.log(logging.DEBUG if self.down else logging.WARNING, _STORE_DOWN, why)
+        self.down = True
+
+    def after(self, report: ReconcileReport) -> bool:
+        """Note a finished pass; True when the loop should wait before the next one."""
+        if report.interrupted is not None:
+            self.failed(report.interrupted)
+            return True
+        if self.down:
+            _log.warning("payonce reconciler: the store answers again; passes go on")
+            self.down = False
+        return _idle(report)
+
+
+def _check_on_pass(on_pass: object) -> None:
+    if on_pass is None:
+        return
+    if not callable(on_pass) or inspect.iscoroutinefunction(on_pass):
+        raise ConfigurationError(
+            f"on_pass must be a plain function taking the pass's ReconcileReport; got "
+            f"{on_pass!r}. For async work, have it hand the report to a queue or a task.",
+            option="on_pass",
+        )
 
 
 #: payonce recorded a success, and the provider has no object for the record's key.
@@ -237,7 +274,14 @@ class _ReconcilerCore:
                 report.skipped += 1
             elif acted < batch:
                 acted += 1
-                yield from self._resolve(record, report)
+                try:
+                    yield from self._resolve(record, report)
+                except StoreUnavailableError as exc:
+                    # The next record's takeover would fail the same way, and a provider answer
+                    # could not be written: stop here and keep what was resolved so far.
+                    report.skipped += 1
+                    report.interrupted = str(exc)
+                    break
             else:
                 report.scanned -= 1  # past this pass's batch: the next pass takes it
         return report
@@ -305,6 +349,8 @@ class _ReconcilerCore:
                 (held.scope, held.key),
                 {"token": lease.token, "status": status, "outcome": body, "now": now},
             )
+        except StoreUnavailableError:
+            raise  # the pass stops; the record stays due
         except (LeaseLostError, StoreError):
             report.skipped += 1  # the record stays due; the next pass resolves it
             return
@@ -336,6 +382,8 @@ class _ReconcilerCore:
                 (held.scope, held.key),
                 {"token": lease.token, "reason": REVIEW + why, "now": self.clock.now()},
             )
+        except StoreUnavailableError:
+            raise  # the pass stops; the record stays due
         except (LeaseLostError, StoreError):
             report.skipped += 1
             return
@@ -472,8 +520,12 @@ class Reconciler(_ReconcilerCore):
     def run_once(self, batch: int = 100) -> ReconcileReport:
         """One pass over up to ``batch`` records, oldest first.
 
+        A store that becomes unavailable after the scan stops the pass early: the report counts
+        what was resolved before, and its ``interrupted`` says why it stopped.
+
         Raises:
-            StoreUnavailableError: the store could not be read; nothing was resolved.
+            ConfigurationError: for a bad ``batch``.
+            StoreUnavailableError: the scan could not read the store; nothing was resolved.
         """
         self._check_batch(batch)
         report: ReconcileReport = self._drive(self._pass(batch))
@@ -490,27 +542,32 @@ class Reconciler(_ReconcilerCore):
         """Run passes of up to ``batch`` records until ``stop`` is set, waiting ``interval``
         after a pass that resolved nothing (every record it saw was resting in review or held
         by another worker), so that such records are not polled in a tight loop. A store
-        outage is logged (logger ``payonce.reconciler``, WARNING) and waited out the same way;
-        the loop keeps running.
+        outage is waited out the same way, and the loop keeps running: logger
+        ``payonce.reconciler`` warns when the outage starts and when the store answers again
+        (the passes failing in between log at DEBUG).
 
         Args:
-            on_pass: called with each finished pass's report, in this thread (a store outage
-                finishes no pass). What it raises ends the loop and propagates.
+            on_pass: a plain function, called in this thread with the report of each pass
+                that got past its scan, a pass cut short by an outage included (its
+                ``interrupted`` is set). A pass whose scan failed has no report. What
+                ``on_pass`` raises ends the loop and propagates.
 
         Raises:
-            ConfigurationError: for a bad ``batch``.
+            ConfigurationError: for a bad ``batch`` or ``on_pass``.
         """
         self._check_batch(batch)
+        _check_on_pass(on_pass)
+        outages = _OutageLog()
         while not stop.is_set():
             try:
                 report = self.run_once(batch)
             except StoreUnavailableError as exc:
-                _log.warning(_STORE_DOWN, exc)  # an outage passes: keep the loop alive
+                outages.failed(str(exc))  # an outage passes: keep the loop alive
                 idle = True
             else:
                 if on_pass is not None:
                     on_pass(report)
-                idle = _idle(report)
+                idle = outages.after(report)
             if idle:
                 stop.wait(interval.total_seconds())
 
@@ -599,18 +656,21 @@ class AsyncReconciler(_ReconcilerCore):
         batch: int = 100,
         on_pass: Callable[[ReconcileReport], object] | None = None,
     ) -> None:
-        """See ``Reconciler.run``; ``on_pass`` is a plain function, called in the loop's task."""
+        """See ``Reconciler.run``; ``on_pass`` is a plain function, called in the loop's task
+        (a coroutine function is refused with ``ConfigurationError``)."""
         self._check_batch(batch)
+        _check_on_pass(on_pass)
+        outages = _OutageLog()
         while not stop.is_set():
             try:
                 report = await self.run_once(batch)
             except StoreUnavailableError as exc:
-                _log.warning(_STORE_DOWN, exc)
+                outages.failed(str(exc))
                 idle = True
             else:
                 if on_pass is not None:
                     on_pass(report)
-                idle = _idle(report)
+                idle = outages.after(report)
             if idle:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), interval.total_seconds())

@@ -22,6 +22,7 @@ from payonce import (
     RetryPolicy,
     Status,
     Store,
+    StoreUnavailableError,
     verify_ledger,
 )
 from payonce._reconciler import REVIEW
@@ -272,64 +273,77 @@ def test_a_review_backlog_past_the_widening_bound_is_logged(
     assert any("flagged for review" in r.getMessage() for r in caplog.records)
 
 
-def test_run_waits_out_a_store_outage_and_keeps_going(
-    store: Store, clock: ManualClock, caplog: pytest.LogCaptureFixture
-) -> None:
-    from payonce import StoreUnavailableError  # noqa: PLC0415
-
-    gateway = SimulatedGateway(idempotent=False, clock=clock)
-    reconciler = Reconciler(store, gateway, clock=clock)
+def _outage_on_scans(store: Store, failing: int, *, most: int) -> list[int]:
+    """Make the store's first ``failing`` scans fail as an outage; return the list each scan's
+    limit is appended to. A loop that scans more than ``most`` times fails the test at once
+    instead of spinning until the test timeout."""
     scans: list[int] = []
     real_scan = store.scan
 
-    def failing_scan(*, now: object, limit: int) -> object:
+    def scan(*, now: object, limit: int) -> object:
         scans.append(limit)
-        if len(scans) == 1:
+        if len(scans) > most:
+            raise AssertionError(f"the loop scanned {len(scans)} times; it should have stopped")
+        if len(scans) <= failing:
             raise StoreUnavailableError("the store went away", operation="scan")
         return real_scan(now=now, limit=limit)  # type: ignore[arg-type]
 
-    store.scan = failing_scan  # type: ignore[method-assign]
+    store.scan = scan  # type: ignore[method-assign]
+    return scans
 
-    class TwoWaits(threading.Event):
-        def __init__(self) -> None:
-            super().__init__()
-            self.waits = 0
 
-        def wait(self, timeout: float | None = None) -> bool:
-            self.waits += 1
-            if self.waits == 2:
-                self.set()
-            return self.is_set()
+class _StopAfterWaits(threading.Event):
+    """A stop event whose ``waits``-th wait sets it; earlier waits return at once."""
 
-    stop = TwoWaits()
+    def __init__(self, waits: int) -> None:
+        super().__init__()
+        self.left = waits
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.left -= 1
+        if self.left == 0:
+            self.set()
+        return self.is_set()
+
+
+def test_run_waits_out_a_store_outage_and_keeps_going(
+    store: Store, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    gateway = SimulatedGateway(idempotent=False, clock=clock)
+    reconciler = Reconciler(store, gateway, clock=clock)
+    scans = _outage_on_scans(store, 1, most=2)
+    stop = _StopAfterWaits(2)
     with caplog.at_level("WARNING", logger="payonce.reconciler"):
         reconciler.run(stop, interval=timedelta(seconds=1), batch=5)
     assert len(scans) == 2  # the outage was waited out, then the loop scanned again
     assert any("unavailable" in r.getMessage() for r in caplog.records)
 
 
+def test_run_warns_when_an_outage_starts_and_when_it_ends_not_at_every_pass(
+    store: Store, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    reconciler = Reconciler(store, SimulatedGateway(clock=clock), clock=clock)
+    scans = _outage_on_scans(store, 3, most=4)
+    with caplog.at_level("DEBUG", logger="payonce.reconciler"):
+        reconciler.run(_StopAfterWaits(4), interval=timedelta(seconds=1), batch=5)
+    assert len(scans) == 4  # three failed scans, then an empty pass
+    logged = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert [level for level, _ in logged] == ["WARNING", "DEBUG", "DEBUG", "WARNING"]
+    assert all("the store is unavailable" in text for _, text in logged[:3])
+    assert "answers again" in logged[3][1]
+
+
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_run_hands_each_finished_pass_to_on_pass(
     store: Store, clock: ManualClock, kind: str
 ) -> None:
-    # A crash after the charge, then a loop of three rounds: an outage (no pass finished, so
+    # A crash after the charge, then a loop of three scans: an outage (no pass finished, so
     # nothing is handed over), the pass that resolves the record, and an empty pass.
-    from payonce import StoreUnavailableError  # noqa: PLC0415
-
     gateway = SimulatedGateway(clock=clock)
     with pytest.raises(Crash):
         _guard(store, clock, gateway, faults=_crash_at("before_complete")).execute(INTENT)
     clock.advance(LEASE)
-    rounds: list[int] = []
-    real_scan = store.scan
-
-    def scan_after_an_outage(*, now: object, limit: int) -> object:
-        rounds.append(limit)
-        if len(rounds) == 1:
-            raise StoreUnavailableError("the store went away", operation="scan")
-        return real_scan(now=now, limit=limit)  # type: ignore[arg-type]
-
-    store.scan = scan_after_an_outage  # type: ignore[method-assign]
+    scans = _outage_on_scans(store, 1, most=3)
     reports: list[ReconcileReport] = []
     stop = threading.Event() if kind == "sync" else asyncio.Event()
 
@@ -345,10 +359,104 @@ def test_run_hands_each_finished_pass_to_on_pass(
     else:
         reconciler = AsyncReconciler(store, gateway, clock=clock)
         asyncio.run(reconciler.run(stop, interval=timedelta(0), batch=5, on_pass=on_pass))
-    assert len(rounds) == 3  # the outage, then two passes
+    assert len(scans) == 3  # the outage, then two passes
     assert [(r.scanned, r.succeeded) for r in reports] == [(1, 1), (0, 0)]
     assert _guard(store, clock, gateway).execute(INTENT).replayed
     assert len(gateway.movements()) == 1
+
+
+def _three_lost_answers(store: Store, clock: ManualClock, gateway: SimulatedGateway) -> list[str]:
+    """Three charges made at the provider whose answers were lost; their keys, oldest first."""
+    keys = []
+    for n in range(3):
+        intent = Intent("charge", 5000, "usd", payment_method="tok_visa", reference=f"lost-{n}")
+        guard = _guard(store, clock, gateway, faults=_crash_at("before_complete"))
+        with pytest.raises(Crash):
+            guard.execute(intent)
+        keys.append(guard.key_for(intent))
+        clock.advance(timedelta(seconds=1))
+    clock.advance(LEASE)
+    return keys
+
+
+def _outage_after(store: Store, method: str, calls: int) -> None:
+    """The store's ``method`` works ``calls`` times, then the store is unavailable."""
+    real = getattr(store, method)
+    made = 0
+
+    def call(*args: object, **kwargs: object) -> object:
+        nonlocal made
+        made += 1
+        if made > calls:
+            raise StoreUnavailableError("the store went away", operation=method)
+        return real(*args, **kwargs)
+
+    setattr(store, method, call)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("method", ["takeover", "complete"])
+def test_an_outage_during_a_pass_stops_it_and_keeps_what_it_resolved(
+    store: Store, clock: ManualClock, kind: str, method: str
+) -> None:
+    # The first record is resolved; the store goes away at the second one's takeover (or its
+    # complete, after the provider was asked). The pass stops there: its report keeps the first
+    # record, the third is not asked about, and both stay due for the next pass.
+    gateway = SimulatedGateway(clock=clock)
+    keys = _three_lost_answers(store, clock, gateway)
+    lookups = gateway.lookups_received
+    _outage_after(store, method, 1)
+    if kind == "sync":
+        report = Reconciler(store, gateway, clock=clock).run_once(batch=5)
+    else:
+        report = asyncio.run(AsyncReconciler(store, gateway, clock=clock).run_once(batch=5))
+    assert (report.scanned, report.succeeded, report.skipped) == (2, 1, 1)
+    assert report.interrupted is not None
+    assert "the store went away" in report.interrupted
+    asked = gateway.lookups_received - lookups
+    assert asked == (1 if method == "takeover" else 2)  # never the third record
+    statuses = [store.get(SCOPE, key).status for key in keys]  # type: ignore[union-attr]
+    assert statuses == [Status.SUCCEEDED, Status.CLAIMED, Status.CLAIMED]
+    del store.__dict__[method]  # the store is back
+    clock.advance(LEASE)  # the lease the cut-short pass took on the second record runs out
+    after = Reconciler(store, gateway, clock=clock).run_once(batch=5)
+    assert (after.succeeded, after.interrupted) == (2, None)
+    assert len(gateway.movements()) == 3  # one per charge, none twice
+    verify_ledger(store)
+
+
+def test_run_hands_a_pass_cut_short_to_on_pass_and_waits_before_the_next(
+    store: Store, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    gateway = SimulatedGateway(clock=clock)
+    _three_lost_answers(store, clock, gateway)
+    _outage_after(store, "takeover", 1)
+    reports: list[ReconcileReport] = []
+    stop = _StopAfterWaits(1)  # the pass cut short is followed by a wait, which stops the loop
+    with caplog.at_level("WARNING", logger="payonce.reconciler"):
+        Reconciler(store, gateway, clock=clock).run(
+            stop, interval=timedelta(seconds=5), batch=5, on_pass=reports.append
+        )
+    assert [(r.succeeded, r.interrupted is not None) for r in reports] == [(1, True)]
+    assert [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()]
+
+
+@pytest.mark.parametrize("given", ["coroutine function", "value"])
+def test_run_refuses_an_on_pass_it_cannot_call(clock: ManualClock, given: str) -> None:
+    async def report_later(report: ReconcileReport) -> None:
+        """A coroutine function: the loop would create its coroutine and never await it."""
+
+    refused = report_later if given == "coroutine function" else "not a function"
+    stop = asyncio.Event()
+    reconciler = AsyncReconciler(MemoryStore(), SimulatedGateway(clock=clock), clock=clock)
+    with pytest.raises(ConfigurationError, match="on_pass must be a plain function") as caught:
+        asyncio.run(reconciler.run(stop, on_pass=refused))  # type: ignore[arg-type]
+    assert caught.value.option == "on_pass"
+    with pytest.raises(ConfigurationError, match="on_pass must be a plain function"):
+        Reconciler(MemoryStore(), SimulatedGateway(clock=clock)).run(
+            threading.Event(),
+            on_pass=refused,  # type: ignore[arg-type]
+        )
 
 
 def test_a_store_or_gateway_of_the_wrong_kind_is_refused_with_what_to_pass(

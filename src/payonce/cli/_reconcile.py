@@ -1,6 +1,7 @@
 """``payonce reconcile``: resolve crashed workers and lost answers against the provider."""
 
 import enum
+import logging
 import signal
 import sys
 import threading
@@ -19,6 +20,7 @@ from payonce.cli._common import (
     DEFAULT_STORE,
     EXIT_OK,
     EXIT_PROBLEM,
+    EXIT_STORE,
     JsonOption,
     Out,
     StoreOption,
@@ -92,6 +94,12 @@ def reconcile(
             reconciler = Reconciler(store, provider, clock=SystemClock())
             if once:
                 report = reconciler.run_once(batch)
+                if report.interrupted is not None:
+                    # What the pass resolved is shown; the store is gone, so no recount.
+                    _finish(out, report, left=None, capped=False, passes=1)
+                    if not out.json:
+                        out.err.print(f"error: {report.interrupted}", soft_wrap=True)
+                    raise typer.Exit(EXIT_STORE)
                 left = len(store.scan(now=reconciler.clock.now(), limit=batch))
                 code = EXIT_PROBLEM if left else EXIT_OK
                 _finish(out, report, left=left, capped=left >= batch, passes=1)
@@ -135,8 +143,9 @@ def _run(
     out: Out, reconciler: Reconciler, store: Store, batch: int, interval: timedelta
 ) -> tuple[ReconcileReport, int]:
     """``Reconciler.run`` until SIGINT or SIGTERM, printing each pass and adding up the totals.
-    A store outage is logged to stderr and waited out, as the library's loop does."""
+    A store outage is waited out, as the library's loop does; its start and end go to stderr."""
     stop = threading.Event()
+    _log_to_stderr()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
@@ -156,9 +165,10 @@ def _run(
         if out.json:
             out.emit({"pass": passes, **_counts(report)})
         else:
-            out.console.print(
-                f"pass {passes}: " + ", ".join(f"{n} {getattr(report, n)}" for n in _COUNTS)
-            )
+            line = f"pass {passes}: " + ", ".join(f"{n} {getattr(report, n)}" for n in _COUNTS)
+            if report.interrupted is not None:
+                line += " (cut short: the store became unavailable)"
+            out.console.print(line)
             sys.stdout.flush()
 
     if not out.json:
@@ -166,6 +176,19 @@ def _run(
         sys.stdout.flush()
     reconciler.run(stop, interval=interval, batch=batch, on_pass=on_pass)
     return total, passes
+
+
+def _log_to_stderr() -> None:
+    """The Reconciler's log lines (a store outage starting and ending) on stderr, as they are,
+    rather than through whatever the process's logging happens to be set up with."""
+    logger = logging.getLogger("payonce.reconciler")
+    if any(getattr(h, "stream", None) is sys.stderr for h in logger.handlers):
+        return  # a second loop in one process
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 def _counts(report: ReconcileReport) -> dict[str, Any]:
