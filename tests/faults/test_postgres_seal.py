@@ -20,7 +20,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg.pq import TransactionStatus
 
 from payonce import (
     AsyncGuard,
@@ -238,9 +237,15 @@ def test_without_the_horizon_the_same_seal_later_reads_as_tampered(store: Postgr
     # The sequence of the first horizon test; only the horizon is missing.
     with _uncommitted_entry("no-horizon") as (writer, held):
         later = _write_later_entries(store, "seal-no-horizon")
-        checkpoint = seal_checkpoint(_WithoutHorizon(store), now=NOW)
-        # The seal returned while the raw entry was still uncommitted: it never waited.
-        assert writer.info.transaction_status is TransactionStatus.INTRANS
+        # The seal runs while the raw entry is uncommitted, in a thread, so that a seal that
+        # waited for the entry's transaction fails here instead of hanging the test.
+        pool = ThreadPoolExecutor(1)
+        try:
+            checkpoint = pool.submit(seal_checkpoint, _WithoutHorizon(store), now=NOW).result(
+                timeout=30
+            )
+        finally:
+            pool.shutdown(wait=False)  # a seal still waiting ends when the writer closes
         writer.execute("COMMIT")
 
     assert checkpoint is not None
