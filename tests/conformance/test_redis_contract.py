@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import redis
+import redis.asyncio.cluster
 import redis.asyncio.connection
+import redis.asyncio.retry
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
@@ -571,6 +573,76 @@ def test_a_stale_slot_map_falls_back_to_the_cluster_client(
     assert cluster_store.newest("tenant-a", family) == expected
     assert moved
     assert isinstance(moved[0], redis.exceptions.MovedError)
+
+
+def _no_node_serves_a_slot(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cluster client's slot map as during a failover with no replica: every slot lookup
+    raises redis-py's SlotNotCoveredError (a RedisClusterException, not a RedisError), at both
+    places redis-py looks a slot up."""
+
+    def uncovered(*args: object, **kwargs: object) -> object:
+        raise redis.exceptions.SlotNotCoveredError("a slot is not covered by the cluster")
+
+    if hasattr(client, "__dict__"):
+        monkeypatch.setattr(client, "get_node_from_key", uncovered)
+    manager = client.nodes_manager
+    if hasattr(manager, "__dict__"):
+        monkeypatch.setattr(manager, "get_node_from_slot", uncovered)
+    else:  # the async client's manager has slots: patch its class for this test
+        monkeypatch.setattr(type(manager), "get_node_from_slot", uncovered)
+
+
+def test_a_slot_no_node_serves_is_an_outage(
+    cluster: Cluster, cluster_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It escaped untranslated before; now a single call, a read across buckets (sync and
+    # async) and a claim each raise StoreUnavailableError, which says to retry the same intent.
+    # Clients without retries: redis-py would otherwise refresh the map and back off for
+    # seconds before it gives up.
+    port = cluster.ports[0]
+    client = RedisCluster(host="127.0.0.1", port=port, retry=Retry(NoBackoff(), 0))
+    aclient = redis.asyncio.cluster.RedisCluster(
+        host="127.0.0.1", port=port, retry=redis.asyncio.retry.Retry(NoBackoff(), 0)
+    )
+    cluster_store = RedisStore(client, prefix=cluster_prefix)
+    cluster_astore = AsyncRedisStore(aclient, prefix=cluster_prefix)
+
+    async def opened() -> None:
+        await cluster_astore.get("tenant-a", "k1_open")
+
+    loop = asyncio.Runner()
+    try:
+        loop.run(opened())
+        _no_node_serves_a_slot(cluster_store._client, monkeypatch)
+        _no_node_serves_a_slot(cluster_astore._client, monkeypatch)
+        calls: dict[str, Callable[[], object]] = {
+            "get": lambda: cluster_store.get("tenant-a", "k1_uncovered"),
+            "scan": lambda: cluster_store.scan(now=datetime.now(UTC), limit=10),
+            "claim": lambda: cluster_store.claim(
+                NewRecord(
+                    "tenant-a", "k1_uncovered", "fp", "{}", "po1_uncovered", "charge", 100, "usd"
+                ),
+                now=datetime.now(UTC),
+                lease_for=timedelta(seconds=30),
+            ),
+            "async scan": lambda: loop.run(
+                cluster_astore.scan(now=datetime.now(UTC), limit=10)  # type: ignore[arg-type]
+            ),
+        }
+        for name, call in calls.items():
+            with pytest.raises(StoreUnavailableError, match="SlotNotCoveredError") as caught:
+                call()
+            assert "retry the same intent" in str(caught.value), name
+    finally:
+        monkeypatch.undo()
+        loop.run(cluster_astore.close())
+        loop.run(aclient.aclose())
+        loop.close()
+    try:
+        assert cluster_store.get("tenant-a", "k1_uncovered") is None  # nothing was claimed
+    finally:
+        cluster_store.close()
+        client.close()
 
 
 def test_a_read_across_buckets_loads_scripts_the_server_lost(

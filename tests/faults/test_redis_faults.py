@@ -14,11 +14,14 @@ longer than any round; the outage tests move a ManualClock past the lease instea
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,7 +40,7 @@ from payonce import (
     StoreUnavailableError,
 )
 from payonce._model import NewRecord, Record
-from payonce.stores._redis import RedisStore
+from payonce.stores._redis import AsyncRedisStore, RedisStore
 from payonce.testing import ManualClock
 from tests.faults import worker
 from tests.faults.history import Ack, check_history
@@ -282,3 +285,125 @@ def test_store_calls_during_a_pause_raise_unavailable(outage: Outage) -> None:
     assert outage.store.get(new.scope, new.key) == done
     events = [e.event for e in outage.store.entries(after=0, limit=10)]
     assert events == ["claimed", "succeeded"]
+
+
+# -- error replies that pass: a server busy in a script, a full server ---------------------------
+
+
+def _run_forever(client: redis.Redis) -> None:
+    """A script that loops until SCRIPT KILL: the server answers BUSY to everyone else."""
+    with pytest.raises(redis.ResponseError, match="killed"):
+        client.eval("while true do end", 0)
+
+
+def _until(probe: Callable[[], bool], what: str) -> None:
+    """Poll a server's state until ``probe`` holds; the bound guards a hang, times nothing."""
+    deadline = time.monotonic() + 30
+    while not probe():
+        assert time.monotonic() < deadline, f"the server never became {what}"
+
+
+def _busy(client: redis.Redis) -> bool:
+    try:
+        client.ping()
+    except redis.ResponseError as exc:
+        return str(exc).startswith("BUSY")
+    return False
+
+
+def test_a_server_busy_in_a_script_is_an_outage_for_single_calls_and_pipelines() -> None:
+    # A read across buckets is one pipeline, whose error redis-py annotates ("Command # 1 (…)
+    # of pipeline caused error: BUSY …"): it is an outage like the single call's plain BUSY,
+    # not a permanent store error, and the message keeps Redis's words.
+    with redis_server("--busy-reply-threshold", "10") as port:
+        url = f"redis://127.0.0.1:{port}/0"
+        store = RedisStore(url, prefix="busy")
+        astore = AsyncRedisStore(url, prefix="busy")
+        with (
+            asyncio.Runner() as loop,
+            redis.Redis(port=port) as looping,
+            redis.Redis(port=port) as probe,
+        ):
+            assert loop.run(astore.scan(now=_T, limit=10)) == []  # opened before the script
+            runner = threading.Thread(target=_run_forever, args=(looping,))
+            runner.start()
+            try:
+                _until(lambda: _busy(probe), "busy")
+                with pytest.raises(StoreUnavailableError) as single:
+                    store.get(worker.SCOPE, "k1_busy")
+                with pytest.raises(StoreUnavailableError) as fanned:
+                    store.scan(now=_T, limit=10)
+                with pytest.raises(StoreUnavailableError) as afanned:
+                    loop.run(astore.scan(now=_T, limit=10))
+            finally:
+                probe.script_kill()
+                runner.join(timeout=60)
+            for caught in (single, fanned, afanned):
+                assert "Redis was unavailable (ResponseError: BUSY Redis is busy" in str(
+                    caught.value
+                )
+            assert fanned.value.to_dict()["operation"] == "scan"
+            # The script ended: both stores answer.
+            assert store.scan(now=_T, limit=10) == loop.run(astore.scan(now=_T, limit=10)) == []
+            loop.run(astore.close())
+        store.close()
+
+
+def test_a_full_server_refuses_the_claim_as_an_outage_and_nothing_is_charged(
+    tmp_path: Path,
+) -> None:
+    # maxmemory reached with noeviction (the only policy payonce accepts): Redis answers OOM to
+    # writes. The claim is refused as an outage an operator can fix, the provider is not
+    # called, no record is left, and the same intent goes through once memory is freed.
+    with redis_server() as port:
+        setup = Outage(port, tmp_path)
+        try:
+            called: list[Attempt] = []
+
+            def fn(attempt: Attempt) -> dict[str, str]:
+                called.append(attempt)
+                return setup.move(attempt)
+
+            setup.admin.config_set("maxmemory", "1")
+            try:
+                with pytest.raises(StoreUnavailableError) as caught:
+                    setup.guard().run(setup.intent, fn)
+            finally:
+                setup.admin.config_set("maxmemory", "0")
+            assert "OutOfMemoryError" in str(caught.value)
+            assert caught.value.to_dict()["operation"] == "claim"
+            assert called == []
+            key = setup.guard().key_for(setup.intent)
+            assert setup.store.get(worker.SCOPE, key) is None
+            outcome = setup.guard().run(setup.intent, fn)
+            assert outcome.replayed is False
+            assert len(called) == 1
+            check_history(setup.store, worker.read_movements(setup.movements), [outcome])
+        finally:
+            setup.close()
+
+
+@pytest.mark.parametrize("annotated", [False, True], ids=["single call", "pipeline"])
+@pytest.mark.parametrize("status_code", [False, True], ids=["text only", "status_code"])
+@pytest.mark.parametrize(
+    ("reply", "passes"),
+    [
+        ("NOREPLICAS Not enough good replicas to write.", True),
+        ("BUSY Redis is busy running a script.", True),
+        ("WRONGTYPE Operation against a key holding the wrong kind of value", False),
+    ],
+)
+def test_an_error_reply_is_an_outage_by_its_code_however_redis_py_words_it(
+    reply: str, passes: bool, annotated: bool, status_code: bool
+) -> None:
+    # redis-py 6.x and later keep the reply's code on the error; older versions and other
+    # paths keep only the text, which a pipeline prefixes with the failing command.
+    from payonce.stores._redis import _translate  # noqa: PLC0415
+
+    text = f"Command # 2 (EVALSHA 0123abcd 1 {{t:3}}:rec:k1) of pipeline caused error: {reply}"
+    exc = redis.ResponseError(text if annotated else reply)
+    if status_code:
+        exc.status_code = reply.split(" ", 1)[0]
+    translated = _translate(exc, "complete")
+    assert isinstance(translated, StoreUnavailableError) is passes
+    assert reply[:40] in str(translated)  # Redis's words lead, not the pipeline's annotation

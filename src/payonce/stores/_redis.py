@@ -19,6 +19,7 @@ operations themselves are in ``_redis_core``.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Final, TypeVar
@@ -72,8 +73,16 @@ _UNAVAILABLE: Final = (
     rexc.MasterDownError,
     rexc.ReadOnlyError,
     rexc.ClusterError,
+    rexc.OutOfMemoryError,  # noeviction and full: an operator frees memory, then it passes
+    rexc.RedisClusterException,  # no node serves the slot (SlotNotCoveredError), none reachable
 )
-_UNAVAILABLE_REPLIES: Final = ("OOM", "BUSY", "LOADING", "MASTERDOWN", "READONLY", "NOREPLICAS")
+_UNAVAILABLE_REPLIES: Final = frozenset(
+    {"OOM", "BUSY", "LOADING", "MASTERDOWN", "READONLY", "NOREPLICAS"}
+)
+# An error reply's code, as redis-py words it: the reply itself, or, for a pipeline, annotated
+# ("Command # 2 (EVALSHA …) of pipeline caused error: BUSY …"). The code is read from the text
+# only where redis-py (before 6.x) keeps no ``status_code`` on the error.
+_PIPELINE_ERROR: Final = re.compile(r"^Command # \d+ \(.*?\) of pipeline caused error: ", re.S)
 
 
 def _mask(url: str) -> str:
@@ -86,10 +95,20 @@ def _mask(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
-def _translate(exc: rexc.RedisError, operation: str) -> StoreError:
+def _transient(exc: Exception, reply: str) -> bool:
+    """A condition that passes (or that an operator fixes) after which a retry can succeed."""
+    if isinstance(exc, _UNAVAILABLE):
+        return True
+    code = getattr(exc, "status_code", None) or reply.split(" ", 1)[0]
+    return code in _UNAVAILABLE_REPLIES
+
+
+def _translate(exc: Exception, operation: str) -> StoreError:
     name = type(exc).__name__
-    reply = str(exc)
-    if isinstance(exc, _UNAVAILABLE) or reply.startswith(_UNAVAILABLE_REPLIES):
+    # Redis's own words first: a pipeline's annotation (the command, cut) would push them
+    # past the length shown.
+    reply = _PIPELINE_ERROR.sub("", str(exc), count=1)
+    if _transient(exc, reply):
         return StoreUnavailableError(
             f"Redis was unavailable ({name}: {reply[:200]}); the {operation} may or may not have "
             "taken effect: retry the same intent once Redis answers again, payonce resolves "
@@ -279,7 +298,7 @@ class RedisStore(RedisCore):
                 replies.append(self._client.config_get(name, **kwargs))
         except rexc.ResponseError as exc:  # CONFIG renamed, disabled, or denied by an ACL
             refused = exc
-        except rexc.RedisError as exc:
+        except (rexc.RedisError, rexc.RedisClusterException) as exc:
             raise _translate(exc, "open") from exc
         _durability(replies, allow_unsafe=allow_unsafe, where=self._where, refused=refused)
 
@@ -295,7 +314,7 @@ class RedisStore(RedisCore):
             if isinstance(effect, Script):
                 return self._scripts[effect.name](keys=effect.keys, args=effect.args)
             return getattr(self._client, effect.name)(*effect.args, **effect.kwargs)
-        except rexc.RedisError as exc:
+        except (rexc.RedisError, rexc.RedisClusterException) as exc:
             raise _translate(exc, operation) from exc
 
     def _fan_out(self, fanout: Fanout) -> list[Any]:
@@ -567,7 +586,7 @@ class AsyncRedisStore(RedisCore):
                 replies.append(await self._client.config_get(name, **kwargs))
         except rexc.ResponseError as exc:  # CONFIG renamed, disabled, or denied by an ACL
             refused = exc
-        except rexc.RedisError as exc:
+        except (rexc.RedisError, rexc.RedisClusterException) as exc:
             raise _translate(exc, "open") from exc
         _durability(replies, allow_unsafe=self._allow_unsafe, where=self._where, refused=refused)
         await self._drive(self._meta(self._bucket_count), "open")
@@ -585,7 +604,7 @@ class AsyncRedisStore(RedisCore):
             if isinstance(effect, Script):
                 return await self._scripts[effect.name](keys=effect.keys, args=effect.args)
             return await getattr(self._client, effect.name)(*effect.args, **effect.kwargs)
-        except rexc.RedisError as exc:
+        except (rexc.RedisError, rexc.RedisClusterException) as exc:
             raise _translate(exc, operation) from exc
 
     async def _fan_out(self, fanout: Fanout) -> list[Any]:
