@@ -324,8 +324,8 @@ class RedisStore(RedisCore):
         if not self._cluster:
             return self._pipelined(self._client, fanout.calls)
         # Each call's keys share its bucket's hash tag, hence one slot and one master; the
-        # cluster pipeline cannot carry scripts, so each master gets a plain pipeline of its
-        # own. A slot map gone stale (a failover or reshard since) answers MOVED or fails to
+        # sync cluster pipeline refuses its script methods (eval, evalsha, load_scripts), so
+        # the calls are grouped by master here, a plain pipeline each. A slot map gone stale (a failover or reshard since) answers MOVED or fails to
         # connect: then the calls go through the cluster client one by one, which follows
         # redirects and refreshes the map (a timeout is an outage, raised as it is). The calls
         # are reads, or the idempotent seal watermark, so sending them again is harmless.
@@ -617,8 +617,13 @@ class AsyncRedisStore(RedisCore):
         master, sends each master its share as one plain pipeline, concurrently, and sends the
         calls answered MOVED, ASK or TRYAGAIN (a stale slot map) once more one by one through
         the cluster client, which follows the redirect and refreshes the map. A connection
-        error, a timeout or CLUSTERDOWN makes it reload the map and send again, within the
-        client's retries, as the cluster client does for a single call.
+        error, a timeout or CLUSTERDOWN makes it send the pipeline again within the client's
+        retries: recent redis-py refreshes the map first and leaves the client's connections
+        alone; older releases (5.x) close all the cluster client's connections first, as they
+        do for a failed single call, so a call another task had in flight may be sent again.
+        Every payonce script is safe to receive twice (a claim or takeover recognises its own
+        lease, a fenced write its own ledger entry; tests/faults/test_redis_resend.py), and
+        the fan-out's calls only read (or raise the idempotent seal watermark).
         """
         return await self._pipelined(self._client, fanout.calls)
 
