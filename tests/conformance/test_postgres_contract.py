@@ -72,6 +72,12 @@ def test_the_store_remembers_calls_in_flight_only(conninfo: str, outcome: str) -
         if outcome == "unknown":
             store.mark_unknown("tenant-a", "k1_memory", token=1, reason="timeout", now=t0)
             assert set(store._remembered._records) == {("tenant-a", "k1_memory")}
+            taken = store.takeover(
+                "tenant-a", "k1_memory", token=1, now=t0, lease_for=timedelta(seconds=30)
+            )
+            assert taken.lease is not None
+            remembered = store._remembered._records[("tenant-a", "k1_memory")]
+            assert (remembered.status, remembered.token) == (Status.CLAIMED, taken.lease.token)
             return
         store.complete(
             "tenant-a", "k1_memory", token=1, status=Status.SUCCEEDED, outcome="{}", now=t0

@@ -150,7 +150,8 @@ Flow = Generator[Query, list[tuple[Any, ...]], _T]
 
 
 class _Remembered:
-    """The record this store last returned per key, so a fenced write can skip its read.
+    """The CLAIMED and UNKNOWN records this store last returned, by key, so that a fenced write
+    or a takeover can skip its read.
 
     Bounded (oldest first out) and only a hint: every write it feeds is a compare-and-set on the
     ledger head, and a stale hint costs one read, never a wrong write. Only CLAIMED and UNKNOWN
