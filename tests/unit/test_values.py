@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import pickle
 import typing
 from dataclasses import dataclass, field
@@ -156,11 +157,19 @@ def test_canonical_flat_writes_the_bytes_of_canonical_json(value: Any) -> None:
     assert canonical_flat(value) == canonical_json(value)
 
 
+def _without_the_c_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """payonce's encoders, and the ``json`` module's they fall back to, in pure Python: as on
+    an interpreter without ``_json``."""
+    monkeypatch.setattr(_keys, "_FLAT", None)
+    monkeypatch.setattr(_keys, "_make_encoder", None)
+    monkeypatch.setattr(json.encoder, "c_make_encoder", None)
+    monkeypatch.setattr(json.encoder, "encode_basestring", json.encoder.py_encode_basestring)
+
+
 @pytest.mark.parametrize("value", FLAT)
 def test_canonical_flat_without_the_c_encoder(value: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     expected = canonical_json(value)
-    monkeypatch.setattr(_keys, "_FLAT", None)
-    monkeypatch.setattr(_keys, "_make_encoder", None)
+    _without_the_c_encoder(monkeypatch)
     assert canonical_flat(value) == expected
 
 
@@ -204,8 +213,7 @@ def test_redis_entries_and_arguments_carry_status_members_as_their_values(
         record, key="k1_x", token=1, status=Status.SUCCEEDED, outcome="{}", now=NOW, seq=0
     )[1]
     if not c_encoder:
-        monkeypatch.setattr(_keys, "_FLAT", None)
-        monkeypatch.setattr(_keys, "_make_encoder", None)
+        _without_the_c_encoder(monkeypatch)
     for e in (entry, done):
         by_value = [
             to_micros(e.at), e.scope, e.key, e.event.value,
@@ -217,4 +225,5 @@ def test_redis_entries_and_arguments_carry_status_members_as_their_values(
     encoder = redis.connection.Encoder("utf-8", "strict", decode_responses=False)
     for status in Status:
         assert encoder.encode(status) == status.value.encode()
-    assert "CLAIMED" in _claim_pairs(record)
+    pairs = _claim_pairs(record)
+    assert encoder.encode(pairs[pairs.index("status") + 1]) == b"CLAIMED"
