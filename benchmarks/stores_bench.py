@@ -1289,9 +1289,14 @@ def _cpu(series: Series) -> float:
 def _shown(r: Result) -> str:
     """The ratio to two decimals, or to three (cut, not rounded) where rounding would show a
     missed target as met, such as 0.7996 as 0.80 against 0.8."""
-    if r.target is not None and r.ratio < r.target <= round(r.ratio, 2):
-        return f"{math.floor(r.ratio * 1000) / 1000:.3f}"
-    return f"{r.ratio:.2f}"
+    return _against(r.ratio, r.target)
+
+
+def _against(ratio: float, target: float | None) -> str:
+    """``ratio`` as ``_shown`` writes it beside ``target``."""
+    if target is not None and ratio < target <= round(ratio, 2):
+        return f"{math.floor(ratio * 1000) / 1000:.3f}"
+    return f"{ratio:.2f}"
 
 
 def analysis(report: Report) -> list[str]:
@@ -1327,17 +1332,17 @@ def analysis(report: Report) -> list[str]:
     for clients in CLIENTS:
         base = _find(report, "redis", "baseline", "fresh", clients)
         pt = _find(report, "redis", "powertools", "fresh", clients)
-        if base is None or pt is None:
+        if base is None or pt is None or not base.ratio > 0:
             continue
         # Each ratio was measured against payonce in its own phase: their quotient compares the
         # minimum with Powertools without mixing the two phases' absolute rates.
-        best = pt.ratio / base.ratio
         target = TARGETS[("redis", "powertools", "fresh")]
+        best = _against(pt.ratio / base.ratio, target)
         lines.append(
             f"redis fresh against Powertools, {clients} client(s): payonce ran at "
             f"{base.ratio:.2f}x of the hand-written minimum (payonce's two scripts with no "
             f"library around them) and at {pt.ratio:.2f}x of Powertools, so a payonce that "
-            f"added nothing at all would reach {best:.2f}x of Powertools against the {target}x "
+            f"added nothing at all would reach {best}x of Powertools against the {target}x "
             "target. "
             "Powertools' fresh call is two plain commands (a `SET NX` and a `SET`); "
             "payonce's is two scripts that also compare-and-set the fencing token, append a "
