@@ -489,6 +489,15 @@ async def _with_a_loose_payment_async(store: AsyncRedisStore) -> str:
     return family
 
 
+def _servers(store: RedisStore | AsyncRedisStore) -> int:
+    """How many servers hold the store's buckets: 1, or on Cluster the masters of their slots
+    (read from the client's slot map, which needs no I/O)."""
+    client = store._client
+    if not hasattr(client, "get_node_from_key"):
+        return 1
+    return len({client.get_node_from_key(b.fam).name for b in store._buckets})
+
+
 def _count_sends(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     """Every command (or pipeline) redis-py sends from now on, sync or async, in order."""
     sent: list[object] = []
@@ -544,9 +553,7 @@ def test_a_read_across_buckets_is_one_pipeline_per_server(
     record = store.newest("tenant-a", family)
     assert record is not None
     assert record.status is Status.SUCCEEDED
-    servers = 1
-    if where == "cluster":
-        servers = len({store._client.get_node_from_key(b.fam).name for b in store._buckets})
+    servers = _servers(store)
     assert len(sent) == servers, (len(sent), servers)
 
 
@@ -680,9 +687,7 @@ def test_an_async_read_across_buckets_is_one_pipeline_per_server(
 
     assert record is not None
     assert record.status is Status.SUCCEEDED
-    servers = 1
-    if where == "cluster":
-        servers = len({store._client.get_node_from_key(b.fam).name for b in store._buckets})
+    servers = _servers(store)
     assert len(sent) == servers, (len(sent), servers)
 
 
@@ -715,9 +720,8 @@ def test_an_async_read_across_buckets_loads_scripts_the_server_lost(
     assert expected is not None
     assert lost == expected
     assert again == expected
-    servers = 1
+    servers = _servers(store)
     if where == "cluster":
-        servers = len({store._client.get_node_from_key(b.fam).name for b in store._buckets})
         masters = len(store._client.get_primaries())
         assert after_flush == servers + masters + servers  # pipelines, SCRIPT LOAD, pipelines
     else:
@@ -726,14 +730,16 @@ def test_an_async_read_across_buckets_loads_scripts_the_server_lost(
 
 
 def test_an_async_read_on_a_stale_slot_map_still_answers(
-    cluster_astore: AsyncRedisStore, cluster_client: RedisCluster
+    cluster_astore: AsyncRedisStore, cluster_client: RedisCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Every bucket's slot mapped to one master, as after a reshard: the other masters' buckets
     # answer MOVED there, the cluster pipeline sends those calls again through the cluster
     # client, and the answer is the same; the client's slot map is right again afterwards.
     store = cluster_astore
 
-    async def scenario() -> tuple[Record | None, Record | None, list[str], list[str]]:
+    async def scenario() -> tuple[
+        Record | None, Record | None, list[str], list[str], tuple[int, int]
+    ]:
         try:
             family = await _with_a_loose_payment_async(store)
             expected = await store.newest("tenant-a", family)
@@ -742,15 +748,30 @@ def test_an_async_read_on_a_stale_slot_map_still_answers(
             wrong = client.get_primaries()[0]
             for b in store._buckets:
                 client.nodes_manager.slots_cache[client.keyslot(b.fam)] = [wrong]
+            sent = _count_sends(monkeypatch)
             stale = await store.newest("tenant-a", family)
             after = [client.get_node_from_key(b.fam).name for b in store._buckets]
-            return expected, stale, right, after
+            misrouted = sum(1 for name in right if name != wrong.name)
+            # After the one pipeline to the wrong master, the single EVALSHA calls.
+            resent = sum(1 for packet in sent[1:] if b"EVALSHA" in _packed(packet))
+            return expected, stale, right, after, (misrouted, resent)
         finally:
             await store.close()
 
-    expected, stale, right, after = asyncio.run(scenario())
+    expected, stale, right, after, (misrouted, resent) = asyncio.run(scenario())
 
     assert expected is not None
     assert stale == expected
     assert len(set(right)) > 1  # the test moved some buckets to a master that does not own them
+    # Each misrouted call was sent again through the cluster client: to the master its stale
+    # map still names (MOVED again) and then to the right one, or straight there.
+    assert misrouted <= resent <= 2 * misrouted
     assert after == right
+
+
+def _packed(packet: object) -> bytes:
+    """A packed command as redis-py hands it to the socket: bytes, or a list of chunks."""
+    if isinstance(packet, bytes | bytearray | memoryview):
+        return bytes(packet)
+    assert isinstance(packet, list | tuple)
+    return b"".join(bytes(chunk) for chunk in packet)

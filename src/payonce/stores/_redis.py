@@ -325,10 +325,11 @@ class RedisStore(RedisCore):
             return self._pipelined(self._client, fanout.calls)
         # Each call's keys share its bucket's hash tag, hence one slot and one master; the
         # sync cluster pipeline refuses its script methods (eval, evalsha, load_scripts), so
-        # the calls are grouped by master here, a plain pipeline each. A slot map gone stale (a failover or reshard since) answers MOVED or fails to
-        # connect: then the calls go through the cluster client one by one, which follows
-        # redirects and refreshes the map (a timeout is an outage, raised as it is). The calls
-        # are reads, or the idempotent seal watermark, so sending them again is harmless.
+        # the calls are grouped by master here, a plain pipeline each. A slot map gone stale (a
+        # failover or reshard since) answers MOVED or fails to connect: then the calls go
+        # through the cluster client one by one, which follows redirects and refreshes the map
+        # (a timeout is an outage, raised as it is). The calls are reads, or the idempotent
+        # seal watermark, so sending them again is harmless.
         by_node: dict[str, tuple[Any, list[int]]] = {}
         try:
             for i, call in enumerate(fanout.calls):
