@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 from uuid import uuid4
 
@@ -164,18 +165,30 @@ def test_read_first_refuses_anything_but_true_false_or_none() -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_the_adaptive_order_also_follows_intents_without_a_reference(backend: str) -> None:
+def test_intents_without_a_reference_leave_the_adaptive_order_alone(backend: str) -> None:
+    # They read their family's newest record before claiming in either order, so they tell
+    # nothing about which order is cheaper, and that read cannot tell a retry from a new
+    # generation (a finished newest record past the window starts one): not counted.
     store = _store(backend, read_first=None)
-    guard = Guard(store, secret=SECRET, scope=SCOPE, clock=ManualClock())
+    clock = ManualClock()
+    guard = Guard(store, secret=SECRET, scope=SCOPE, clock=clock)
+
+    def loose(n: int) -> Intent:
+        return Intent("charge", 2000 + n, "usd", customer="cus_rf")
+
     try:
-        # New payments without a reference (each its own family): their first read misses, and
-        # the store moves to claiming first, as for referenced ones.
-        for n in range(40):
-            guard.run(Intent("charge", 2000 + n, "usd", customer="cus_rf"), _charge)
+        for n in range(40):  # new payments without a reference (each its own family)
+            assert not guard.run(loose(n), _charge).replayed
+        assert store.read_before_claim is True  # type: ignore[attr-defined] # the start
+        for n in range(40):  # new payments with one: the store moves to claiming first
+            guard.run(_intent(n), _charge)
         assert store.read_before_claim is False  # type: ignore[attr-defined]
-        # Their retries inside the window claim, find them finished, and turn the order back.
-        for n in range(40):
-            assert guard.run(Intent("charge", 2000 + n, "usd", customer="cus_rf"), _charge).replayed
-        assert store.read_before_claim is True  # type: ignore[attr-defined]
+        for n in range(40):  # retries of the loose ones inside the window
+            assert guard.run(loose(n), _charge).replayed
+        assert store.read_before_claim is False  # type: ignore[attr-defined]
+        clock.advance(guard.window + timedelta(seconds=1))
+        for n in range(40):  # past the window: new generations behind a finished record
+            assert not guard.run(loose(n), _charge).replayed
+        assert store.read_before_claim is False  # type: ignore[attr-defined]
     finally:
         store.close()

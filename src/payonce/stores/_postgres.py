@@ -455,10 +455,7 @@ class PostgresStore(Flows):
         Raises:
             StoreUnavailableError: the database could not be reached or did not answer.
         """
-        record = self._run("newest", lambda: self._newest_flow(scope, family))
-        # A reference-less call reads this first: it tells the read order what the call found.
-        self._read_first.saw(finished=record is not None and record.status.terminal)
-        return record
+        return self._run("newest", lambda: self._newest_flow(scope, family))
 
     def scan(self, *, now: datetime, limit: int) -> Sequence[Record]:
         """UNKNOWN and lease-expired CLAIMED records, oldest first, skipping rows another

@@ -294,10 +294,7 @@ class AsyncPostgresStore(Flows):
 
     async def newest(self, scope: str, family: str) -> Record | None:
         """See ``PostgresStore.newest``."""
-        record = await self._run("newest", lambda: self._newest_flow(scope, family))
-        # A reference-less call reads this first: it tells the read order what the call found.
-        self._read_first.saw(finished=record is not None and record.status.terminal)
-        return record
+        return await self._run("newest", lambda: self._newest_flow(scope, family))
 
     async def scan(self, *, now: datetime, limit: int) -> Sequence[Record]:
         """See ``PostgresStore.scan``."""

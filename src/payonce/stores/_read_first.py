@@ -6,7 +6,8 @@ claim for a fresh call and a heavier claim round trip for a replay. Which is che
 how often a call finds its intent already finished, so the adaptive order keeps a moving share
 of the calls that did (about the last 16, weighted) and reads first while that share is at
 least one half: a replay storm (an agent looping on a tool call) is served by reads, a steady
-stream of new payments by claims. The order is an optimisation only: the claim, never the read,
+stream of new payments by claims. Only intents with a reference count: one without reads its
+family first in every order. The order is an optimisation only: the claim, never the read,
 decides who calls, so every order gives the same answers (tests/conformance/test_read_first.py).
 """
 
@@ -65,8 +66,13 @@ class ReadFirst:
         While reading first, a claim follows a read that missed, and that read was counted. The
         order is judged from the share as it is now, not as the call began: at a switch one
         call may count twice, which only nudges the heuristic.
+
+        An intent without a reference (its record has a family) is not counted: it reads its
+        family's newest record before it claims whatever the order, so it says nothing about
+        which order is cheaper, and its read cannot tell a retry from a new generation (a
+        finished newest record past the window starts one).
         """
-        if self._share < _THRESHOLD:
+        if claimed.record.family is None and self._share < _THRESHOLD:
             self.saw(finished=claimed.lease is None and claimed.record.status.terminal)
 
     def viewed(self, view: ReplayView | None) -> None:

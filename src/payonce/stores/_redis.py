@@ -463,10 +463,7 @@ class RedisStore(RedisCore):
         Raises:
             StoreUnavailableError: Redis could not be reached.
         """
-        record = self._run(self._newest(scope, family), "newest")
-        # A reference-less call reads this first: it tells the read order what the call found.
-        self._read_first.saw(finished=record is not None and record.status.terminal)
-        return record
+        return self._run(self._newest(scope, family), "newest")
 
     def scan(self, *, now: datetime, limit: int) -> Sequence[Record]:
         """UNKNOWN and lease-expired CLAIMED records, oldest first; see ``Store.scan``.
@@ -708,10 +705,7 @@ class AsyncRedisStore(RedisCore):
 
     async def newest(self, scope: str, family: str) -> Record | None:
         """See ``RedisStore.newest``."""
-        record = await self._run(self._newest(scope, family), "newest")
-        # A reference-less call reads this first: it tells the read order what the call found.
-        self._read_first.saw(finished=record is not None and record.status.terminal)
-        return record
+        return await self._run(self._newest(scope, family), "newest")
 
     async def scan(self, *, now: datetime, limit: int) -> Sequence[Record]:
         """See ``RedisStore.scan``."""
