@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
 import redis
@@ -301,6 +301,7 @@ def _until(probe: Callable[[], bool], what: str) -> None:
     deadline = time.monotonic() + 30
     while not probe():
         assert time.monotonic() < deadline, f"the server never became {what}"
+        time.sleep(0.01)  # a poll interval, not a timing assumption
 
 
 def _busy(client: redis.Redis) -> bool:
@@ -383,7 +384,17 @@ def test_a_full_server_refuses_the_claim_as_an_outage_and_nothing_is_charged(
             setup.close()
 
 
-@pytest.mark.parametrize("annotated", [False, True], ids=["single call", "pipeline"])
+_ANNOTATIONS: Final = {
+    "single call": "{reply}",
+    "pipeline": "Command # 2 (EVALSHA 0123abcd 1 {{t:3}}:rec:k1) of pipeline caused error: {reply}",
+    "pipeline, ')' in the command": "Command # 12 (EVALSHA ab 1 {{t:(3)}}:rec:k1) of pipeline "
+    "caused error: {reply}",
+    "pipeline, the error's args": "Command # 2 (EVALSHA 0123abcd 1 {{t:3}}:rec:k1) of pipeline "
+    "caused error: ('{reply}',)",
+}
+
+
+@pytest.mark.parametrize("annotated", list(_ANNOTATIONS))
 @pytest.mark.parametrize("status_code", [False, True], ids=["text only", "status_code"])
 @pytest.mark.parametrize(
     ("reply", "passes"),
@@ -391,19 +402,52 @@ def test_a_full_server_refuses_the_claim_as_an_outage_and_nothing_is_charged(
         ("NOREPLICAS Not enough good replicas to write.", True),
         ("BUSY Redis is busy running a script.", True),
         ("WRONGTYPE Operation against a key holding the wrong kind of value", False),
+        ("BUSYKEY Target key name already exists.", False),
+        ("BUSYGROUP Consumer Group name already exists", False),
     ],
 )
 def test_an_error_reply_is_an_outage_by_its_code_however_redis_py_words_it(
-    reply: str, passes: bool, annotated: bool, status_code: bool
+    reply: str, passes: bool, annotated: str, status_code: bool
 ) -> None:
-    # redis-py 6.x and later keep the reply's code on the error; older versions and other
-    # paths keep only the text, which a pipeline prefixes with the failing command.
+    # Recent redis-py keeps every reply's code on the error; older releases keep only the text
+    # for codes it has no class for (BUSY, NOREPLICAS), which a pipeline prefixes with the
+    # failing command (and some async cluster pipelines wrap in the error's args).
     from payonce.stores._redis import _translate  # noqa: PLC0415
 
-    text = f"Command # 2 (EVALSHA 0123abcd 1 {{t:3}}:rec:k1) of pipeline caused error: {reply}"
-    exc = redis.ResponseError(text if annotated else reply)
+    exc = redis.ResponseError(_ANNOTATIONS[annotated].format(reply=reply))
     if status_code:
         exc.status_code = reply.split(" ", 1)[0]
     translated = _translate(exc, "complete")
     assert isinstance(translated, StoreUnavailableError) is passes
-    assert reply[:40] in str(translated)  # Redis's words lead, not the pipeline's annotation
+    shown = str(translated)
+    assert f"ResponseError: {reply})" in shown or f"ResponseError ({reply})" in shown
+
+
+def _raised_from(error: Exception, cause: Exception) -> Exception:
+    """``error`` as ``raise error from cause`` leaves it."""
+    error.__cause__ = cause
+    return error
+
+
+@pytest.mark.parametrize(
+    ("error", "passes"),
+    [
+        (redis.exceptions.SlotNotCoveredError("Slot 1 is not covered"), True),
+        (redis.exceptions.RedisClusterException("Cluster mode is not enabled on this node"), False),
+        (redis.exceptions.RedisClusterException("keys must map to the same key slot"), False),
+        (
+            _raised_from(
+                redis.exceptions.RedisClusterException("Redis Cluster cannot be connected"),
+                redis.ConnectionError("Connection refused"),
+            ),
+            True,
+        ),
+    ],
+    ids=["slot not covered", "not a cluster", "cross slot", "cannot be connected"],
+)
+def test_a_cluster_error_is_an_outage_only_when_it_passes(error: Exception, passes: bool) -> None:
+    # A misconfiguration must not be called an outage: that would tell the caller to retry,
+    # and the Reconciler's loop to wait it out, for ever.
+    from payonce.stores._redis import _translate  # noqa: PLC0415
+
+    assert isinstance(_translate(error, "claim"), StoreUnavailableError) is passes

@@ -74,15 +74,21 @@ _UNAVAILABLE: Final = (
     rexc.ReadOnlyError,
     rexc.ClusterError,
     rexc.OutOfMemoryError,  # noeviction and full: an operator frees memory, then it passes
-    rexc.RedisClusterException,  # no node serves the slot (SlotNotCoveredError), none reachable
+    # Cluster conditions that pass: no node serves a slot (during a failover), none reachable.
+    rexc.SlotNotCoveredError,
+    getattr(rexc, "RedisClusterUnreachableError", rexc.SlotNotCoveredError),
 )
 _UNAVAILABLE_REPLIES: Final = frozenset(
     {"OOM", "BUSY", "LOADING", "MASTERDOWN", "READONLY", "NOREPLICAS"}
 )
 # An error reply's code, as redis-py words it: the reply itself, or, for a pipeline, annotated
-# ("Command # 2 (EVALSHA …) of pipeline caused error: BUSY …"). The code is read from the text
-# only where redis-py (before 6.x) keeps no ``status_code`` on the error.
-_PIPELINE_ERROR: Final = re.compile(r"^Command # \d+ \(.*?\) of pipeline caused error: ", re.S)
+# ("Command # 2 (EVALSHA …) of pipeline caused error: BUSY …"; some async cluster pipelines
+# write the error's args there: "…caused error: ('BUSY …',)"). The code is read from the text
+# where the error carries no ``status_code``: redis-py gives one to codes it has no class for
+# (BUSY, NOREPLICAS) only in recent releases.
+_PIPELINE_ERROR: Final = re.compile(
+    r"^Command # \d+ \(.*?\) of pipeline caused error: (?:\((['\"])(?P<args>.*)\1,\)$)?", re.S
+)
 
 
 def _mask(url: str) -> str:
@@ -99,6 +105,11 @@ def _transient(exc: Exception, reply: str) -> bool:
     """A condition that passes (or that an operator fixes) after which a retry can succeed."""
     if isinstance(exc, _UNAVAILABLE):
         return True
+    if isinstance(exc, rexc.RedisClusterException):
+        # Other cluster errors are a misconfiguration ("Cluster mode is not enabled", keys
+        # in different slots), except the older "cannot be connected", raised from the
+        # connection error.
+        return isinstance(exc.__cause__, rexc.ConnectionError | rexc.TimeoutError)
     code = getattr(exc, "status_code", None) or reply.split(" ", 1)[0]
     return code in _UNAVAILABLE_REPLIES
 
@@ -107,7 +118,9 @@ def _translate(exc: Exception, operation: str) -> StoreError:
     name = type(exc).__name__
     # Redis's own words first: a pipeline's annotation (the command, cut) would push them
     # past the length shown.
-    reply = _PIPELINE_ERROR.sub("", str(exc), count=1)
+    reply = str(exc)
+    if annotated := _PIPELINE_ERROR.match(reply):
+        reply = annotated["args"] or reply[annotated.end() :]
     if _transient(exc, reply):
         return StoreUnavailableError(
             f"Redis was unavailable ({name}: {reply[:200]}); the {operation} may or may not have "
