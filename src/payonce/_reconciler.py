@@ -98,6 +98,10 @@ _WIDEN: Final = 100
 
 
 _STORE_DOWN: Final = "payonce reconciler: the store is unavailable (%s); trying again later"
+_CUT_SHORT: Final = (
+    "payonce reconciler: a pass stopped early, the store became unavailable (%s); what it "
+    "resolved is kept, the rest stays due for the next pass"
+)
 
 
 def _idle(report: ReconcileReport) -> bool:
@@ -119,7 +123,10 @@ class _OutageLog:
     def after(self, report: ReconcileReport) -> bool:
         """Note a finished pass; True when the loop should wait before the next one."""
         if report.interrupted is not None:
-            self.failed(report.interrupted)
+            # Its scan answered: warn each time, or a record whose own write keeps failing
+            # (every pass stops at it, oldest first) would go quiet after the first pass.
+            _log.warning(_CUT_SHORT, report.interrupted)
+            self.down = True
             return True
         if self.down:
             _log.warning("payonce reconciler: the store answers again; passes go on")
@@ -128,14 +135,26 @@ class _OutageLog:
 
 
 def _check_on_pass(on_pass: object) -> None:
-    if on_pass is None:
-        return
-    if not callable(on_pass) or inspect.iscoroutinefunction(on_pass):
-        raise ConfigurationError(
-            f"on_pass must be a plain function taking the pass's ReconcileReport; got "
-            f"{on_pass!r}. For async work, have it hand the report to a queue or a task.",
-            option="on_pass",
-        )
+    if on_pass is not None and (not callable(on_pass) or inspect.iscoroutinefunction(on_pass)):
+        raise _not_plain(on_pass)
+
+
+def _hand_over(on_pass: Callable[[ReconcileReport], object], report: ReconcileReport) -> None:
+    """Call ``on_pass``; refuse what returns an awaitable (an async ``__call__``, a lambda that
+    makes a coroutine), which nobody would await."""
+    handed = on_pass(report)
+    if inspect.isawaitable(handed):
+        if inspect.iscoroutine(handed):
+            handed.close()  # never awaited: closed, without a "never awaited" warning
+        raise _not_plain(on_pass)
+
+
+def _not_plain(on_pass: object) -> ConfigurationError:
+    return ConfigurationError(
+        f"on_pass must be a plain function taking the pass's ReconcileReport; got {on_pass!r}. "
+        "For async work, have it hand the report to a queue or a task.",
+        option="on_pass",
+    )
 
 
 #: payonce recorded a success, and the provider has no object for the record's key.
@@ -308,10 +327,10 @@ class _ReconcilerCore:
             yield from self._flag(held, lease, "the recorded intent no longer validates", report)
             return
         found = yield from self._ask("lookup", intent, held)
-        if found is None and self._inside_window(held, now):
-            report.resent += 1
+        resent = found is None and self._inside_window(held, now)
+        if resent:
             found = yield from self._ask("execute", intent, held)
-        yield from self._record(held, lease, found, report)
+        yield from self._record(held, lease, found, report, resent=resent)
 
     def _inside_window(self, record: Record, now: datetime) -> bool:
         window = getattr(self.gateway, "idempotency_window", None)
@@ -331,7 +350,13 @@ class _ReconcilerCore:
         return answer
 
     def _record(
-        self, held: Record, lease: Lease, found: GatewayAnswer | None, report: ReconcileReport
+        self,
+        held: Record,
+        lease: Lease,
+        found: GatewayAnswer | None,
+        report: ReconcileReport,
+        *,
+        resent: bool,
     ) -> _Pass:
         now = self.clock.now()
         if found is not None and found.kind is OutcomeClass.SUCCESS:
@@ -358,6 +383,8 @@ class _ReconcilerCore:
             report.succeeded += 1
         else:
             report.failed += 1
+        if resent:
+            report.resent += 1  # counted once its answer is recorded, like succeeded and failed
 
     def _why(self, held: Record, now: datetime, found: GatewayAnswer | None) -> str:
         if found is None:
@@ -543,8 +570,8 @@ class Reconciler(_ReconcilerCore):
         after a pass that resolved nothing (every record it saw was resting in review or held
         by another worker), so that such records are not polled in a tight loop. A store
         outage is waited out the same way, and the loop keeps running: logger
-        ``payonce.reconciler`` warns when the outage starts and when the store answers again
-        (the passes failing in between log at DEBUG).
+        ``payonce.reconciler`` warns when the outage starts, at each pass it cuts short, and
+        when the store answers again (the scans failing in between log at DEBUG).
 
         Args:
             on_pass: a plain function, called in this thread with the report of each pass
@@ -553,7 +580,8 @@ class Reconciler(_ReconcilerCore):
                 ``on_pass`` raises ends the loop and propagates.
 
         Raises:
-            ConfigurationError: for a bad ``batch`` or ``on_pass``.
+            ConfigurationError: for a bad ``batch`` or ``on_pass`` (one that returns an
+                awaitable is refused at its first call).
         """
         self._check_batch(batch)
         _check_on_pass(on_pass)
@@ -566,7 +594,7 @@ class Reconciler(_ReconcilerCore):
                 idle = True
             else:
                 if on_pass is not None:
-                    on_pass(report)
+                    _hand_over(on_pass, report)
                 idle = outages.after(report)
             if idle:
                 stop.wait(interval.total_seconds())
@@ -669,7 +697,7 @@ class AsyncReconciler(_ReconcilerCore):
                 idle = True
             else:
                 if on_pass is not None:
-                    on_pass(report)
+                    _hand_over(on_pass, report)
                 idle = outages.after(report)
             if idle:
                 with contextlib.suppress(TimeoutError):

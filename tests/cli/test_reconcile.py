@@ -155,10 +155,14 @@ def test_once_cut_short_by_an_outage_shows_what_it_resolved_and_exits_3(
         resolved = report["succeeded"] + report["failed"]
         assert (report["scanned"], resolved, report["skipped"]) == (2, 1, 1)
         assert "the disk went away" in report["interrupted"]
+        assert (report["error"], report["exit_code"]) == ("StoreUnavailableError", 3)
+        assert "Run payonce reconcile --once again once the store answers" in report["message"]
     else:
         assert re.search(r"scanned \(needed recovery\)[│\s]+2\s", done.stdout)
         assert re.search(r"skipped \(held elsewhere, or flagged recently\)[│\s]+1\s", done.stdout)
-        assert "error: the payonce store failed during takeover: the disk went away" in done.stderr
+        assert "error: the store became unavailable during the pass" in done.stderr
+        assert "takeover: the disk went away" in done.stderr
+        assert "Run payonce reconcile --once again once the store answers" in done.stderr
     assert "Traceback" not in done.stderr
     # The first record was resolved (the card that pays, or the one that declines); the second
     # was not taken over and stays UNKNOWN, due for the next pass.
@@ -308,3 +312,19 @@ def test_loop_keeps_running_through_a_store_outage_until_sigint(tmp_path: Path) 
     # The totals of the passes that finished (one, or more if one ran before the shutdown).
     assert re.search(r"Reconcile (pass|: \d+ passes)\s", "".join(first + rest))
     assert "Traceback" not in "".join(reported + err)
+
+
+def test_the_loop_sends_reconciler_logs_to_stderr_and_leaves_the_logger_as_it_was(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # For whoever runs the command in its own process (a test runner, an embedding tool).
+    import logging  # noqa: PLC0415
+
+    from payonce.cli._reconcile import _logging_to_stderr  # noqa: PLC0415
+
+    logger = logging.getLogger("payonce.reconciler")
+    before = (list(logger.handlers), logger.level, logger.propagate)
+    with _logging_to_stderr():
+        logger.warning("payonce reconciler: the store is unavailable (test)")
+    assert capsys.readouterr().err == "payonce reconciler: the store is unavailable (test)\n"
+    assert (list(logger.handlers), logger.level, logger.propagate) == before

@@ -447,16 +447,71 @@ def test_run_refuses_an_on_pass_it_cannot_call(clock: ManualClock, given: str) -
         """A coroutine function: the loop would create its coroutine and never await it."""
 
     refused = report_later if given == "coroutine function" else "not a function"
-    stop = asyncio.Event()
+    # Stopped before it starts: were the check missing, the loop would return at once.
+    stop, sync_stop = asyncio.Event(), threading.Event()
+    stop.set()
+    sync_stop.set()
     reconciler = AsyncReconciler(MemoryStore(), SimulatedGateway(clock=clock), clock=clock)
     with pytest.raises(ConfigurationError, match="on_pass must be a plain function") as caught:
         asyncio.run(reconciler.run(stop, on_pass=refused))  # type: ignore[arg-type]
     assert caught.value.option == "on_pass"
     with pytest.raises(ConfigurationError, match="on_pass must be a plain function"):
         Reconciler(MemoryStore(), SimulatedGateway(clock=clock)).run(
-            threading.Event(),
+            sync_stop,
             on_pass=refused,  # type: ignore[arg-type]
         )
+
+
+class _AsyncCall:
+    """Callable, not a coroutine function, yet its call returns a coroutine."""
+
+    async def __call__(self, report: ReconcileReport) -> None:
+        """Never awaited by the loop."""
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("given", ["async __call__", "function making a coroutine"])
+def test_run_refuses_an_on_pass_that_returns_an_awaitable(
+    store: Store, clock: ManualClock, kind: str, given: str
+) -> None:
+    async def later(report: ReconcileReport) -> None:
+        """The coroutine the plain function makes."""
+
+    def making(report: ReconcileReport) -> object:
+        return later(report)
+
+    on_pass = _AsyncCall() if given == "async __call__" else making
+    scans = _outage_on_scans(store, 0, most=1)  # one empty pass, then the refusal
+    gateway = SimulatedGateway(clock=clock)
+
+    def loop() -> None:
+        if kind == "sync":
+            Reconciler(store, gateway, clock=clock).run(threading.Event(), on_pass=on_pass)
+        else:
+            reconciler = AsyncReconciler(store, gateway, clock=clock)
+            asyncio.run(reconciler.run(asyncio.Event(), on_pass=on_pass))
+
+    with pytest.raises(ConfigurationError, match="on_pass must be a plain function"):
+        loop()
+    assert len(scans) == 1
+
+
+def test_a_resend_is_counted_once_its_answer_is_recorded(store: Store, clock: ManualClock) -> None:
+    # Lost answers whose calls never reached the provider: the pass resends the first one and
+    # records it; the store goes away before the second resend's answer is written, so that
+    # one is not counted as resent (it stays due, skipped).
+    gateway = SimulatedGateway(clock=clock)
+    for n in range(2):
+        intent = Intent("charge", 5000, "usd", payment_method="tok_visa", reference=f"lost-{n}")
+        with pytest.raises(Crash):
+            _guard(store, clock, gateway, faults=_crash_at("after_claim")).execute(intent)
+        clock.advance(timedelta(seconds=1))
+    clock.advance(LEASE)
+    _outage_after(store, "complete", 1)
+    report = Reconciler(store, gateway, clock=clock).run_once(batch=5)
+    assert (report.succeeded, report.resent, report.skipped) == (1, 1, 1)
+    assert report.interrupted is not None
+    assert report.scanned == report.succeeded + report.failed + report.flagged + report.skipped
 
 
 def test_a_store_or_gateway_of_the_wrong_kind_is_refused_with_what_to_pass(

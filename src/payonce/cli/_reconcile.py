@@ -5,6 +5,8 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import fields
 from datetime import timedelta
 from types import FrameType
@@ -12,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from payonce._clock import SystemClock
 from payonce._protocols import Gateway, Store
@@ -83,8 +86,8 @@ def reconcile(
 
     Prints the counts per resolution (succeeded, failed, resent, flagged for review, skipped).
     With --once, exit 1 when records still need recovery after the pass (those flagged for
-    review need a person). Without --once it runs until SIGINT or SIGTERM, then prints the
-    totals and exits 0.
+    review need a person), 3 when the store went away during the pass. Without --once it runs
+    until SIGINT or SIGTERM, then prints the totals and exits 0.
     """
     out = Out(as_json)
     with handled(out):
@@ -96,9 +99,7 @@ def reconcile(
                 report = reconciler.run_once(batch)
                 if report.interrupted is not None:
                     # What the pass resolved is shown; the store is gone, so no recount.
-                    _finish(out, report, left=None, capped=False, passes=1)
-                    if not out.json:
-                        out.err.print(f"error: {report.interrupted}", soft_wrap=True)
+                    _finish(out, report, left=None, capped=False, passes=1, cut_short=True)
                     raise typer.Exit(EXIT_STORE)
                 left = len(store.scan(now=reconciler.clock.now(), limit=batch))
                 code = EXIT_PROBLEM if left else EXIT_OK
@@ -145,7 +146,6 @@ def _run(
     """``Reconciler.run`` until SIGINT or SIGTERM, printing each pass and adding up the totals.
     A store outage is waited out, as the library's loop does; its start and end go to stderr."""
     stop = threading.Event()
-    _log_to_stderr()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
@@ -174,21 +174,29 @@ def _run(
     if not out.json:
         out.console.print(f"Reconciling {store!r} every pass of up to {batch}; Ctrl-C stops.")
         sys.stdout.flush()
-    reconciler.run(stop, interval=interval, batch=batch, on_pass=on_pass)
+    with _logging_to_stderr():
+        reconciler.run(stop, interval=interval, batch=batch, on_pass=on_pass)
     return total, passes
 
 
-def _log_to_stderr() -> None:
-    """The Reconciler's log lines (a store outage starting and ending) on stderr, as they are,
-    rather than through whatever the process's logging happens to be set up with."""
+@contextmanager
+def _logging_to_stderr() -> Iterator[None]:
+    """The Reconciler's log lines (an outage starting, a pass cut short, the store back) on
+    stderr as they are, for the loop only: the logger is as it was afterwards, for a caller
+    that runs the command in its own process."""
     logger = logging.getLogger("payonce.reconciler")
-    if any(getattr(h, "stream", None) is sys.stderr for h in logger.handlers):
-        return  # a second loop in one process
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
+    level, propagate = logger.level, logger.propagate
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 def _counts(report: ReconcileReport) -> dict[str, Any]:
@@ -196,13 +204,29 @@ def _counts(report: ReconcileReport) -> dict[str, Any]:
 
 
 def _finish(
-    out: Out, report: ReconcileReport, *, left: int | None, capped: bool, passes: int
+    out: Out,
+    report: ReconcileReport,
+    *,
+    left: int | None,
+    capped: bool,
+    passes: int,
+    cut_short: bool = False,
 ) -> None:
+    """The report (one pass, or the loop's totals); ``cut_short``: the pass stopped early on a
+    store outage, which is reported as the error of an exit 3."""
+    failure = (
+        f"the store became unavailable during the pass ({report.interrupted}). Run payonce "
+        "reconcile --once again once the store answers: the records it did not reach stay due."
+        if cut_short
+        else None
+    )
     if out.json:
         data: dict[str, Any] = {"passes": passes, **_counts(report), "reasons": report.reasons}
         if left is not None:
             data["still_due"] = left
             data["still_due_capped"] = capped
+        if failure is not None:
+            data.update(error="StoreUnavailableError", message=failure, exit_code=EXIT_STORE)
         out.emit(data)
         return
     title = "Reconcile pass" if passes == 1 else f"Reconcile: {passes} passes"
@@ -232,3 +256,5 @@ def _finish(
             f"{left}{more} record(s) still need recovery: see them with `payonce show KEY`; "
             "those flagged for review need a person's decision before any new attempt."
         )
+    if failure is not None:
+        out.err.print(Text.assemble(("error:", "bold red"), " ", failure), soft_wrap=True)
