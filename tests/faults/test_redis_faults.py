@@ -336,6 +336,10 @@ def test_a_server_busy_in_a_script_is_an_outage_for_single_calls_and_pipelines()
                     store.scan(now=_T, limit=10)
                 with pytest.raises(StoreUnavailableError) as afanned:
                     loop.run(astore.scan(now=_T, limit=10))
+                # Opening a store reads the server's CONFIG: BUSY there is an outage too, not
+                # a CONFIG refusal that only allow_unsafe_durability would get past.
+                with pytest.raises(StoreUnavailableError) as opening:
+                    RedisStore(url, prefix="busy-open")
             finally:
                 probe.script_kill()
                 runner.join(timeout=60)
@@ -344,6 +348,8 @@ def test_a_server_busy_in_a_script_is_an_outage_for_single_calls_and_pipelines()
                     caught.value
                 )
             assert fanned.value.to_dict()["operation"] == "scan"
+            assert opening.value.to_dict()["operation"] == "open"
+            assert "BUSY" in str(opening.value)
             # The script ended: both stores answer.
             assert store.scan(now=_T, limit=10) == loop.run(astore.scan(now=_T, limit=10)) == []
             loop.run(astore.close())

@@ -136,6 +136,16 @@ def _translate(exc: Exception, operation: str) -> StoreError:
     )
 
 
+def _config_refusal(exc: Exception) -> Exception:
+    """What a failed CONFIG GET at open means: a refusal to report (CONFIG renamed, disabled,
+    or denied by an ACL), returned; or an outage (BUSY, CLUSTERDOWN, a lost connection), raised
+    as one, not mistaken for a refusal that only ``allow_unsafe_durability`` would get past."""
+    translated = _translate(exc, "open")
+    if isinstance(exc, rexc.ResponseError) and not isinstance(translated, StoreUnavailableError):
+        return exc
+    raise translated from exc
+
+
 def _durability(
     replies: Sequence[Any], *, allow_unsafe: bool, where: str, refused: Exception | None
 ) -> None:
@@ -309,10 +319,8 @@ class RedisStore(RedisCore):
         try:
             for name in ("maxmemory-policy", "appendonly", "save"):
                 replies.append(self._client.config_get(name, **kwargs))
-        except rexc.ResponseError as exc:  # CONFIG renamed, disabled, or denied by an ACL
-            refused = exc
         except (rexc.RedisError, rexc.RedisClusterException) as exc:
-            raise _translate(exc, "open") from exc
+            refused = _config_refusal(exc)
         _durability(replies, allow_unsafe=allow_unsafe, where=self._where, refused=refused)
 
     def _perform(self, effect: Effect, operation: str) -> Any:
@@ -595,10 +603,8 @@ class AsyncRedisStore(RedisCore):
         try:
             for name in ("maxmemory-policy", "appendonly", "save"):
                 replies.append(await self._client.config_get(name, **kwargs))
-        except rexc.ResponseError as exc:  # CONFIG renamed, disabled, or denied by an ACL
-            refused = exc
         except (rexc.RedisError, rexc.RedisClusterException) as exc:
-            raise _translate(exc, "open") from exc
+            refused = _config_refusal(exc)
         _durability(replies, allow_unsafe=self._allow_unsafe, where=self._where, refused=refused)
         await self._drive(self._meta(self._bucket_count), "open")
         self._ready = True
