@@ -215,9 +215,23 @@ def test_password_never_shown(caplog: pytest.LogCaptureFixture) -> None:
             assert ":***@" in repr(store)
         finally:
             store.close()
-        with pytest.raises(StoreUnavailableError) as caught:
+        # Refused credentials are a configuration to fix, not an outage to wait out.
+        with pytest.raises(ConfigurationError, match="Redis refused the credentials") as caught:
             RedisStore(f"redis://:wrong-pw@127.0.0.1:{port}/0")
-    assert "wrong-pw" not in str(caught.value)
+        astore = AsyncRedisStore(f"redis://:wrong-pw@127.0.0.1:{port}/0")
+
+        async def first_use() -> None:
+            try:
+                await astore.get("tenant-a", "k1_x")
+            finally:
+                await astore.close()
+
+        with pytest.raises(ConfigurationError, match="Redis refused the credentials") as acaught:
+            asyncio.run(first_use())
+    for refused in (caught.value, acaught.value):
+        assert refused.option == "store"
+        assert "check the user name and password in the store URL" in str(refused)
+        assert "wrong-pw" not in str(refused)
     assert all("pw" not in r.getMessage() for r in caplog.records)
 
 

@@ -140,6 +140,15 @@ def _config_refusal(exc: Exception) -> Exception:
     """What a failed CONFIG GET at open means: a refusal to report (CONFIG renamed, disabled,
     or denied by an ACL), returned; or an outage (BUSY, CLUSTERDOWN, a lost connection), raised
     as one, not mistaken for a refusal that only ``allow_unsafe_durability`` would get past."""
+    if isinstance(exc, rexc.AuthenticationError | rexc.AuthorizationError):
+        # Not an outage to wait out: the store was given credentials Redis refuses.
+        raise ConfigurationError(
+            f"Redis refused the credentials the store was given ({type(exc).__name__}: {exc}); "
+            "check the user name and password in the store URL (redis://user:password@host) or "
+            "on the client you passed, and the user's ACL (it needs the payonce key prefix, "
+            "EVALSHA, SCRIPT LOAD and CONFIG GET or allow_unsafe_durability=True)",
+            option="store",
+        ) from None
     translated = _translate(exc, "open")
     if isinstance(exc, rexc.ResponseError) and not isinstance(translated, StoreUnavailableError):
         return exc
@@ -272,8 +281,8 @@ class RedisStore(RedisCore):
             ``noeviction``, or whose configuration cannot be read, with a logged warning.
 
     Raises:
-        ConfigurationError: a bad option, a Redis that may evict records (unless allowed), or a
-            prefix created by another layout or bucket count.
+        ConfigurationError: a bad option, credentials Redis refuses, a Redis that may evict
+            records (unless allowed), or a prefix created by another layout or bucket count.
         StoreUnavailableError: Redis could not be reached.
     """
 
@@ -592,8 +601,8 @@ class AsyncRedisStore(RedisCore):
         """Run the start-up checks now (otherwise the first operation runs them).
 
         Raises:
-            ConfigurationError: a Redis that may evict records (unless allowed), or a prefix
-                created by another layout or bucket count.
+            ConfigurationError: credentials Redis refuses, a Redis that may evict records
+                (unless allowed), or a prefix created by another layout or bucket count.
             StoreUnavailableError: Redis could not be reached.
         """
         kwargs: dict[str, Any] = {}
