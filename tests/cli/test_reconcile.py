@@ -289,8 +289,10 @@ def test_loop_stops_on_sigterm_with_json_lines(seeded: Seeded, tmp_path: Path) -
     documents = [json.loads(line) for line in lines]
     assert documents[0]["pass"] == 1
     assert documents[0]["succeeded"] == 1
+    assert documents[0]["interrupted"] is None  # a whole pass
     totals = documents[-1]
     assert totals["passes"] == len(documents) - 1
+    assert totals["cut_short"] == 0
     assert totals["succeeded"] == 1
     assert totals["failed"] == 1
 

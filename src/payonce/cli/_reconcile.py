@@ -7,7 +7,6 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import fields
 from datetime import timedelta
 from types import FrameType
 from typing import Annotated, Any
@@ -105,10 +104,10 @@ def reconcile(
                 code = EXIT_PROBLEM if left else EXIT_OK
                 _finish(out, report, left=left, capped=left >= batch, passes=1)
                 raise typer.Exit(code)
-            total, passes = _run(out, reconciler, store, batch, timedelta(seconds=interval))
+            total, passes, cut = _run(out, reconciler, store, batch, timedelta(seconds=interval))
         finally:
             store.close()
-    _finish(out, total, left=None, capped=False, passes=passes)
+    _finish(out, total, left=None, capped=False, passes=passes, loop_cut_short=cut)
 
 
 def _gateway(name: GatewayName, api_base: str | None) -> Gateway:
@@ -142,9 +141,10 @@ def _gateway(name: GatewayName, api_base: str | None) -> Gateway:
 
 def _run(
     out: Out, reconciler: Reconciler, store: Store, batch: int, interval: timedelta
-) -> tuple[ReconcileReport, int]:
-    """``Reconciler.run`` until SIGINT or SIGTERM, printing each pass and adding up the totals.
-    A store outage is waited out, as the library's loop does; its start and end go to stderr."""
+) -> tuple[ReconcileReport, int, int]:
+    """``Reconciler.run`` until SIGINT or SIGTERM, printing each pass and adding up the totals
+    (and the passes an outage cut short). A store outage is waited out, as the library's loop
+    does; its start and end go to stderr."""
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -154,16 +154,17 @@ def _run(
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    total, passes = ReconcileReport(), 0
+    total, passes, cut = ReconcileReport(), 0, 0
 
     def on_pass(report: ReconcileReport) -> None:
-        nonlocal passes
+        nonlocal passes, cut
         passes += 1
+        cut += report.interrupted is not None
         for name in _COUNTS:
             setattr(total, name, getattr(total, name) + getattr(report, name))
         total.reasons.update(report.reasons)
         if out.json:
-            out.emit({"pass": passes, **_counts(report)})
+            out.emit({"pass": passes, **_counts(report), "interrupted": report.interrupted})
         else:
             line = f"pass {passes}: " + ", ".join(f"{n} {getattr(report, n)}" for n in _COUNTS)
             if report.interrupted is not None:
@@ -176,7 +177,7 @@ def _run(
         sys.stdout.flush()
     with _logging_to_stderr():
         reconciler.run(stop, interval=interval, batch=batch, on_pass=on_pass)
-    return total, passes
+    return total, passes, cut
 
 
 @contextmanager
@@ -200,7 +201,7 @@ def _logging_to_stderr() -> Iterator[None]:
 
 
 def _counts(report: ReconcileReport) -> dict[str, Any]:
-    return {f.name: getattr(report, f.name) for f in fields(report) if f.name != "reasons"}
+    return {name: getattr(report, name) for name in _COUNTS}
 
 
 def _finish(
@@ -211,9 +212,11 @@ def _finish(
     capped: bool,
     passes: int,
     cut_short: bool = False,
+    loop_cut_short: int | None = None,
 ) -> None:
-    """The report (one pass, or the loop's totals); ``cut_short``: the pass stopped early on a
-    store outage, which is reported as the error of an exit 3."""
+    """The report of one pass (``cut_short``: it stopped early on a store outage, reported as
+    the error of an exit 3), or the loop's totals (``loop_cut_short``: how many of its passes
+    an outage cut short)."""
     failure = (
         f"the store became unavailable during the pass ({report.interrupted}). Run payonce "
         "reconcile --once again once the store answers: the records it did not reach stay due."
@@ -222,6 +225,10 @@ def _finish(
     )
     if out.json:
         data: dict[str, Any] = {"passes": passes, **_counts(report), "reasons": report.reasons}
+        if loop_cut_short is None:
+            data["interrupted"] = report.interrupted
+        else:
+            data["cut_short"] = loop_cut_short
         if left is not None:
             data["still_due"] = left
             data["still_due_capped"] = capped
@@ -255,6 +262,11 @@ def _finish(
         out.console.print(
             f"{left}{more} record(s) still need recovery: see them with `payonce show KEY`; "
             "those flagged for review need a person's decision before any new attempt."
+        )
+    if loop_cut_short:
+        out.console.print(
+            f"{loop_cut_short} pass(es) stopped early when the store became unavailable; the "
+            "records they did not reach stay due."
         )
     if failure is not None:
         out.err.print(Text.assemble(("error:", "bold red"), " ", failure), soft_wrap=True)
