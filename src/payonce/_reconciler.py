@@ -573,6 +573,11 @@ class Reconciler(_ReconcilerCore):
         ``payonce.reconciler`` warns when the outage starts, at each pass it cuts short, and
         when the store answers again (the scans failing in between log at DEBUG).
 
+        To stop it from a signal handler, set ``stop`` from another thread
+        (``threading.Thread(target=stop.set).start()``): the handler runs in the thread that
+        waits on ``stop``, possibly while that wait holds the event's lock, and ``stop.set()``
+        right there would wait for that lock for ever.
+
         Args:
             on_pass: a plain function, called in this thread with the report of each pass
                 that got past its scan, a pass cut short by an outage included (its

@@ -277,7 +277,7 @@ def test_loop_runs_until_sigint_then_prints_totals(
     assert "Ctrl-C stops" in text
     assert "pass 1: scanned 2, succeeded 1, failed 1" in text
     # The totals: of one pass when the signal lands before the second starts, else of more.
-    assert re.search(r"Reconcile (pass|: \d+ passes)\s", text)
+    assert re.search(r"Reconcile( pass|: \d+ passes)\s", text)
     assert "Traceback" not in err
     assert _statuses(seeded) == {"visa": Status.SUCCEEDED, "declined": Status.FAILED}
 
@@ -313,7 +313,7 @@ def test_loop_keeps_running_through_a_store_outage_until_sigint(tmp_path: Path) 
     assert loop.proc.returncode == 0, reported + err
     assert "trying again later" in reported[-1]
     # The totals of the passes that finished (one, or more if one ran before the shutdown).
-    assert re.search(r"Reconcile (pass|: \d+ passes)\s", "".join(first + rest))
+    assert re.search(r"Reconcile( pass|: \d+ passes)\s", "".join(first + rest))
     assert "Traceback" not in "".join(reported + err)
 
 
@@ -331,3 +331,30 @@ def test_the_loop_sends_reconciler_logs_to_stderr_and_leaves_the_logger_as_it_wa
         logger.warning("payonce reconciler: the store is unavailable (test)")
     assert capsys.readouterr().err == "payonce reconciler: the store is unavailable (test)\n"
     assert (list(logger.handlers), logger.level, logger.propagate) == before
+
+
+# The handler in the main thread while that thread is inside stop.wait(), holding the event's
+# lock (as between two bytecodes of Event.wait): run in a child process, so that a handler that
+# deadlocks fails the test at the bound instead of hanging it.
+_HANDLER_INSIDE_WAIT = """
+import signal, threading
+from payonce.cli._reconcile import _stopping
+
+stop = threading.Event()
+handler = _stopping(stop)
+with stop._cond:  # what Event.wait holds before it sleeps
+    handler(signal.SIGTERM, None)
+print("handler returned")
+print("stopped" if stop.wait(30) else "not stopped")
+"""
+
+
+def test_the_signal_handler_stops_the_loop_from_inside_the_events_own_wait(
+    tmp_path: Path,
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _HANDLER_INSIDE_WAIT],
+        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["handler", "returned", "stopped"]

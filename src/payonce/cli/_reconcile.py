@@ -5,7 +5,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from types import FrameType
@@ -146,12 +146,7 @@ def _run(
     (and the passes an outage cut short). A store outage is waited out, as the library's loop
     does; its start and end go to stderr."""
     stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-        # A second Ctrl-C ends the process at once, even inside a slow provider call.
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-
+    on_signal = _stopping(stop)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     total, passes, cut = ReconcileReport(), 0, 0
@@ -178,6 +173,23 @@ def _run(
     with _logging_to_stderr():
         reconciler.run(stop, interval=interval, batch=batch, on_pass=on_pass)
     return total, passes, cut
+
+
+def _stopping(stop: threading.Event) -> Callable[[int, FrameType | None], None]:
+    """The SIGINT/SIGTERM handler that stops the loop.
+
+    It sets ``stop`` from a thread of its own: the handler runs in the main thread between two
+    bytecodes, possibly inside ``stop.wait()`` while that holds the event's lock, and
+    ``stop.set()`` there would wait for that lock for ever (the loop then never stopped on
+    SIGTERM, and Ctrl-C had to be pressed twice).
+    """
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        threading.Thread(target=stop.set, name="payonce-stop", daemon=True).start()
+        # A second Ctrl-C ends the process at once, even inside a slow provider call.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    return on_signal
 
 
 @contextmanager
