@@ -441,6 +441,24 @@ def test_run_hands_a_pass_cut_short_to_on_pass_and_waits_before_the_next(
     assert [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()]
 
 
+def test_every_pass_an_outage_cuts_short_is_warned_about(
+    store: Store, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Scans answer but a write keeps failing (a record whose own write fails, oldest first, stops
+    # every pass): each such pass is a WARNING, not DEBUG as the scans of an outage are.
+    gateway = SimulatedGateway(clock=clock)
+    _three_lost_answers(store, clock, gateway)
+    _outage_after(store, "takeover", 1)
+    reports: list[ReconcileReport] = []
+    with caplog.at_level("DEBUG", logger="payonce.reconciler"):
+        Reconciler(store, gateway, clock=clock).run(
+            _StopAfterWaits(2), interval=timedelta(seconds=5), batch=5, on_pass=reports.append
+        )
+    assert [r.interrupted is not None for r in reports] == [True, True]
+    stopped = [r for r in caplog.records if "a pass stopped early" in r.getMessage()]
+    assert [r.levelname for r in stopped] == ["WARNING", "WARNING"]
+
+
 @pytest.mark.parametrize("given", ["coroutine function", "value"])
 def test_run_refuses_an_on_pass_it_cannot_call(clock: ManualClock, given: str) -> None:
     async def report_later(report: ReconcileReport) -> None:
