@@ -235,6 +235,27 @@ def test_password_never_shown(caplog: pytest.LogCaptureFixture) -> None:
     assert all("pw" not in r.getMessage() for r in caplog.records)
 
 
+def test_credentials_a_cluster_refuses_are_a_configuration_error(cluster: Cluster) -> None:
+    # redis-py's cluster client raises a RedisClusterException from the AuthenticationError:
+    # still credentials to fix, not an outage to wait out.
+    url = f"redis+cluster://nobody:wrong-pw@127.0.0.1:{cluster.ports[0]}"
+    with pytest.raises(ConfigurationError, match="Redis refused the credentials") as caught:
+        RedisStore(url)
+    astore = AsyncRedisStore(url)
+
+    async def first_use() -> None:
+        try:
+            await astore.get("tenant-a", "k1_x")
+        finally:
+            await astore.close()
+
+    with pytest.raises(ConfigurationError, match="Redis refused the credentials") as acaught:
+        asyncio.run(first_use())
+    for refused in (caught.value, acaught.value):
+        assert refused.option == "store"
+        assert "wrong-pw" not in str(refused)
+
+
 def test_unreachable_redis_is_unavailable() -> None:
     client = redis.Redis(port=1, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
     with pytest.raises(StoreUnavailableError) as caught:

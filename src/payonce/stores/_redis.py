@@ -101,8 +101,23 @@ def _mask(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
+# Credentials Redis refuses: redis-py raises them as connection errors (and a cluster client as
+# a RedisClusterException raised from one), but waiting does not make them pass.
+_REFUSED_CREDENTIALS: Final = (
+    rexc.AuthenticationError,
+    rexc.AuthorizationError,
+    rexc.AuthenticationWrongNumberOfArgsError,
+)
+
+
+def _refused_credentials(exc: BaseException) -> bool:
+    return isinstance(exc, _REFUSED_CREDENTIALS) or isinstance(exc.__cause__, _REFUSED_CREDENTIALS)
+
+
 def _transient(exc: Exception, reply: str) -> bool:
     """A condition that passes (or that an operator fixes) after which a retry can succeed."""
+    if _refused_credentials(exc):
+        return False
     if isinstance(exc, _UNAVAILABLE):
         return True
     if isinstance(exc, rexc.RedisClusterException):
@@ -136,19 +151,36 @@ def _translate(exc: Exception, operation: str) -> StoreError:
     )
 
 
+def _credentials_error(exc: BaseException) -> ConfigurationError:
+    """Not an outage to wait out: the store was given credentials Redis refuses."""
+    refused = exc if isinstance(exc, _REFUSED_CREDENTIALS) else exc.__cause__
+    return ConfigurationError(
+        f"Redis refused the credentials the store was given ({type(refused).__name__}: "
+        f"{refused}); check the user name and password in the store URL "
+        "(redis://user:password@host) or on the client you passed, and the user's ACL (it needs "
+        "the payonce key prefix, EVALSHA, SCRIPT LOAD and CONFIG GET or "
+        "allow_unsafe_durability=True)",
+        option="store",
+    )
+
+
+def _connected(url: str) -> Any:
+    """The sync client for ``url``; a cluster client connects here already, so its errors are
+    translated as at open."""
+    try:
+        return _client_from_url(url, asynchronous=False)
+    except (rexc.RedisError, rexc.RedisClusterException) as exc:
+        if _refused_credentials(exc):
+            raise _credentials_error(exc) from None
+        raise _translate(exc, "open") from exc
+
+
 def _config_refusal(exc: Exception) -> Exception:
     """What a failed CONFIG GET at open means: a refusal to report (CONFIG renamed, disabled,
     or denied by an ACL), returned; or an outage (BUSY, CLUSTERDOWN, a lost connection), raised
     as one, not mistaken for a refusal that only ``allow_unsafe_durability`` would get past."""
-    if isinstance(exc, rexc.AuthenticationError | rexc.AuthorizationError):
-        # Not an outage to wait out: the store was given credentials Redis refuses.
-        raise ConfigurationError(
-            f"Redis refused the credentials the store was given ({type(exc).__name__}: {exc}); "
-            "check the user name and password in the store URL (redis://user:password@host) or "
-            "on the client you passed, and the user's ACL (it needs the payonce key prefix, "
-            "EVALSHA, SCRIPT LOAD and CONFIG GET or allow_unsafe_durability=True)",
-            option="store",
-        ) from None
+    if _refused_credentials(exc):
+        raise _credentials_error(exc) from None
     translated = _translate(exc, "open")
     if isinstance(exc, rexc.ResponseError) and not isinstance(translated, StoreUnavailableError):
         return exc
@@ -296,7 +328,7 @@ class RedisStore(RedisCore):
         allow_unsafe_durability: bool = False,
     ) -> None:
         url = client_or_url if isinstance(client_or_url, str) else None
-        client = _client_from_url(url, asynchronous=False) if url is not None else client_or_url
+        client = _connected(url) if url is not None else client_or_url
         cluster = isinstance(client, redis.cluster.RedisCluster)
         if not cluster and not isinstance(client, redis.Redis):
             raise ConfigurationError(
