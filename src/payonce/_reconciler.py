@@ -140,12 +140,12 @@ def _check_on_pass(on_pass: object) -> None:
 
 
 def _hand_over(on_pass: Callable[[ReconcileReport], object], report: ReconcileReport) -> None:
-    """Call ``on_pass``; refuse what returns an awaitable (an async ``__call__``, a lambda that
-    makes a coroutine), which nobody would await."""
+    """Call ``on_pass``; refuse one that returns a coroutine (an async ``__call__``, a function
+    that makes one), which nobody would await. A task or future it returns is its own: already
+    scheduled, it runs without the loop."""
     handed = on_pass(report)
-    if inspect.isawaitable(handed):
-        if inspect.iscoroutine(handed):
-            handed.close()  # never awaited: closed, without a "never awaited" warning
+    if inspect.iscoroutine(handed):
+        handed.close()  # never awaited: closed, without a "never awaited" warning
         raise _not_plain(on_pass)
 
 
@@ -573,10 +573,11 @@ class Reconciler(_ReconcilerCore):
         ``payonce.reconciler`` warns when the outage starts, at each pass it cuts short, and
         when the store answers again (the scans failing in between log at DEBUG).
 
-        To stop it from a signal handler, set ``stop`` from another thread
-        (``threading.Thread(target=stop.set).start()``): the handler runs in the thread that
-        waits on ``stop``, possibly while that wait holds the event's lock, and ``stop.set()``
-        right there would wait for that lock for ever.
+        To stop it from a signal handler, set ``stop`` from a daemon thread
+        (``threading.Thread(target=stop.set, daemon=True).start()``): the handler runs in the
+        thread that waits on ``stop``, possibly while that wait holds the event's lock, and
+        ``stop.set()`` right there would wait for that lock for ever (as would the start of a
+        non-daemon thread, on a lock of the ``threading`` module).
 
         Args:
             on_pass: a plain function, called in this thread with the report of each pass
@@ -585,8 +586,8 @@ class Reconciler(_ReconcilerCore):
                 ``on_pass`` raises ends the loop and propagates.
 
         Raises:
-            ConfigurationError: for a bad ``batch`` or ``on_pass`` (one that returns an
-                awaitable is refused at its first call).
+            ConfigurationError: for a bad ``batch`` or ``on_pass`` (one that returns a
+                coroutine is refused at its first call).
         """
         self._check_batch(batch)
         _check_on_pass(on_pass)

@@ -342,7 +342,10 @@ from payonce.cli._reconcile import _stopping
 
 stop = threading.Event()
 handler = _stopping(stop)
-with stop._cond:  # what Event.wait holds before it sleeps
+# What Event.wait holds before it sleeps, and the lock the threading module takes to start a
+# non-daemon thread (Python 3.11 and 3.12), which the interrupted thread may hold as well.
+shutdown = getattr(threading, "_shutdown_locks_lock", None) or threading.Lock()
+with stop._cond, shutdown:
     handler(signal.SIGTERM, None)
 print("handler returned")
 print("stopped" if stop.wait(30) else "not stopped")

@@ -514,6 +514,32 @@ def test_run_refuses_an_on_pass_that_returns_an_awaitable(
     assert len(scans) == 1
 
 
+def test_an_async_loops_on_pass_may_hand_the_report_to_a_task(
+    store: Store, clock: ManualClock
+) -> None:
+    # The refusal is for a coroutine nobody awaits; a task is scheduled and runs on its own.
+    seen: list[ReconcileReport] = []
+    stop = asyncio.Event()
+    scans = _outage_on_scans(store, 0, most=2)
+
+    async def notify(report: ReconcileReport) -> None:
+        seen.append(report)
+        stop.set()
+
+    async def loop() -> None:
+        running = asyncio.get_running_loop()
+        reconciler = AsyncReconciler(store, SimulatedGateway(clock=clock), clock=clock)
+        await reconciler.run(
+            stop,
+            interval=timedelta(seconds=5),
+            on_pass=lambda report: running.create_task(notify(report)),
+        )
+
+    asyncio.run(loop())
+    assert len(seen) == 1
+    assert len(scans) == 1
+
+
 def test_a_resend_is_counted_once_its_answer_is_recorded(store: Store, clock: ManualClock) -> None:
     # Lost answers whose calls never reached the provider: the pass resends the first one and
     # records it; the store goes away before the second resend's answer is written, so that

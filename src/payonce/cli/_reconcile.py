@@ -147,8 +147,7 @@ def _run(
     does; its start and end go to stderr."""
     stop = threading.Event()
     on_signal = _stopping(stop)
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    previous = signal.signal(signal.SIGINT, on_signal), signal.signal(signal.SIGTERM, on_signal)
     total, passes, cut = ReconcileReport(), 0, 0
 
     def on_pass(report: ReconcileReport) -> None:
@@ -170,8 +169,12 @@ def _run(
     if not out.json:
         out.console.print(f"Reconciling {store!r} every pass of up to {batch}; Ctrl-C stops.")
         sys.stdout.flush()
-    with _logging_to_stderr():
-        reconciler.run(stop, interval=interval, batch=batch, on_pass=on_pass)
+    try:
+        with _logging_to_stderr():
+            reconciler.run(stop, interval=interval, batch=batch, on_pass=on_pass)
+    finally:  # the handlers as they were, for a caller that runs the command in its process
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
     return total, passes, cut
 
 
@@ -185,9 +188,11 @@ def _stopping(stop: threading.Event) -> Callable[[int, FrameType | None], None]:
     """
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        threading.Thread(target=stop.set, name="payonce-stop", daemon=True).start()
         # A second Ctrl-C ends the process at once, even inside a slow provider call.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        # A daemon thread: starting a non-daemon one takes a lock of the threading module
+        # that the interrupted main thread may hold (Python 3.11, 3.12).
+        threading.Thread(target=stop.set, name="payonce-stop", daemon=True).start()
 
     return on_signal
 
