@@ -457,3 +457,16 @@ def test_a_cluster_error_is_an_outage_only_when_it_passes(error: Exception, pass
     from payonce.stores._redis import _translate  # noqa: PLC0415
 
     assert isinstance(_translate(error, "claim"), StoreUnavailableError) is passes
+
+
+def test_credentials_refused_under_a_running_store_are_not_an_outage() -> None:
+    # At open they are a ConfigurationError; later (a password rotated under the store) a
+    # StoreError that names the credentials, not a call to retry once Redis answers.
+    from payonce import StoreError  # noqa: PLC0415
+    from payonce.stores._redis import _translate  # noqa: PLC0415
+
+    refused = redis.exceptions.AuthenticationError("invalid username-password pair")
+    for error in (refused, _raised_from(redis.exceptions.RedisClusterException("x"), refused)):
+        translated = _translate(error, "claim")
+        assert type(translated) is StoreError
+        assert "Redis refused the store's credentials" in str(translated)

@@ -116,8 +116,6 @@ def _refused_credentials(exc: BaseException) -> bool:
 
 def _transient(exc: Exception, reply: str) -> bool:
     """A condition that passes (or that an operator fixes) after which a retry can succeed."""
-    if _refused_credentials(exc):
-        return False
     if isinstance(exc, _UNAVAILABLE):
         return True
     if isinstance(exc, rexc.RedisClusterException):
@@ -136,6 +134,15 @@ def _translate(exc: Exception, operation: str) -> StoreError:
     reply = str(exc)
     if annotated := _PIPELINE_ERROR.match(reply):
         reply = annotated["args"] or reply[annotated.end() :]
+    if _refused_credentials(exc):
+        # At open this is a ConfigurationError (see _config_refusal); later, the credentials
+        # were changed under a running store.
+        return StoreError(
+            f"the payonce store failed during {operation}: Redis refused the store's credentials "
+            f"({name}: {reply[:200]}). This is not transient: check the user, password and ACL "
+            "the store was given, then open the store again.",
+            operation=operation,
+        )
     if _transient(exc, reply):
         return StoreUnavailableError(
             f"Redis was unavailable ({name}: {reply[:200]}); the {operation} may or may not have "
