@@ -588,6 +588,8 @@ class Reconciler(_ReconcilerCore):
         Raises:
             ConfigurationError: for a bad ``batch`` or ``on_pass`` (one that returns a
                 coroutine is refused at its first call).
+            StoreError: a store failure that waiting does not mend (credentials refused, tables
+                or keys changed outside payonce) ends the loop.
         """
         self._check_batch(batch)
         _check_on_pass(on_pass)
