@@ -216,29 +216,15 @@ def test_password_never_shown(caplog: pytest.LogCaptureFixture) -> None:
         finally:
             store.close()
         # Refused credentials are a configuration to fix, not an outage to wait out.
-        with pytest.raises(ConfigurationError, match="Redis refused the credentials") as caught:
-            RedisStore(f"redis://:wrong-pw@127.0.0.1:{port}/0")
-        astore = AsyncRedisStore(f"redis://:wrong-pw@127.0.0.1:{port}/0")
-
-        async def first_use() -> None:
-            try:
-                await astore.get("tenant-a", "k1_x")
-            finally:
-                await astore.close()
-
-        with pytest.raises(ConfigurationError, match="Redis refused the credentials") as acaught:
-            asyncio.run(first_use())
-    for refused in (caught.value, acaught.value):
-        assert refused.option == "store"
+        refusals = _refused_at_open(f"redis://:wrong-pw@127.0.0.1:{port}/0")
+    for refused in refusals:
         assert "check the user name and password in the store URL" in str(refused)
-        assert "wrong-pw" not in str(refused)
     assert all("pw" not in r.getMessage() for r in caplog.records)
 
 
-def test_credentials_a_cluster_refuses_are_a_configuration_error(cluster: Cluster) -> None:
-    # redis-py's cluster client raises a RedisClusterException from the AuthenticationError:
-    # still credentials to fix, not an outage to wait out.
-    url = f"redis+cluster://nobody:wrong-pw@127.0.0.1:{cluster.ports[0]}"
+def _refused_at_open(url: str) -> list[ConfigurationError]:
+    """The errors RedisStore and AsyncRedisStore raise when opened at ``url``, whose
+    credentials Redis refuses (the password in it is ``wrong-pw``)."""
     with pytest.raises(ConfigurationError, match="Redis refused the credentials") as caught:
         RedisStore(url)
     astore = AsyncRedisStore(url)
@@ -251,9 +237,17 @@ def test_credentials_a_cluster_refuses_are_a_configuration_error(cluster: Cluste
 
     with pytest.raises(ConfigurationError, match="Redis refused the credentials") as acaught:
         asyncio.run(first_use())
-    for refused in (caught.value, acaught.value):
+    refusals = [caught.value, acaught.value]
+    for refused in refusals:
         assert refused.option == "store"
         assert "wrong-pw" not in str(refused)
+    return refusals
+
+
+def test_credentials_a_cluster_refuses_are_a_configuration_error(cluster: Cluster) -> None:
+    # redis-py's cluster client raises a RedisClusterException from the AuthenticationError:
+    # still credentials to fix, not an outage to wait out.
+    _refused_at_open(f"redis+cluster://nobody:wrong-pw@127.0.0.1:{cluster.ports[0]}")
 
 
 def test_unreachable_redis_is_unavailable() -> None:

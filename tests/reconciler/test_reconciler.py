@@ -425,18 +425,27 @@ def test_an_outage_during_a_pass_stops_it_and_keeps_what_it_resolved(
     verify_ledger(store)
 
 
-def test_run_hands_a_pass_cut_short_to_on_pass_and_waits_before_the_next(
-    store: Store, clock: ManualClock, caplog: pytest.LogCaptureFixture
-) -> None:
+def _loop_cut_short(
+    store: Store, clock: ManualClock, caplog: pytest.LogCaptureFixture, waits: int
+) -> list[ReconcileReport]:
+    """Three lost answers and a takeover that works once, then a loop stopped at its
+    ``waits``-th wait; the reports it handed to on_pass (the log goes to ``caplog``)."""
     gateway = SimulatedGateway(clock=clock)
     _three_lost_answers(store, clock, gateway)
     _outage_after(store, "takeover", 1)
     reports: list[ReconcileReport] = []
-    stop = _StopAfterWaits(1)  # the pass cut short is followed by a wait, which stops the loop
-    with caplog.at_level("WARNING", logger="payonce.reconciler"):
+    with caplog.at_level("DEBUG", logger="payonce.reconciler"):
         Reconciler(store, gateway, clock=clock).run(
-            stop, interval=timedelta(seconds=5), batch=5, on_pass=reports.append
+            _StopAfterWaits(waits), interval=timedelta(seconds=5), batch=5, on_pass=reports.append
         )
+    return reports
+
+
+def test_run_hands_a_pass_cut_short_to_on_pass_and_waits_before_the_next(
+    store: Store, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The pass cut short is followed by a wait, which stops the loop.
+    reports = _loop_cut_short(store, clock, caplog, waits=1)
     assert [(r.succeeded, r.interrupted is not None) for r in reports] == [(1, True)]
     assert [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()]
 
@@ -446,14 +455,7 @@ def test_every_pass_an_outage_cuts_short_is_warned_about(
 ) -> None:
     # Scans answer but a write keeps failing (a record whose own write fails, oldest first, stops
     # every pass): each such pass is a WARNING, not DEBUG as the scans of an outage are.
-    gateway = SimulatedGateway(clock=clock)
-    _three_lost_answers(store, clock, gateway)
-    _outage_after(store, "takeover", 1)
-    reports: list[ReconcileReport] = []
-    with caplog.at_level("DEBUG", logger="payonce.reconciler"):
-        Reconciler(store, gateway, clock=clock).run(
-            _StopAfterWaits(2), interval=timedelta(seconds=5), batch=5, on_pass=reports.append
-        )
+    reports = _loop_cut_short(store, clock, caplog, waits=2)
     assert [r.interrupted is not None for r in reports] == [True, True]
     stopped = [r for r in caplog.records if "a pass stopped early" in r.getMessage()]
     assert [r.levelname for r in stopped] == ["WARNING", "WARNING"]
