@@ -112,8 +112,12 @@ class Out:
         if self.json:
             self.emit({**(data or {"error": "error", "message": message}), "exit_code": code})
         else:
-            self.err.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
+            self.error(message)
         raise typer.Exit(code)
+
+    def error(self, message: str) -> None:
+        """The ``error:`` line on stderr, for the tables' mode."""
+        self.err.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
 
 
 def _exit_code(exc: PayonceError) -> int:

@@ -13,7 +13,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
-from rich.text import Text
 
 from payonce._clock import SystemClock
 from payonce._protocols import Gateway, Store
@@ -98,7 +97,7 @@ def reconcile(
                 report = reconciler.run_once(batch)
                 if report.interrupted is not None:
                     # What the pass resolved is shown; the store is gone, so no recount.
-                    _finish(out, report, left=None, capped=False, passes=1, cut_short=True)
+                    _finish(out, report, left=None, capped=False, passes=1)
                     raise typer.Exit(EXIT_STORE)
                 left = len(store.scan(now=reconciler.clock.now(), limit=batch))
                 code = EXIT_PROBLEM if left else EXIT_OK
@@ -228,16 +227,14 @@ def _finish(
     left: int | None,
     capped: bool,
     passes: int,
-    cut_short: bool = False,
     loop_cut_short: int | None = None,
 ) -> None:
-    """The report of one pass (``cut_short``: it stopped early on a store outage, reported as
-    the error of an exit 3), or the loop's totals (``loop_cut_short``: how many of its passes
-    an outage cut short)."""
+    """The report of one pass (one an outage cut short is reported as the error of an exit 3),
+    or the loop's totals (``loop_cut_short``: how many of its passes an outage cut short)."""
     failure = (
         f"the store became unavailable during the pass ({report.interrupted}). Run payonce "
         "reconcile --once again once the store answers: the records it did not reach stay due."
-        if cut_short
+        if loop_cut_short is None and report.interrupted is not None
         else None
     )
     if out.json:
@@ -286,4 +283,4 @@ def _finish(
             "records they did not reach stay due."
         )
     if failure is not None:
-        out.err.print(Text.assemble(("error:", "bold red"), " ", failure), soft_wrap=True)
+        out.error(failure)
