@@ -171,27 +171,29 @@ def _credentials_error(exc: BaseException) -> ConfigurationError:
     )
 
 
+def _opening(exc: Exception) -> Exception:
+    """An error while opening a store as its caller sees it: credentials to fix, or as
+    ``_translate`` has it."""
+    return _credentials_error(exc) if _refused_credentials(exc) else _translate(exc, "open")
+
+
 def _connected(url: str) -> Any:
     """The sync client for ``url``; a cluster client connects here already, so its errors are
     translated as at open."""
     try:
         return _client_from_url(url, asynchronous=False)
     except (rexc.RedisError, rexc.RedisClusterException) as exc:
-        if _refused_credentials(exc):
-            raise _credentials_error(exc) from None
-        raise _translate(exc, "open") from exc
+        raise _opening(exc) from exc
 
 
 def _config_refusal(exc: Exception) -> Exception:
     """What a failed CONFIG GET at open means: a refusal to report (CONFIG renamed, disabled,
     or denied by an ACL), returned; or an outage (BUSY, CLUSTERDOWN, a lost connection), raised
     as one, not mistaken for a refusal that only ``allow_unsafe_durability`` would get past."""
-    if _refused_credentials(exc):
-        raise _credentials_error(exc) from None
-    translated = _translate(exc, "open")
-    if isinstance(exc, rexc.ResponseError) and not isinstance(translated, StoreUnavailableError):
+    opening = _opening(exc)
+    if isinstance(exc, rexc.ResponseError) and type(opening) is StoreError:
         return exc
-    raise translated from exc
+    raise opening from exc
 
 
 def _durability(
