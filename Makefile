@@ -3,11 +3,15 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# hiredis (redis-py's C reply parser) lives outside the venv: the main run tests the pure-Python
+# parser a plain `pip install 'payonce[redis]'` gets, the hiredis run puts it on PYTHONPATH.
+HIREDIS := $(VENV)/hiredis
 
-.PHONY: help venv test lint types pytest bench demo services clean
+.PHONY: help venv test lint types pytest pytest-hiredis bench demo services clean
 
 help:
-	@echo "make test   - bootstrap .venv, then ruff, mypy --strict and pytest"
+	@echo "make test   - bootstrap .venv, then ruff, mypy --strict and pytest (the Redis tests"
+	@echo "              twice: redis-py's pure-Python parser, then hiredis)"
 	@echo "make bench  - run the benchmarks and print payonce next to the hand-written baseline"
 	@echo "make demo   - run the demo on the embedded SQLite store"
 
@@ -26,10 +30,18 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(BIN)/mypy --strict src
 
-pytest: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+$(HIREDIS)/.installed: pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install --quiet --upgrade --target $(HIREDIS) 'hiredis>=3.0'
+	touch $@
 
-test: lint types pytest
+pytest: $(STAMP)
+	PAYONCE_TEST_REDIS_PARSER=python $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+pytest-hiredis: $(HIREDIS)/.installed
+	PYTHONPATH=$(abspath $(HIREDIS)) PAYONCE_TEST_REDIS_PARSER=hiredis \
+		$(BIN)/python -m pytest -k redis $(PYTEST_ARGS)
+
+test: lint types pytest pytest-hiredis
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)

@@ -714,7 +714,13 @@ class RedisBackend:
         info = self.client.info("server")
         persistence = self.client.config_get("appendonly") | self.client.config_get("appendfsync")
         aof = ", ".join(f"{k} {v}" for k, v in persistence.items())
-        return f"Redis {info['redis_version']} ({aof}), loopback TCP"
+        from redis.utils import HIREDIS_AVAILABLE  # noqa: PLC0415
+
+        parser = f"hiredis {_dist_version('hiredis')}" if HIREDIS_AVAILABLE else "pure-Python"
+        return (
+            f"Redis {info['redis_version']} ({aof}), loopback TCP; redis-py "
+            f"{_dist_version('redis')} with its {parser} reply parser"
+        )
 
     def grow(self, total: int) -> None:
         """Pipelined HSET/ZADD of finished records in payonce's key layout (record hash, chain

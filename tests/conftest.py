@@ -1,6 +1,11 @@
 """Shared fixtures: a manual clock, every embedded backend, a guard over each.
 
 With CI=true a skipped test fails the run: a backend that did not run is not a pass.
+
+redis-py parses replies in pure Python, or with hiredis (C) when that is importable, and the two
+raise its errors by different code. ``make test`` runs the suite with the pure-Python parser, then
+every Redis test again with hiredis on ``PYTHONPATH``; ``PAYONCE_TEST_REDIS_PARSER`` (``python`` or
+``hiredis``) names the parser a run must have, and a run that has the other one stops at once.
 """
 
 from __future__ import annotations
@@ -171,6 +176,39 @@ def store(backend: str, tmp_path: Path) -> Iterator[Store]:
 @pytest.fixture
 def guard(store: Store, clock: ManualClock) -> Guard:
     return Guard(store, secret=SECRET, scope=SCOPE, clock=clock)
+
+
+_PARSER_ENV = "PAYONCE_TEST_REDIS_PARSER"
+
+
+def _redis_parser() -> str:
+    """The reply parser redis-py uses here: ``hiredis X.Y.Z``, ``python`` or ``absent``."""
+    try:
+        from redis.utils import HIREDIS_AVAILABLE  # noqa: PLC0415 - redis is an extra
+    except ImportError:
+        return "absent"
+    if not HIREDIS_AVAILABLE:
+        return "python"
+    from importlib.metadata import version  # noqa: PLC0415
+
+    return f"hiredis {version('hiredis')}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    wanted = os.environ.get(_PARSER_ENV, "")
+    if wanted not in ("", "python", "hiredis"):
+        raise pytest.UsageError(f"{_PARSER_ENV}={wanted!r}: use python or hiredis, or unset it.")
+    found = _redis_parser()
+    if wanted and found.split()[0] != wanted:
+        raise pytest.UsageError(
+            f"{_PARSER_ENV}={wanted} but redis-py's parser here is {found}. The main run wants "
+            "hiredis not installed in the venv; the hiredis run puts it on PYTHONPATH "
+            "(make pytest-hiredis)."
+        )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"redis-py reply parser: {_redis_parser()}"
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
