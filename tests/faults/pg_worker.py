@@ -72,6 +72,22 @@ def empty_tables(conn: psycopg.Connection[tuple[object, ...]]) -> None:
     conn.execute("SET session_replication_role = DEFAULT")
 
 
+def terminate_idle(admin: psycopg.Connection[tuple[object, ...]], application_name: str) -> int:
+    """Terminate every backend of ``application_name`` and wait until each has gone (its
+    farewell is written before it leaves ``pg_stat_activity``); returns how many there were.
+    Polls the server for that state; nothing here times anything."""
+    query = "SELECT pid FROM pg_stat_activity WHERE application_name = %s"
+    pids = [pid for (pid,) in admin.execute(query, (application_name,)).fetchall()]
+    for pid in pids:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    deadline = time.monotonic() + 30
+    gone = "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)"
+    while admin.execute(gone, (pids,)).fetchone() != (0,):
+        assert time.monotonic() < deadline, f"the backends of {application_name!r} stayed"
+        time.sleep(0.005)  # polling the server for a state, not timing anything
+    return len(pids)
+
+
 def terminate_when_waiting(
     admin: psycopg.Connection[tuple[object, ...]],
     application_name: str,

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import random
+import select
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -79,6 +80,10 @@ _LANDED: Final = (
 # server's lock_timeout); past it the seal gives up with ConflictError and nothing is sealed.
 _HORIZON_WAIT: Final = timedelta(seconds=5)
 _log = logging.getLogger("payonce.stores.postgres")
+_DEAD: Final = (
+    "PostgreSQL had closed a pooled connection while it sat idle (a restart, a failover, an "
+    "idle timeout); it was replaced before use"
+)
 _BACKOFF: Final = timedelta(milliseconds=10)
 
 
@@ -166,6 +171,38 @@ def _connect_reason(conninfo: str) -> str:
     return "it answered only after the pool had given up"
 
 
+def _closed_by_server(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether the server ended ``conn`` while it sat idle in the pool.
+
+    A restart, a failover, ``pg_terminate_backend`` or ``idle_session_timeout`` end a pooled
+    connection without the pool noticing, and the next statement on it would fail. Each of them
+    makes the server write its farewell (a FATAL error) and close the socket. An idle
+    autocommit connection is otherwise sent nothing (payonce never LISTENs), so a socket with
+    something to read means the connection is gone; a rare false alarm costs a reconnect. One
+    non-blocking poll, under a microsecond, on every checkout.
+    """
+    try:
+        fd = conn.fileno()
+    except psycopg.Error:
+        return True  # already closed
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([fd], [], [], 0)[0])  # Windows has no poll
+
+
+def _not_autocommit() -> ConfigurationError:
+    return ConfigurationError(
+        "the connection pool given to the PostgreSQL store hands out connections without "
+        "autocommit: every payonce write would stay in an open transaction and be rolled back "
+        "when the connection goes back to the pool, so a claim would not hold. Build the pool "
+        "with kwargs={'autocommit': True}, or pass a connection string and let the store build "
+        "its own pool.",
+        option="conninfo_or_pool",
+    )
+
+
 def _closed(operation: str) -> StoreUnavailableError:
     return StoreUnavailableError(
         "this PostgreSQL store was closed; create a new one to keep using the database",
@@ -210,7 +247,7 @@ class PostgresStore(Flows):
     Args:
         conninfo_or_pool: a libpq connection string or URL (``"postgresql://app@db/payments"``),
             or an open ``psycopg_pool.ConnectionPool`` you own (the store never closes it; give it
-            ``kwargs={"autocommit": True}``).
+            ``kwargs={"autocommit": True}``, and keep PostgreSQL's READ COMMITTED default).
         min_size / max_size: the size of the pool the store creates from a connection string.
         read_first: whether the guard reads five columns before it claims. True: a replay is
             that one ``SELECT``, a fresh call pays it as an extra round trip. False: a fresh
@@ -223,8 +260,9 @@ class PostgresStore(Flows):
         timeout: how long to wait for a connection (at start and from the pool).
 
     Raises:
-        ConfigurationError: bad options, unsafe durability settings, or a schema newer than
-            this version of payonce.
+        ConfigurationError: bad options, unsafe durability settings, a schema newer than this
+            version of payonce, or a pool whose connections are not in autocommit or run
+            stricter than READ COMMITTED.
         StoreUnavailableError: the server could not be reached in ``timeout``.
         StoreError: the schema could not be created (e.g. a missing privilege).
     """
@@ -297,8 +335,10 @@ class PostgresStore(Flows):
             try:
                 # getconn/putconn rather than pool.connection(): its ``with conn`` adds a commit
                 # step that an autocommit connection never needs, on every statement.
-                conn = self._pool.getconn(timeout=timeout)
+                conn = self._live(self._pool.getconn(timeout=timeout), timeout)
                 try:
+                    if not conn.autocommit:
+                        raise _not_autocommit()
                     if not transaction:
                         return _drive(conn, flow())
                     with conn.transaction():
@@ -311,6 +351,23 @@ class PostgresStore(Flows):
                     continue
                 raise (_closed(operation) if self._closed else _translate(exc, operation)) from exc
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _live(
+        self, conn: psycopg.Connection[Any], timeout: float | None
+    ) -> psycopg.Connection[Any]:
+        """``conn``, or if the server ended it while idle another one (see ``_closed_by_server``).
+
+        Every dead one is closed and handed back, so the pool replaces it. After a restart the
+        pool may hold nothing but dead connections: this takes at most one more than it can hold.
+        """
+        for _ in range(self._pool.max_size):
+            if not _closed_by_server(conn):
+                break
+            _log.info(_DEAD)
+            conn.close()
+            self._pool.putconn(conn)
+            conn = self._pool.getconn(timeout=timeout)
+        return conn
 
     def _write(
         self,

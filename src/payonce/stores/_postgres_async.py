@@ -21,6 +21,7 @@ from payonce._model import Checkpoint, Claimed, Entry, NewRecord, Record, Replay
 from payonce.stores._postgres import (
     _ATTEMPTS,
     _CURSOR,
+    _DEAD,
     _HORIZON_WAIT,
     _KWARGS,
     _LANDED,
@@ -29,11 +30,13 @@ from payonce.stores._postgres import (
     _backoff,
     _checked_conninfo,
     _closed,
+    _closed_by_server,
     _configure_async,
     _has_rows,
     _libpq_says,
     _log,
     _masked,
+    _not_autocommit,
     _retryable,
     _translate,
     _unreachable,
@@ -65,13 +68,15 @@ class AsyncPostgresStore(Flows):
 
     Args:
         conninfo_or_pool: a libpq connection string or URL, or an open ``AsyncConnectionPool``
-            you own (give it ``kwargs={"autocommit": True}``).
+            you own (give it ``kwargs={"autocommit": True}``; READ COMMITTED, as for
+            ``PostgresStore``).
         min_size / max_size / read_first / allow_unsafe_durability / timeout: as for
             ``PostgresStore``.
 
     Raises:
-        ConfigurationError: bad options (at construction); unsafe durability settings or a newer
-            schema (at ``open``).
+        ConfigurationError: bad options (at construction); unsafe durability settings, a newer
+            schema, or a pool that is not in autocommit or runs stricter than READ COMMITTED (at
+            ``open``; a refused ``open`` closes the connections of the pool the store built).
     """
 
     gapless_ledger = False
@@ -99,24 +104,29 @@ class AsyncPostgresStore(Flows):
         self._allow_unsafe = allow_unsafe_durability
         self._timeout = timeout
         self._open_lock = asyncio.Lock()
+        self._sizes = (min_size, max_size)
         if isinstance(conninfo_or_pool, psycopg_pool.AsyncConnectionPool):
             self._pool = conninfo_or_pool
             self._owned = False
             conninfo = self._pool.conninfo if isinstance(self._pool.conninfo, str) else ""
         else:
             conninfo = _checked_conninfo(conninfo_or_pool, "AsyncConnectionPool")
-            self._pool = psycopg_pool.AsyncConnectionPool(
-                conninfo,
-                min_size=min_size, max_size=max_size, open=False,
-                kwargs=_KWARGS, configure=_configure_async, timeout=timeout.total_seconds(),
-                name="payonce",
-            )  # fmt: skip
+            self._pool = self._new_pool(conninfo)
             self._owned = True
         self._conninfo = conninfo
         self._target = _masked(conninfo)
 
     def __repr__(self) -> str:
         return f"AsyncPostgresStore({self._target!r})"
+
+    def _new_pool(self, conninfo: str) -> psycopg_pool.AsyncConnectionPool[Any]:
+        min_size, max_size = self._sizes
+        return psycopg_pool.AsyncConnectionPool(
+            conninfo,
+            min_size=min_size, max_size=max_size, open=False,
+            kwargs=_KWARGS, configure=_configure_async, timeout=self._timeout.total_seconds(),
+            name="payonce",
+        )  # fmt: skip
 
     async def open(self) -> Self:
         """Open the pool, check durability and migrate, once; later calls return at once.
@@ -132,17 +142,26 @@ class AsyncPostgresStore(Flows):
                 return self
             if self._closed:
                 raise _closed("open")
-            if self._owned:
-                try:
-                    await self._pool.open(wait=True, timeout=self._timeout.total_seconds())
-                except psycopg_pool.PoolTimeout:
-                    reason = await _connect_reason(self._conninfo)
-                    raise _unreachable(self._target, self._timeout, reason) from None
-                except psycopg.Error as exc:
-                    raise _translate(exc, "open") from exc
-            await self._run_opened(
-                "open", lambda: self._open_flow(self._allow_unsafe), transaction=True
-            )
+            try:
+                if self._owned:
+                    try:
+                        await self._pool.open(wait=True, timeout=self._timeout.total_seconds())
+                    except psycopg_pool.PoolTimeout:
+                        reason = await _connect_reason(self._conninfo)
+                        raise _unreachable(self._target, self._timeout, reason) from None
+                    except psycopg.Error as exc:
+                        raise _translate(exc, "open") from exc
+                await self._run_opened(
+                    "open", lambda: self._open_flow(self._allow_unsafe), transaction=True
+                )
+            except BaseException:
+                if self._owned:
+                    # Close the connections it opened; a later call opens a new pool and
+                    # checks again (the sync store's constructor closes its pool the same way).
+                    with contextlib.suppress(psycopg.Error):
+                        await self._pool.close()
+                    self._pool = self._new_pool(self._conninfo)
+                raise
             self._opened = True
         return self
 
@@ -172,8 +191,10 @@ class AsyncPostgresStore(Flows):
         for attempt in range(_ATTEMPTS):
             try:
                 # getconn/putconn, as the sync twin: no commit step on an autocommit connection.
-                conn = await self._pool.getconn(timeout=timeout)
+                conn = await self._live(await self._pool.getconn(timeout=timeout), timeout)
                 try:
+                    if not conn.autocommit:
+                        raise _not_autocommit()
                     if not transaction:
                         return await _adrive(conn, flow())
                     async with conn.transaction():
@@ -186,6 +207,19 @@ class AsyncPostgresStore(Flows):
                     continue
                 raise (_closed(operation) if self._closed else _translate(exc, operation)) from exc
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _live(
+        self, conn: psycopg.AsyncConnection[Any], timeout: float | None
+    ) -> psycopg.AsyncConnection[Any]:
+        """See ``PostgresStore._live``."""
+        for _ in range(self._pool.max_size):
+            if not _closed_by_server(conn):
+                break
+            _log.info(_DEAD)
+            await conn.close()
+            await self._pool.putconn(conn)
+            conn = await self._pool.getconn(timeout=timeout)
+        return conn
 
     async def _write(
         self,

@@ -269,7 +269,8 @@ DELETE_FENCED: Final = (
 
 # What the server promises about a commit; read once when a store opens.
 DURABILITY: Final = (
-    "SELECT version(), current_setting('fsync', true), current_setting('synchronous_commit', true)"
+    "SELECT version(), current_setting('fsync', true), current_setting('synchronous_commit', true),"
+    " current_setting('default_transaction_isolation', true)"
 )
 MIGRATION_TABLE: Final = (
     "CREATE TABLE IF NOT EXISTS payonce_migrations "

@@ -468,8 +468,9 @@ class Flows:
 
     def _open_flow(self, allow_unsafe_durability: bool) -> Flow[None]:
         """Check durability, then apply missing migrations; run in one transaction."""
-        ((server, fsync, commit),) = yield Query(DURABILITY)
+        ((server, fsync, commit, isolation),) = yield Query(DURABILITY)
         _check_durability(str(server), fsync, commit, allow_unsafe_durability)
+        _check_isolation(str(server), isolation)
         # Concurrent starters queue here; each re-reads the applied versions under the lock.
         yield Query(LOCK_MIGRATIONS, (MIGRATION_LOCK,))
         yield Query(MIGRATION_TABLE)
@@ -512,6 +513,26 @@ def _check_durability(version: str, fsync: str | None, commit: str | None, allow
             option="allow_unsafe_durability",
         )
     _log.warning("%s Continuing because allow_unsafe_durability=True.", message)
+
+
+def _check_isolation(version: str, isolation: str | None) -> None:
+    """Refuse sessions whose statements run stricter than READ COMMITTED.
+
+    ``payonce_claim`` re-reads the winner of a conflicting insert in a new statement, which sees
+    it only under READ COMMITTED (READ UNCOMMITTED is the same in PostgreSQL); under REPEATABLE
+    READ or SERIALIZABLE every contested claim would answer "retry" until it gave up. The store's
+    own pool sets it per connection; a pool passed in must do the same.
+    """
+    if "cockroachdb" in version.lower() or isolation is None:
+        return
+    if isolation.lower() not in ("read committed", "read uncommitted"):
+        raise ConfigurationError(
+            f"the PostgreSQL session's default_transaction_isolation is {isolation!r}; payonce's "
+            "claim needs 'read committed'. Give the pool configure=<a function running SET "
+            "default_transaction_isolation TO 'read committed'>, or pass a connection string "
+            "and let the store build its pool.",
+            option="conninfo_or_pool",
+        )
 
 
 def _livelock(operation: str) -> StoreUnavailableError:

@@ -1,0 +1,228 @@
+"""PostgreSQL connections: ended by the server while idle, and pools passed in by the caller.
+
+A restart, a failover or ``pg_terminate_backend`` ends pooled connections while they sit idle;
+the store replaces each before use, so the first write after it still lands. A pool the caller
+builds must hand out autocommit connections at READ COMMITTED, or a claim would not hold: the
+store refuses any other before it writes anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import psycopg_pool
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from payonce import AsyncGuard, ConfigurationError, Guard, Status
+from payonce.stores._postgres import PostgresStore
+from payonce.stores._postgres_async import AsyncPostgresStore
+from payonce.testing import ManualClock
+from tests.faults import pg_worker, worker
+from tests.faults.pg_worker import Outage
+
+Admin = psycopg.Connection[tuple[Any, ...]]
+LEASE = timedelta(seconds=30)
+
+
+@pytest.fixture(scope="module")
+def database() -> Iterator[str]:
+    name, conninfo = pg_worker.create_database()
+    try:
+        PostgresStore(conninfo).close()
+        yield conninfo
+    finally:
+        pg_worker.drop_database(name)
+
+
+@pytest.fixture
+def admin(database: str) -> Iterator[Admin]:
+    with pg_worker.admin_connection(database) as conn:
+        pg_worker.empty_tables(conn)
+        yield conn
+
+
+def _sessions(admin: Admin, tag: str) -> int:
+    row = admin.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (tag,)
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _records(admin: Admin) -> int:
+    row = admin.execute("SELECT count(*) FROM payonce_records").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+# -- connections the server ended while they sat idle ----------------------------------------------
+
+
+def test_a_call_whose_connections_died_during_the_gateway_call_records_its_outcome(
+    database: str, admin: Admin, tmp_path: Path
+) -> None:
+    state = Outage(database, tmp_path, "payonce-idle-sync", lease=LEASE)
+    try:
+        ended: list[int] = []
+        # The money moves, then the server ends every connection of the store (all idle: the
+        # claim's went back to the pool). The complete must land on a fresh one.
+        fn = state.provider(after=lambda: ended.append(pg_worker.terminate_idle(admin, state.tag)))
+
+        outcome = state.guard.run(state.intent, fn)
+
+        assert ended
+        assert ended[0] >= 1
+        assert not outcome.replayed
+        record = state.store.get(worker.SCOPE, state.key)
+        assert record is not None
+        assert record.status is Status.SUCCEEDED
+        assert len(worker.read_movements(state.movements)) == 1
+        assert state.guard.run(state.intent, state.provider()).replayed
+    finally:
+        state.close()
+
+
+def test_the_async_store_replaces_connections_the_server_ended(database: str, admin: Admin) -> None:
+    tag = "payonce-idle-async"
+    intent = worker.intent_for(tag)
+    ended: list[int] = []
+
+    def charge(attempt: object) -> dict[str, str]:
+        ended.append(pg_worker.terminate_idle(admin, tag))
+        return {"id": "ch_1"}
+
+    async def scenario() -> None:
+        store = AsyncPostgresStore(make_conninfo(database, application_name=tag))
+        try:
+            guard = AsyncGuard(
+                store, secret=worker.SECRET, scope=worker.SCOPE, clock=ManualClock(), lease=LEASE
+            )
+            outcome = await guard.run(intent, charge)
+            assert not outcome.replayed
+            record = await store.get(worker.SCOPE, await guard.key_for(intent))
+            assert record is not None
+            assert record.status is Status.SUCCEEDED
+            assert ended
+            assert ended[0] >= 1
+            pg_worker.terminate_idle(admin, tag)  # and a plain read after it
+            assert (await guard.run(intent, charge)).replayed
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+    assert len(ended) == 1  # the replay did not call
+
+
+# -- pools passed in by the caller -----------------------------------------------------------------
+
+
+def test_a_pool_without_autocommit_is_refused_before_anything_is_written(
+    database: str, admin: Admin
+) -> None:
+    pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
+        database, min_size=1, max_size=2, open=True
+    )
+    try:
+        with pytest.raises(ConfigurationError) as caught:
+            PostgresStore(pool)
+        message = str(caught.value)
+        assert "autocommit" in message
+        assert "kwargs={'autocommit': True}" in message
+        assert caught.value.to_dict()["option"] == "conninfo_or_pool"
+        assert not pool.closed  # the caller's pool is the caller's
+    finally:
+        pool.close()
+    assert _records(admin) == 0
+
+
+def test_the_async_store_refuses_a_pool_without_autocommit_at_open(
+    database: str, admin: Admin
+) -> None:
+    async def scenario() -> None:
+        pool: psycopg_pool.AsyncConnectionPool[Any] = psycopg_pool.AsyncConnectionPool(
+            database, min_size=1, max_size=2, open=False
+        )
+        await pool.open()
+        try:
+            store = AsyncPostgresStore(pool)
+            with pytest.raises(ConfigurationError, match="autocommit"):
+                await store.open()
+            guard = AsyncGuard(store, secret=worker.SECRET, scope=worker.SCOPE)
+            with pytest.raises(ConfigurationError, match="autocommit"):
+                await guard.run(worker.intent_for("async-pool"), lambda attempt: {"id": "x"})
+        finally:
+            await pool.close()
+
+    asyncio.run(scenario())
+    assert _records(admin) == 0
+
+
+def test_a_pool_stricter_than_read_committed_is_refused(database: str, admin: Admin) -> None:
+    def serializable(conn: psycopg.Connection[Any]) -> None:
+        conn.execute("SET default_transaction_isolation TO 'serializable'")
+
+    pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
+        database,
+        min_size=1,
+        max_size=2,
+        kwargs={"autocommit": True},
+        configure=serializable,
+        open=True,
+    )
+    try:
+        with pytest.raises(ConfigurationError) as caught:
+            PostgresStore(pool)
+    finally:
+        pool.close()
+    assert "default_transaction_isolation is 'serializable'" in str(caught.value)
+    assert "read committed" in str(caught.value)
+    assert _records(admin) == 0
+
+
+def test_a_pool_built_as_documented_works(database: str, admin: Admin) -> None:
+    pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
+        database, min_size=1, max_size=4, kwargs={"autocommit": True}, open=True
+    )
+    try:
+        store = PostgresStore(pool)
+        guard = Guard(store, secret=worker.SECRET, scope=worker.SCOPE, clock=ManualClock())
+        intent = worker.intent_for("own-pool")
+        assert not guard.run(intent, lambda attempt: {"id": "ch_1"}).replayed
+        assert guard.run(intent, lambda attempt: {"id": "ch_2"}).replayed
+        store.close()
+        assert not pool.closed  # close() leaves a pool passed in open
+    finally:
+        pool.close()
+    assert _records(admin) == 1
+
+
+# -- the async store's pool when open fails ------------------------------------------------------
+
+
+def test_the_async_store_closes_its_connections_when_open_fails_and_can_open_again(
+    database: str, admin: Admin
+) -> None:
+    tag = "payonce-open-refused"
+    store = AsyncPostgresStore(
+        make_conninfo(database, application_name=tag, options="-c synchronous_commit=off"),
+        min_size=2,
+    )
+
+    async def refused_twice() -> None:
+        for _ in range(2):  # a later open tries again with a new pool, refused the same way
+            with pytest.raises(ConfigurationError, match="synchronous_commit is off"):
+                await store.open()
+
+    asyncio.run(refused_twice())
+    deadline = time.monotonic() + 30
+    while _sessions(admin, tag):  # the closed pool's backends leave (polling, not timing)
+        assert time.monotonic() < deadline, "the refused store left its connections open"
+        time.sleep(0.005)
+    assert _records(admin) == 0
