@@ -34,7 +34,7 @@ from payonce import (
     StoreUnavailableError,
     seal_checkpoint,
 )
-from payonce.stores._postgres import PostgresStore
+from payonce.stores._postgres import MIGRATIONS, PostgresStore
 from payonce.stores._postgres_async import AsyncPostgresStore
 from payonce.testing import ManualClock
 from tests.faults import pg_worker, worker
@@ -211,7 +211,8 @@ def test_concurrent_starters_migrate_once() -> None:
         for store in stores:
             store.close()
         with pg_worker.admin_connection(conninfo) as conn:
-            assert conn.execute("SELECT version FROM payonce_migrations").fetchall() == [(1,)]
+            applied = conn.execute("SELECT version FROM payonce_migrations ORDER BY version")
+            assert applied.fetchall() == [(number,) for number, _ in MIGRATIONS]
     finally:
         pg_worker.drop_database(name)
 

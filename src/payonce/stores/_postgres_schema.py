@@ -21,9 +21,9 @@ __all__ = [
     "DELETE_RECORD",
     "DURABILITY",
     "ENTRY_COLUMNS",
+    "HAS_MIGRATION_TABLE",
     "INSERT_CHECKPOINT",
     "INSERT_ENTRY",
-    "LOCK_LEDGER",
     "LOCK_MIGRATIONS",
     "MIGRATIONS",
     "MIGRATION_LOCK",
@@ -172,6 +172,29 @@ MIGRATIONS: Final[tuple[tuple[int, str], ...]] = (
         END $$;
         """,
     ),
+    (
+        2,
+        # The sealing horizon as a function of the tables' owner, so that the role the service
+        # runs as needs no UPDATE, DELETE or TRUNCATE on the ledger (LOCK ... IN SHARE MODE
+        # takes one of them) and can be kept to SELECT and INSERT there (SCENARIOS S4). Its
+        # search_path names the tables' schema, and pg_temp last, so nobody's temporary table
+        # stands in for the ledger. EXECUTE is revoked from PUBLIC: the lock lasts until the
+        # caller's transaction ends, so any role allowed to call it could stall every write.
+        r"""
+        DO $migration$
+        BEGIN
+            EXECUTE format($create$
+                CREATE FUNCTION payonce_ledger_horizon() RETURNS BIGINT
+                LANGUAGE plpgsql SECURITY DEFINER SET search_path = %1$I, pg_temp AS $body$
+                BEGIN
+                    LOCK TABLE %1$I.payonce_ledger IN SHARE MODE;
+                    RETURN (SELECT COALESCE(MAX(seq), 0) FROM %1$I.payonce_ledger);
+                END $body$
+            $create$, current_schema());
+        END $migration$;
+        REVOKE ALL ON FUNCTION payonce_ledger_horizon() FROM PUBLIC;
+        """,
+    ),
 )
 
 RECORD_COLUMNS: Final = (
@@ -231,15 +254,15 @@ INSERT_CHECKPOINT: Final = (
 # The sealing horizon, in one transaction (``Flows._horizon_flow``). set_config(..., true) is
 # SET LOCAL in a form that takes a parameter: SET itself cannot be bound server-side.
 SET_LOCK_TIMEOUT: Final = "SELECT set_config('lock_timeout', %s, true)"
-# SHARE conflicts with the ROW EXCLUSIVE lock every INSERT into the ledger takes before its
-# identity value is drawn and keeps until its transaction ends: the grant waits for every
-# transaction holding a seq, and keeps new inserts out until this transaction ends.
-LOCK_LEDGER: Final = "LOCK TABLE payonce_ledger IN SHARE MODE"
-# Under the lock every seq drawn so far is final, and the identity sequence draws in order:
-# its CACHE is 1 (migration 1 keeps the default; pg_sequences.cache_size says 1, and
-# tests/faults/test_postgres_seal.py checks it). A per-session cache would break this: a
-# session could insert a number it cached earlier, below one another session already committed.
-SELECT_HORIZON: Final = "SELECT COALESCE(MAX(seq), 0) FROM payonce_ledger"
+# payonce_ledger_horizon() (migration 2) takes LOCK TABLE payonce_ledger IN SHARE MODE, then
+# reads max(seq). SHARE conflicts with the ROW EXCLUSIVE lock every INSERT into the ledger takes
+# before its identity value is drawn and keeps until its transaction ends: the grant waits for
+# every transaction holding a seq, and keeps new inserts out until this transaction ends. Under
+# the lock every seq drawn so far is final, and the identity sequence draws in order: its CACHE
+# is 1 (migration 1 keeps the default; pg_sequences.cache_size says 1, and
+# tests/faults/test_postgres_seal.py checks it). A per-session cache would break this: a session
+# could insert a number it cached earlier, below one another session already committed.
+SELECT_HORIZON: Final = "SELECT payonce_ledger_horizon()"
 
 _ENTRY_VALUES: Final = (
     "%s::BIGINT, %s::TEXT, %s::TEXT, %s::TEXT, %s::TEXT, %s::TEXT, %s::BIGINT, %s::BIGINT,"
@@ -272,6 +295,9 @@ DURABILITY: Final = (
     "SELECT version(), current_setting('fsync', true), current_setting('synchronous_commit', true),"
     " current_setting('default_transaction_isolation', true)"
 )
+# Created only when missing: CREATE TABLE IF NOT EXISTS needs CREATE on the schema even when
+# the table exists, which the role a service runs as need not have.
+HAS_MIGRATION_TABLE: Final = "SELECT to_regclass('payonce_migrations') IS NOT NULL"
 MIGRATION_TABLE: Final = (
     "CREATE TABLE IF NOT EXISTS payonce_migrations "
     "(version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)"

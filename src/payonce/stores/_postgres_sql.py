@@ -53,9 +53,9 @@ from payonce.stores._postgres_schema import (
     DELETE_FENCED,
     DELETE_RECORD,
     DURABILITY,
+    HAS_MIGRATION_TABLE,
     INSERT_CHECKPOINT,
     INSERT_ENTRY,
-    LOCK_LEDGER,
     LOCK_MIGRATIONS,
     MIGRATION_LOCK,
     MIGRATION_TABLE,
@@ -444,8 +444,8 @@ class Flows:
         """The highest seq at or below which every ledger entry is final; run in one transaction.
 
         ``seq`` is drawn at INSERT time, not at commit: an uncommitted 41 can sit below a
-        visible 42. Once the SHARE lock is granted, every transaction that drew a seq has
-        committed or rolled back (see ``LOCK_LEDGER`` and ``SELECT_HORIZON`` for why), so every
+        visible 42. Once ``payonce_ledger_horizon()`` holds its SHARE lock, every transaction
+        that drew a seq has committed or rolled back (see ``SELECT_HORIZON`` for why), so every
         number up to the largest present is final. The lock ends with this transaction's commit,
         right after one ``max(seq)`` index lookup.
         """
@@ -453,7 +453,7 @@ class Flows:
         millis = max(lock_wait // timedelta(milliseconds=1), 1)
         yield Query(SET_LOCK_TIMEOUT, (f"{millis}ms",))
         try:
-            yield Query(LOCK_LEDGER)
+            ((horizon,),) = yield Query(SELECT_HORIZON)
         except psycopg.errors.LockNotAvailable as exc:
             raise ConflictError(
                 "the PostgreSQL ledger stayed busy with writers for "
@@ -463,7 +463,6 @@ class Flows:
                 operation="ledger_horizon",
                 waited=lock_wait,
             ) from exc
-        ((horizon,),) = yield Query(SELECT_HORIZON)
         return int(horizon)
 
     def _open_flow(self, allow_unsafe_durability: bool) -> Flow[None]:
@@ -473,7 +472,9 @@ class Flows:
         _check_isolation(str(server), isolation)
         # Concurrent starters queue here; each re-reads the applied versions under the lock.
         yield Query(LOCK_MIGRATIONS, (MIGRATION_LOCK,))
-        yield Query(MIGRATION_TABLE)
+        ((has_table,),) = yield Query(HAS_MIGRATION_TABLE)
+        if not has_table:
+            yield from _migrating(Query(MIGRATION_TABLE), 1)
         rows = yield Query(APPLIED)
         applied = {int(version) for (version,) in rows}
         known = MIGRATIONS[-1][0]
@@ -486,7 +487,7 @@ class Flows:
             )
         for number, script in MIGRATIONS:
             if number not in applied:
-                yield Query(script)
+                yield from _migrating(Query(script), number)
                 yield Query(RECORD_MIGRATION, (number,))
 
 
@@ -513,6 +514,21 @@ def _check_durability(version: str, fsync: str | None, commit: str | None, allow
             option="allow_unsafe_durability",
         )
     _log.warning("%s Continuing because allow_unsafe_durability=True.", message)
+
+
+def _migrating(query: Query, number: int) -> Flow[None]:
+    """Run one step of migration ``number``; a role without the privilege it needs is told
+    which role to run it as instead of getting the driver's error."""
+    try:
+        yield query
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise ConfigurationError(
+            f"this PostgreSQL database needs payonce schema migration {number}, and the role "
+            f"connected may not apply it ({exc.diag.message_primary}). Run `payonce migrate "
+            "--store postgresql://<the role owning the payonce tables>@…` once, then start "
+            "again (docs/stores-postgres.md, roles).",
+            option="conninfo_or_pool",
+        ) from exc
 
 
 def _check_isolation(version: str, isolation: str | None) -> None:
