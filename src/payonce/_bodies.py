@@ -19,18 +19,25 @@ def success_body(value: Any) -> str:
     """The body of a SUCCEEDED record.
 
     Raises:
-        TypeError, ValueError: ``value`` is not JSON (NaN and infinities included).
+        TypeError, ValueError: ``value`` is not JSON (NaN and infinities included), or holds
+            text that is not valid Unicode (``UnicodeEncodeError``: a lone surrogate, which no
+            store can write and no ledger entry can hash).
     """
-    return canonical_json({"value": value})
+    return _storable(canonical_json({"value": value}))
 
 
 def failure_body(code: str | None, *, declined: bool, value: Any = None) -> str:
     """The body of a FAILED record: the code and what the gateway kept, never an exception's
-    message, which may carry anything, secrets included (I8)."""
+    message, which may carry anything, secrets included (I8). Raises as ``success_body``."""
     body: dict[str, Any] = {"error": {"code": code, "kind": "declined" if declined else "definite"}}
     if value is not None:
         body["value"] = value
-    return canonical_json(body)
+    return _storable(canonical_json(body))
+
+
+def _storable(body: str) -> str:
+    body.encode("utf-8")  # lone surrogates raise here, before any store is asked to write them
+    return body
 
 
 def is_declined(answer: GatewayAnswer) -> bool:

@@ -232,7 +232,7 @@ class _Flows(_GuardCore):
         try:
             body = success_body(value)
         except (TypeError, ValueError) as exc:
-            reason = self._unserialisable(value)
+            reason = self._unserialisable(value, exc)
             yield from self._mark_unknown_flow(record, lease, reason)
             raise OutcomeUnknownError(key=record.key, reason=reason) from exc
         self._fault("before_complete")

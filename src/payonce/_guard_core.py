@@ -431,7 +431,13 @@ class _GuardCore:
         return f"{result.code}: the answer was lost; the call may have moved money"
 
     @staticmethod
-    def _unserialisable(value: Any) -> str:
+    def _unserialisable(value: Any, exc: Exception) -> str:
+        if isinstance(exc, UnicodeError):
+            return (
+                f"the function returned a {type(value).__name__} holding text that is not valid "
+                "Unicode (a lone surrogate), so its outcome could not be recorded although the "
+                "call ran; return valid text"
+            )
         return (
             f"the function returned a {type(value).__name__}, which is not JSON-serialisable, so "
             "its outcome could not be recorded although the call ran; return plain JSON values"

@@ -297,6 +297,18 @@ def test_unserialisable_return_is_unknown(aguard: AsyncGuard, store: Store, valu
     assert record.status is Status.UNKNOWN
 
 
+def test_a_return_holding_text_that_is_not_unicode_is_unknown(
+    aguard: AsyncGuard, store: Store
+) -> None:
+    fn = AsyncRecorder({"id": "ch_1", "note": "half a pair \ud800"})
+    with pytest.raises(OutcomeUnknownError) as caught:
+        run(lambda: aguard.run(INTENT, fn))
+    assert "not valid Unicode" in caught.value.reason
+    record = store.get(SCOPE, caught.value.key)
+    assert record is not None
+    assert record.status is Status.UNKNOWN
+
+
 def test_interrupt_mid_call_marks_unknown(aguard: AsyncGuard, store: Store) -> None:
     fn = AsyncRecorder(raises=asyncio.CancelledError())
     with pytest.raises(asyncio.CancelledError):

@@ -7,7 +7,7 @@ import random
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +33,17 @@ from payonce import (
     StoreUnavailableError,
     ThreadedAsyncStore,
     once,
+    verify_ledger,
 )
 from payonce._keys import canonical_json, fingerprint
 from payonce._model import Checkpoint, Claimed, NewRecord, Record, ReplayView
 from payonce.testing import ManualClock
+from payonce.testing._contract_support import _new as _new_record
 from tests.conftest import SCOPE, SECRET
 
 LEASE = timedelta(seconds=60)
 
+T0 = datetime(2026, 1, 5, 12, tzinfo=UTC)
 INTENT = Intent(
     "charge",
     1000,
@@ -408,6 +411,38 @@ def test_unserialisable_return_is_unknown(guard: Guard, store: Store, value: Any
     record = store.get(SCOPE, guard.key_for(INTENT))
     assert record is not None
     assert record.status is Status.UNKNOWN
+
+
+def test_a_return_holding_text_that_is_not_unicode_is_unknown(guard: Guard, store: Store) -> None:
+    # A lone surrogate passes json.dumps but no store can write it and no entry can hash it.
+    fn = Recorder({"id": "ch_1", "note": "half a pair \ud800"})
+    with pytest.raises(OutcomeUnknownError) as caught:
+        guard.run(INTENT, fn)
+    assert "not valid Unicode" in caught.value.reason
+    assert fn.calls == 1
+    record = store.get(SCOPE, guard.key_for(INTENT))
+    assert record is not None
+    assert record.status is Status.UNKNOWN
+    verify_ledger(store)
+
+
+@pytest.mark.parametrize("transition", ["mark_unknown", "release"])
+def test_a_reason_any_store_can_hold(store: Store, transition: str) -> None:
+    # Reasons often quote what a provider or an exception said: NUL (refused by PostgreSQL
+    # text) and a lone surrogate (not UTF-8) are replaced, never a failed write.
+    new = _new_record("reasons")
+    lease = store.claim(new, now=T0, lease_for=timedelta(seconds=30)).lease
+    assert lease is not None
+    said = "the provider said \x00 and \ud800"
+    if transition == "mark_unknown":
+        record = store.mark_unknown(new.scope, new.key, token=lease.token, reason=said, now=T0)
+        assert record.reason == "the provider said \ufffd and ?"
+    else:
+        store.release(new.scope, new.key, token=lease.token, reason=said, now=T0)
+        assert store.get(new.scope, new.key) is None
+    details = [e.detail for e in store.entries(after=0, limit=10)]
+    assert "the provider said \ufffd and ?" in details[-1]
+    verify_ledger(store)
 
 
 def test_float_values_in_the_outcome_replay_exactly(guard: Guard) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -25,6 +26,7 @@ from payonce import (
     StoreUnavailableError,
     verify_ledger,
 )
+from payonce._model import GatewayAnswer
 from payonce._reconciler import REVIEW
 from payonce.gateways.simulated import SimulatedGateway
 from payonce.stores import MemoryStore
@@ -74,6 +76,31 @@ def test_r7_crash_after_the_charge_is_adopted_by_lookup(
     assert guard.execute(INTENT).replayed
     assert len(gateway.movements()) == 1
     assert gateway.calls_received == 1
+    verify_ledger(store)
+
+
+class _GarbledLookup(SimulatedGateway):
+    """Answers lookups with an object holding a lone surrogate, which no store can write."""
+
+    def lookup(self, intent: Intent, provider_key: str, *, key: str) -> GatewayAnswer | None:
+        found = super().lookup(intent, provider_key, key=key)
+        return None if found is None else replace(found, value={"id": "ch_\ud800"})
+
+
+def test_an_answer_that_cannot_be_recorded_is_flagged_not_a_failed_pass(
+    store: Store, clock: ManualClock
+) -> None:
+    gateway = _GarbledLookup(idempotent=True, clock=clock)
+    with pytest.raises(Crash):
+        _guard(store, clock, gateway, faults=_crash_at("before_complete")).execute(INTENT)
+    clock.advance(LEASE)
+    report = Reconciler(store, gateway, clock=clock).run_once()
+    assert (report.scanned, report.flagged, report.succeeded) == (1, 1, 0)
+    record = store.get(SCOPE, _guard(store, clock, gateway).key_for(INTENT))
+    assert record is not None
+    assert record.status is Status.UNKNOWN
+    assert "cannot be recorded" in (record.reason or "")
+    assert len(gateway.movements()) == 1
     verify_ledger(store)
 
 
