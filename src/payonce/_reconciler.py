@@ -41,6 +41,7 @@ from payonce._errors import (
     StoreUnavailableError,
 )
 from payonce._intent import Intent
+from payonce._ledger import _has_horizon
 from payonce._model import Event, GatewayAnswer, Lease, OutcomeClass, Record, Status
 from payonce._protocols import AsyncGateway, AsyncStore, Clock, Gateway, Store
 
@@ -203,7 +204,9 @@ class AuditReport:
         discrepancies: every disagreement, oldest entry first.
         cursor: the sequence number of the last ledger entry read; pass it as ``after`` to
             continue where this audit stopped.
-        complete: True when the audit read up to the end of the ledger.
+        complete: True when the audit read up to the end of the ledger (on a store with a
+            ledger horizon, PostgreSQL: up to the horizon taken when it started; entries
+            committed after it are read by the next audit from ``cursor``).
     """
 
     checked: int = 0
@@ -440,8 +443,14 @@ class _ReconcilerCore:
         ends. Reads only: no store write, no gateway call but ``lookup``."""
         report = AuditReport(cursor=after)
         seen: set[tuple[str, str]] = set()
+        # Where sequence numbers become visible out of commit order (PostgreSQL), read no
+        # further than the horizon: past it a lower number may still commit, and a cursor
+        # already beyond it would skip that entry in every later audit. None: no such store.
+        final = (yield ("store", "ledger_horizon", (), {})) if _has_horizon(self.store) else None
         while True:
             batch = yield ("store", "entries", (), {"after": report.cursor, "limit": _ENTRY_PAGE})
+            if final is not None:
+                batch = [entry for entry in batch if entry.seq <= final]
             if not batch:
                 report.complete = True
                 return report
@@ -633,8 +642,14 @@ class Reconciler(_ReconcilerCore):
                 previous audit continues it).
             limit: the most records to ask the provider about in this call.
 
+        On PostgreSQL the audit first takes the ledger horizon (as ``seal_checkpoint`` does: a
+        short table lock that waits for the ledger writers in flight) and reads no entry past
+        it, so a continued audit never skips an entry that committed late with a lower number.
+
         Raises:
             ConfigurationError: for a bad argument.
+            ConflictError: (PostgreSQL) writers kept the ledger busy while the horizon waited;
+                nothing was read: audit again.
             StoreUnavailableError: the store could not be read.
         """
         self._check_audit(since, after, limit)

@@ -28,11 +28,13 @@ from payonce import (
     Event,
     Guard,
     LedgerCorruptedError,
+    Reconciler,
     Status,
     seal_checkpoint,
     verify_ledger,
 )
 from payonce._chain import GENESIS, make_entry, to_micros
+from payonce.gateways.simulated import SimulatedGateway
 from payonce.stores import _postgres
 from payonce.stores._postgres import PostgresStore
 from payonce.stores._postgres_async import AsyncPostgresStore
@@ -70,13 +72,14 @@ def admin(store: PostgresStore) -> Iterator[Admin]:
 
 
 @contextmanager
-def _uncommitted_entry(label: str) -> Iterator[tuple[Admin, int]]:
+def _uncommitted_entry(label: str, event: Event = Event.CLAIMED) -> Iterator[tuple[Admin, int]]:
     """A raw transaction that inserted one valid ledger entry (a fresh key's first, chained to
     the genesis) and has not committed; yields its connection and the seq it holds. The caller
     ends it with COMMIT or ROLLBACK (an exception leaving the block rolls it back)."""
+    status_to = Status.SUCCEEDED if event is Event.SUCCEEDED else Status.CLAIMED
     entry = make_entry(
-        seq=0, at=NOW, scope=worker.SCOPE, key=f"k1_raw_{label}", event=Event.CLAIMED,
-        status_from=None, status_to=Status.CLAIMED, token=1, attempt=1, amount=1000,
+        seq=0, at=NOW, scope=worker.SCOPE, key=f"k1_raw_{label}", event=event,
+        status_from=None, status_to=status_to, token=1, attempt=1, amount=1000,
         currency="usd", detail="{}", prev_hash=GENESIS,
     )  # fmt: skip
     with pg_worker.admin_connection(_POSTGRES.conninfo) as conn:
@@ -85,7 +88,7 @@ def _uncommitted_entry(label: str) -> Iterator[tuple[Admin, int]]:
             _INSERT_ENTRY,
             (
                 to_micros(entry.at), entry.scope, entry.key, entry.event.value, None,
-                Status.CLAIMED.value, entry.token, entry.attempt, entry.amount, entry.currency,
+                status_to.value, entry.token, entry.attempt, entry.amount, entry.currency,
                 entry.detail, entry.prev_hash, entry.hash,
             ),
         ).fetchone()  # fmt: skip
@@ -158,6 +161,26 @@ def test_seal_waits_for_a_lower_uncommitted_entry_and_covers_its_number(
     assert checkpoint.count == kept
     report = verify_ledger(store)
     assert (report.checkpoints, report.entries) == (1, kept)
+
+
+def test_audit_reads_no_further_than_the_horizon(store: PostgresStore, admin: Admin) -> None:
+    # A `succeeded` entry still uncommitted below committed ones: an audit that read past it
+    # would hand back a cursor beyond its number, and every later audit would skip it.
+    gateway = SimulatedGateway(clock=ManualClock(NOW))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        with _uncommitted_entry("audit", Event.SUCCEEDED) as (writer, held):
+            later = _write_later_entries(store, "audit")
+            assert held < min(later)
+            future = pool.submit(Reconciler(store, gateway).audit)
+            _wait_until_sealer_waits(admin, future)  # the audit's horizon waits for it
+            writer.execute("COMMIT")
+        report = future.result(timeout=30)
+
+    assert report.complete
+    assert report.cursor == max(later)
+    # The raw entry was read: its key has no record, so it counts as skipped; the guarded
+    # call's record was asked about.
+    assert (report.skipped, report.checked) == (1, 1)
 
 
 def test_seal_gives_up_when_the_ledger_stays_busy(
