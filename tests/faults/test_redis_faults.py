@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -390,6 +391,48 @@ def test_a_full_server_refuses_the_claim_as_an_outage_and_nothing_is_charged(
             setup.close()
 
 
+def test_a_server_that_cannot_persist_refuses_the_claim_as_an_outage(tmp_path: Path) -> None:
+    # MISCONF: RDB snapshots are on and the last one failed (its directory is gone, as with a
+    # failed or full disk), so Redis refuses writes until an operator fixes the disk. Like OOM,
+    # the claim is refused as an outage, the provider is not called, and the same intent goes
+    # through once writes are accepted again.
+    rdb = tmp_path / "rdb"
+    rdb.mkdir()
+    persisting = ("--save", "3600 1", "--stop-writes-on-bgsave-error", "yes", "--dir", str(rdb))
+    with redis_server(*persisting) as port:
+        setup = Outage(port, tmp_path)
+        try:
+            called: list[Attempt] = []
+
+            def fn(attempt: Attempt) -> dict[str, str]:
+                called.append(attempt)
+                return setup.move(attempt)
+
+            shutil.rmtree(rdb)
+            setup.admin.bgsave()
+            _until(
+                lambda: setup.admin.info("persistence")["rdb_last_bgsave_status"] == "err",
+                "unable to persist",
+            )
+            with pytest.raises(StoreUnavailableError) as caught:
+                setup.guard().run(setup.intent, fn)
+            assert "MISCONF" in str(caught.value)
+            assert caught.value.to_dict()["operation"] == "claim"
+            assert called == []
+            key = setup.guard().key_for(setup.intent)
+            assert setup.store.get(worker.SCOPE, key) is None
+
+            setup.admin.config_set("stop-writes-on-bgsave-error", "no")  # the operator's fix
+            outcome = setup.guard().run(setup.intent, fn)
+            assert outcome.replayed is False
+            assert len(called) == 1
+            check_history(setup.store, worker.read_movements(setup.movements), [outcome])
+        finally:
+            # Without a save point the server stops on SIGTERM: its final save would fail.
+            setup.admin.config_set("save", "")
+            setup.close()
+
+
 _ANNOTATIONS: Final = {
     "single call": "{reply}",
     "pipeline": "Command # 2 (EVALSHA 0123abcd 1 {{t:3}}:rec:k1) of pipeline caused error: {reply}",
@@ -407,6 +450,16 @@ _ANNOTATIONS: Final = {
     [
         ("NOREPLICAS Not enough good replicas to write.", True),
         ("BUSY Redis is busy running a script.", True),
+        (  # the reply's start: the message shows 200 characters of it
+            "MISCONF Redis is configured to save RDB snapshots, but it's currently unable to "
+            "persist to disk.",
+            True,
+        ),
+        (
+            "Script attempted to access a non local key in a cluster node script: "
+            "766bb1a11d6c5fafb7b70a0e48ea6b359b6d04af, on @user_script:14.",
+            True,
+        ),
         ("WRONGTYPE Operation against a key holding the wrong kind of value", False),
         ("BUSYKEY Target key name already exists.", False),
         ("BUSYGROUP Consumer Group name already exists", False),

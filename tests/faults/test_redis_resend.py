@@ -25,6 +25,7 @@ from payonce import (
     Guard,
     OutcomeUnknownError,
     Status,
+    seal_checkpoint,
     verify_ledger,
 )
 from payonce.stores._redis import RedisStore
@@ -168,4 +169,34 @@ def test_a_resent_takeover_recognises_its_own_lease(store: RedisStore, guard: Gu
     kinds = events(store, key)
     assert kinds.count(Event.TAKEN_OVER) == 1
     assert kinds[-1] is Event.SUCCEEDED
+    verify_ledger(store)
+
+
+def test_a_resent_checkpoint_is_stored_once_and_not_a_conflict(
+    store: RedisStore, guard: Guard
+) -> None:
+    calls: list[Attempt] = []
+    for n in range(3):
+        guard.run(worker.intent_for(f"resend-seal-{n}"), counting(calls))
+    lost = resend(store, "append_checkpoint")
+    checkpoint = seal_checkpoint(store, now=guard.clock.now())
+    assert lost == [1]  # the first run stored it; the resend found it there
+    assert checkpoint is not None
+    assert list(store.checkpoints()) == [checkpoint]
+    assert verify_ledger(store).checkpoints == 1
+
+
+def test_a_resent_purge_counts_the_records_it_purged(store: RedisStore, guard: Guard) -> None:
+    calls: list[Attempt] = []
+    keys = [
+        guard.run(worker.intent_for(f"resend-purge-{n}"), counting(calls)).key for n in range(3)
+    ]
+    lost = resend(store, "purge")
+    guard.clock.advance(timedelta(days=10))  # type: ignore[attr-defined]
+    purged = store.purge(now=guard.clock.now(), retention=timedelta(days=3), limit=100)
+    assert sum(len(reply[1]) for reply in lost) == 3  # the first runs purged them
+    assert purged == 3
+    assert [store.get(SCOPE, key) for key in keys] == [None, None, None]
+    for key in keys:
+        assert events(store, key).count(Event.PURGED) == 1
     verify_ledger(store)

@@ -18,8 +18,10 @@ operations themselves are in ``_redis_core``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Final, TypeVar
@@ -34,6 +36,7 @@ from payonce.stores._redis_core import (
     Effect,
     Fanout,
     Op,
+    Pause,
     RedisCore,
     Script,
     text,
@@ -79,8 +82,16 @@ _UNAVAILABLE: Final = (
     getattr(rexc, "RedisClusterUnreachableError", rexc.SlotNotCoveredError),
 )
 _UNAVAILABLE_REPLIES: Final = frozenset(
-    {"OOM", "BUSY", "LOADING", "MASTERDOWN", "READONLY", "NOREPLICAS"}
+    # MISCONF: the server cannot persist (a full disk, a failed BGSAVE) and refuses writes
+    # until an operator fixes the disk; like OOM, it passes.
+    {"OOM", "BUSY", "LOADING", "MASTERDOWN", "READONLY", "NOREPLICAS", "MISCONF"}
 )
+# Replies without a code of their own that pass. A read script that visits record keys it does
+# not declare (PURGE_CANDIDATES, SCAN, HEADS, NEWEST) is refused this way while its bucket's slot
+# is being migrated (resharding) and the record already moved; the redirect Redis gives a
+# declared key (ASK, TRYAGAIN) it cannot give here. It passes when the migration ends: payonce's
+# undeclared keys always share their bucket's hash tag, so it never means a misconfiguration.
+_UNAVAILABLE_TEXTS: Final = ("Script attempted to access a non local key in a cluster node",)
 # An error reply's code, as redis-py words it: the reply itself, or, for a pipeline, annotated
 # ("Command # 2 (EVALSHA …) of pipeline caused error: BUSY …"; some async cluster pipelines
 # write the error's args there: "…caused error: ('BUSY …',)"). The code is read from the text
@@ -124,7 +135,7 @@ def _transient(exc: Exception, reply: str) -> bool:
         # connection error.
         return isinstance(exc.__cause__, rexc.ConnectionError | rexc.TimeoutError)
     code = getattr(exc, "status_code", None) or reply.split(" ", 1)[0]
-    return code in _UNAVAILABLE_REPLIES
+    return code in _UNAVAILABLE_REPLIES or any(words in reply for words in _UNAVAILABLE_TEXTS)
 
 
 def _translate(exc: Exception, operation: str) -> StoreError:
@@ -379,6 +390,9 @@ class RedisStore(RedisCore):
                 "this RedisStore was closed; create a new one to keep using Redis",
                 operation=operation,
             )
+        if isinstance(effect, Pause):
+            time.sleep(effect.delay.total_seconds())
+            return None
         try:
             if isinstance(effect, Fanout):
                 return self._fan_out(effect)
@@ -665,6 +679,9 @@ class AsyncRedisStore(RedisCore):
                 "this AsyncRedisStore was closed; create a new one to keep using Redis",
                 operation=operation,
             )
+        if isinstance(effect, Pause):
+            await asyncio.sleep(effect.delay.total_seconds())
+            return None
         try:
             if isinstance(effect, Fanout):
                 return await self._fan_out(effect)

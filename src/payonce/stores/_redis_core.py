@@ -8,6 +8,12 @@ ledger head); otherwise the script answers with the record as it is now and the 
 decides again: ``LeaseLostError``, a refusal, or another attempt. The record a store instance
 just wrote is remembered, so a complete after a claim costs one round trip.
 
+The lease a store instance issued (claim, takeover) is remembered with its ``lease_id`` nonce,
+and that instance's complete, mark_unknown and release fence on the nonce as well as on the
+token: a failover that lost a claim lets the next claim get the same token again, and only the
+nonce tells the lost lease from the new one. The same memory makes a claim of a key whose lease
+this instance still holds in flight, but which Redis lost, continue past that lease's token.
+
 An operation yields effects (a script, a client command, a fan-out over buckets) and receives
 their replies; ``RedisStore`` and ``AsyncRedisStore`` perform them blocking or awaited, so the
 two cannot drift apart (the guard's own design, DESIGN §10).
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 import secrets
 import threading
 import zlib
@@ -26,7 +33,12 @@ from datetime import datetime, timedelta
 from typing import Any, Final, TypeAlias, TypeVar
 
 from payonce._chain import checkpoint_digest, from_micros, to_micros
-from payonce._errors import ConfigurationError, ConflictError, LeaseLostError, StoreError
+from payonce._errors import (
+    ConfigurationError,
+    ConflictError,
+    LeaseLostError,
+    StoreUnavailableError,
+)
 from payonce._keys import canonical_flat, canonical_json
 from payonce._model import Checkpoint, Claimed, Entry, Event, NewRecord, Record, ReplayView, Status
 from payonce._transitions import (
@@ -40,12 +52,19 @@ from payonce._transitions import (
 )
 from payonce.stores._read_first import ReadFirst
 
-__all__ = ["SCRIPT_NAMES", "Command", "Effect", "Fanout", "Op", "RedisCore", "Script", "text"]
+__all__ = [
+    "SCRIPT_NAMES", "Command", "Effect", "Fanout", "Op", "Pause", "RedisCore", "Script", "text",
+]  # fmt: skip
 
 _T = TypeVar("_T")
 
 _LAYOUT: Final = "1"  # the key layout of _redis_lua; a new layout gets a new number
-_ATTEMPTS: Final = 16  # compare-and-set rounds before giving up (each sees a newer record)
+_ATTEMPTS: Final = 32  # compare-and-set rounds before giving up (each sees a newer record)
+# The pause before another attempt after a seq refusal (Cluster: a write of another record of
+# the bucket took a higher seq first): full jitter up to FIRST * 2**refusals, at most CAP, so
+# writers that collided do not collide again in step. At most about half a second in all.
+_BACKOFF_FIRST: Final = timedelta(milliseconds=1)
+_BACKOFF_CAP: Final = timedelta(milliseconds=20)
 _REMEMBERED: Final = 4096  # records remembered for one-round-trip fenced writes
 _MUTABLE: Final = (
     "status", "token", "attempt", "lease_expires_at", "outcome", "reason", "ledger_head",
@@ -92,7 +111,15 @@ class Fanout:
     calls: list[Script | Command]
 
 
-Effect: TypeAlias = Script | Command | Fanout
+@dataclass(slots=True)
+class Pause:
+    """Effect: wait ``delay`` (sleep, or await), then send back None; a backoff between
+    attempts, never on an operation's first try."""
+
+    delay: timedelta
+
+
+Effect: TypeAlias = Script | Command | Fanout | Pause
 Op: TypeAlias = Generator[Effect, Any, _T]
 
 
@@ -230,11 +257,23 @@ def _decode_checkpoint(raw: Any) -> Checkpoint:
     return Checkpoint(number, from_micros(at), first_seq, last_seq, count, digest, prev_hash, hash_)
 
 
-def _exhausted(operation: str) -> StoreError:
-    return StoreError(
-        f"{operation} kept racing with other writers of the same record; retry the same intent",
+def _exhausted(operation: str) -> StoreUnavailableError:
+    """Contention that passes: every attempt was refused (wrote nothing) and retried."""
+    return StoreUnavailableError(
+        f"each of its {_ATTEMPTS} attempts was overtaken by concurrent writes to the same bucket "
+        "(one hash slot: on Redis Cluster, entries of other records of the bucket took the "
+        "ledger sequence numbers it was given), so it wrote nothing. This passes as the load on "
+        "the bucket drops; retrying the same intent is safe (more buckets spread the load)",
         operation=operation,
     )
+
+
+def _backoff(attempt: int, refusals: int) -> Generator[Pause, None, None]:
+    """The jittered pause after a seq refusal, the ``refusals``-th (from 0) of an operation
+    whose ``attempt``-th try (from 0) it answered; none after the last try."""
+    if attempt + 1 < _ATTEMPTS:
+        ceiling = min(_BACKOFF_CAP, _BACKOFF_FIRST * 2 ** min(refusals, 16))
+        yield Pause(ceiling * random.random())  # noqa: S311 - jitter, not a secret
 
 
 # -- the shared core -------------------------------------------------------------------------------
@@ -288,6 +327,7 @@ class RedisCore:
         self._buckets = [_Bucket.of(prefix, n) for n in range(buckets)]
         self._seq_key = f"{prefix}:seq"
         self._checkpoint_key = f"{prefix}:checkpoints"
+        self._appended_key = f"{{{self._checkpoint_key}}}:appended"  # the list's slot
         self._meta_key = f"{prefix}:meta"
         # A replay is one HMGET of five fields when the guard reads first. On a single server a
         # claim answers with the existing record in its one round trip instead (claiming first);
@@ -323,12 +363,20 @@ class RedisCore:
                 if len(self._recent) > _REMEMBERED:
                     del self._recent[next(iter(self._recent))]
 
-    def _recalled(self, ident: str, token: int) -> Record | None:
+    def _recalled(self, ident: str, token: int) -> tuple[Record, str] | None:
+        """The CLAIMED record this store wrote under ``token`` and its lease's nonce, if
+        remembered."""
         with self._recent_lock:
             found = self._recent.get(ident)
         if found is None or found[0].token != token:  # only CLAIMED records are remembered
             return None
-        return found[0]
+        return found
+
+    def _in_flight(self, ident: str) -> int:
+        """The token of the lease this store holds in flight on ``ident``, or 0."""
+        with self._recent_lock:
+            found = self._recent.get(ident)
+        return 0 if found is None else found[0].token
 
     def _seq(self, count: int, floor: int) -> Op[str]:
         """The first of ``count`` seqs (Cluster), or '' (the script increments the counter)."""
@@ -348,8 +396,13 @@ class RedisCore:
         fam = b.fam + (_ident(new.scope, new.family) if new.family is not None else "")
         keys = self._keys(b.rec + ident, b.chain, b.open, b.live, b.log, fam)
         lease_id = secrets.token_hex(8)
-        prev_hash, prev_token, floor = "", 0, 0  # optimistic: a key never seen before
-        for _ in range(_ATTEMPTS):
+        # A lease this store still holds in flight on a key Redis has no record of (the claim was
+        # lost in a failover, or with the data) must not see its token issued again: this
+        # instance could not tell the two leases apart (their fenced writes give the token only).
+        in_flight = self._in_flight(ident)
+        prev_hash, prev_token, floor = "", in_flight, 0  # optimistic: a key never seen before
+        refusals = 0
+        for attempt in range(_ATTEMPTS):
             record, entry = claim_transition(
                 new,
                 now=now,
@@ -372,13 +425,16 @@ class RedisCore:
                 assert existing is not None
                 if _fields(reply[1]).get("lease_id") == lease_id:
                     # Our own claim, applied before a lost reply and sent again by the client.
+                    self._remember(ident, existing, lease_id)
                     return Claimed(existing, existing.lease)
                 return Claimed(existing, None)
             if tag == "chain":  # the key lived before: continue its chain and tokens
                 prev_hash, token, _ = text(reply[1]).split(":")
-                prev_token = int(token)
+                prev_token = max(int(token), in_flight)
             else:
                 floor = int(float(text(reply[1])))
+                yield from _backoff(attempt, refusals)
+                refusals += 1
         raise _exhausted("claim")
 
     def _apply(
@@ -392,10 +448,14 @@ class RedisCore:
         now: str,
         lease_id: str,
         seq: str,
+        fence: str = "",
     ) -> Effect:
+        """The APPLY script of a transition from ``current``; ``fence`` is the nonce of the
+        lease the write must still find ('' when the store does not know it), ``lease_id`` the
+        nonce a takeover writes."""
         fam = b.fam + (_ident(current.scope, current.family) if current.family else "")
         keys = self._keys(b.rec + ident, b.chain, b.open, b.live, b.done, b.log, fam)
-        args = [ident, str(current.token), current.status, current.ledger_head, now, seq]
+        args = [ident, str(current.token), current.status, current.ledger_head, fence, now, seq]
         args += [_encode_entry(entry), entry.hash, str(entry.token)]
         if record is None:
             return Script("apply", keys, [*args, "", "", "", "0"])
@@ -409,9 +469,9 @@ class RedisCore:
     ) -> Op[Claimed]:
         ident = _ident(scope, key)
         b = self._bucket(ident)
-        lease_id, floor = secrets.token_hex(8), 0
+        lease_id, floor, refusals = secrets.token_hex(8), 0, 0
         current = yield from self._read(b, ident)
-        for _ in range(_ATTEMPTS):
+        for attempt in range(_ATTEMPTS):
             if current is None:
                 raise LeaseLostError(key=key, token=token)
             if not takeover_eligible(current, token=token, now=now):
@@ -437,23 +497,33 @@ class RedisCore:
                 current = None
             elif tag == "seq":
                 floor = int(float(text(reply[1])))
+                yield from _backoff(attempt, refusals)
+                refusals += 1
             else:  # moved or live: decide again on the record as it is now
                 current = _record(reply[1])
                 if current is not None and _fields(reply[1]).get("lease_id") == lease_id:
+                    self._remember(ident, current, lease_id)
                     return Claimed(current, current.lease)  # our own takeover, sent twice
         raise _exhausted("takeover")
 
     def _fenced(
         self, scope: str, key: str, token: int, operation: str, **change: Any
     ) -> Op[Record | None]:
-        """complete, mark_unknown or release: the record after it (None once released)."""
+        """complete, mark_unknown or release: the record after it (None once released).
+
+        Fenced on the token, and on the lease's nonce when this store issued the lease (it is
+        remembered): a write by token alone, from another instance, cannot tell a lease lost in
+        a failover from a new lease that got the same token."""
         ident = _ident(scope, key)
         b = self._bucket(ident)
-        current = self._recalled(ident, token)
-        if current is None:
-            current = yield from self._read(b, ident)
-        floor = 0
-        for _ in range(_ATTEMPTS):
+        recalled = self._recalled(ident, token)
+        current: Record | None
+        if recalled is None:
+            current, fence = (yield from self._read(b, ident)), ""
+        else:
+            current, fence = recalled
+        floor, refusals = 0, 0
+        for attempt in range(_ATTEMPTS):
             record: Record | None
             if operation == "complete":
                 record, entry = complete_transition(current, key=key, token=token, seq=0, **change)
@@ -467,25 +537,31 @@ class RedisCore:
             assert current is not None  # the transitions refuse a missing record
             seq = yield from self._seq(1, floor)
             reply = yield self._apply(
-                b, ident, current, record, entry, now="", lease_id="", seq=seq
+                b, ident, current, record, entry, now="", lease_id="", seq=seq, fence=fence
             )
             tag = text(reply[0])
             if tag == "ok":
                 self._remember(ident, record)
                 return record
+            # A refusal leaves the memory as it is: a lease lost to another one (which may have
+            # our token) stays remembered, so every later write of this zombie lease is fenced
+            # on its nonce too; a stale record there costs a round trip, never a wrong write.
+            if tag == "lost":  # the record holds another lease, perhaps with our token
+                raise LeaseLostError(key=key, token=token)
             if tag == "gone":
-                self._remember(ident, None)
                 if record is None and text(reply[1]).startswith(entry.hash + ":"):
+                    self._remember(ident, None)
                     return None  # our own release, applied before a lost reply and sent again
                 raise LeaseLostError(key=key, token=token)
             if tag == "seq":
                 floor = int(float(text(reply[1])))
+                yield from _backoff(attempt, refusals)
+                refusals += 1
                 continue
             current = _record(reply[1])  # moved: someone else wrote, or our own retried write
             if current is not None and current.ledger_head == entry.hash:
                 self._remember(ident, record)
                 return record
-            self._remember(ident, None)
         raise _exhausted(operation)
 
     # -- reads ---------------------------------------------------------------------------------
@@ -559,8 +635,9 @@ class RedisCore:
     def _append_checkpoint(self, checkpoint: Checkpoint) -> Op[None]:
         if self._cluster:
             yield from self._seal_buckets(checkpoint)
-        args = [str(checkpoint.number), _encode_checkpoint(checkpoint)]
-        if not int((yield Script("append_checkpoint", [self._checkpoint_key], args))):
+        args = [str(checkpoint.number), _encode_checkpoint(checkpoint), secrets.token_hex(8)]
+        keys = [self._checkpoint_key, self._appended_key]
+        if not int((yield Script("append_checkpoint", keys, args))):
             raise ConflictError(
                 f"checkpoint {checkpoint.number} was sealed concurrently by another worker; "
                 "read the checkpoints again and seal from the newest one.",
@@ -624,13 +701,14 @@ class RedisCore:
             args += [ident, record.ledger_head, _encode_entry(entry), entry.hash, str(entry.token)]
             self._remember(ident, None)
         floor = 0
-        for _ in range(_ATTEMPTS):
+        for attempt in range(_ATTEMPTS):
             first = yield from self._seq(len(records), floor)
             head = [str(len(records)), first, "0" if self._cluster else "1"]
             reply = yield Script("purge", keys, head + args)
             if text(reply[0]) == "ok":
                 return len(reply[1])
             floor = int(float(text(reply[1])))
+            yield from _backoff(attempt, attempt)
         raise _exhausted("purge")
 
     # -- start-up ------------------------------------------------------------------------------

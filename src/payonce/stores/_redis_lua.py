@@ -13,7 +13,9 @@ Layout (``P`` is the store's prefix, ``b`` a bucket number, ``I`` a record's ide
 * ``{P:b}:live`` — every record, score 0, ordered by ident (``heads``);
 * ``{P:b}:fam:F`` — the records of one (scope, family) by generation (``newest``);
 * ``P:seq`` — the global ledger counter; ``P:checkpoints`` — the sealed checkpoints (a list);
-  ``P:meta`` — the layout version and bucket count the prefix was created with.
+  ``{P:checkpoints}:appended`` — hash number → nonce of the call that appended it (its hash tag
+  is the list's name, so both share the list's slot); ``P:meta`` — the layout version and
+  bucket count the prefix was created with.
 
 Everything of one bucket shares the hash tag ``{P:b}``, hence one Redis Cluster slot: every
 transition (record, indexes, chain head and ledger entry) is one script on one slot, atomic on
@@ -104,26 +106,35 @@ return {'ok', tostring(seq)}
 
 # Every fenced transition: takeover, complete, mark_unknown, release.
 # KEYS: rec, chain, open, live, done, log, fam, [counter]
-# ARGV: ident, expected token, expected status, expected ledger_head, now ('' = no lease check:
-#       only a takeover of a CLAIMED record needs its lease expired), seq ('' = use counter),
-#       entry, entry hash, new token, new status ('' = delete the record), lease_id ('' = keep),
-#       updated_at, number of fields to delete N, N field names, field/value pairs...
+# ARGV: ident, expected token, expected status, expected ledger_head, expected lease_id ('' = not
+#       checked), now ('' = no lease check: only a takeover of a CLAIMED record needs its lease
+#       expired), seq ('' = use counter), entry, entry hash, new token, new status ('' = delete
+#       the record), lease_id ('' = keep), updated_at, number of fields to delete N, N field
+#       names, field/value pairs...
+#
+# The expected lease_id fences a complete, mark_unknown or release on the lease itself, not only
+# on its token: a failover that lost a claim lets the next claim of the key get the same token
+# again (its record and chain head were lost together), and the holder of the lost lease must
+# then be refused ('lost') even where token, status and ledger head match or can be re-derived.
+# A fenced write keeps the record's lease_id, so a resent one still finds its own lease there.
 APPLY: Final = (
     _PRELUDE
     + """
-local cur = redis.call('HMGET', KEYS[1], 'token', 'status', 'ledger_head', 'lease_expires_at')
+local cur = redis.call(
+  'HMGET', KEYS[1], 'token', 'status', 'ledger_head', 'lease_expires_at', 'lease_id')
 if not cur[1] then return {'gone', redis.call('HGET', KEYS[2], ARGV[1]) or ''} end
+if ARGV[5] ~= '' and cur[5] ~= ARGV[5] then return {'lost'} end
 if cur[1] ~= ARGV[2] or cur[2] ~= ARGV[3] or cur[3] ~= ARGV[4] then
   return {'moved', redis.call('HGETALL', KEYS[1])}
 end
-if ARGV[5] ~= '' and cur[2] == 'CLAIMED' and not (cur[4] and le(cur[4], ARGV[5])) then
+if ARGV[6] ~= '' and cur[2] == 'CLAIMED' and not (cur[4] and le(cur[4], ARGV[6])) then
   return {'live', redis.call('HGETALL', KEYS[1])}
 end
-local seq, floor = next_seq(KEYS[6], ARGV[6], KEYS[8])
+local seq, floor = next_seq(KEYS[6], ARGV[7], KEYS[8])
 if not seq then return {'seq', floor} end
-redis.call('ZADD', KEYS[6], seq, ARGV[7])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[8] .. ':' .. ARGV[9] .. ':' .. seq)
-local status = ARGV[10]
+redis.call('ZADD', KEYS[6], seq, ARGV[8])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[9] .. ':' .. ARGV[10] .. ':' .. seq)
+local status = ARGV[11]
 if status == '' then
   redis.call('DEL', KEYS[1])
   redis.call('ZREM', KEYS[3], ARGV[1])
@@ -132,13 +143,13 @@ if status == '' then
   redis.call('ZREM', KEYS[7], ARGV[1])
   return {'ok', tostring(seq)}
 end
-local n = tonumber(ARGV[13])
-if n > 0 then redis.call('HDEL', KEYS[1], unpack(ARGV, 14, 13 + n)) end
-if ARGV[11] ~= '' then redis.call('HSET', KEYS[1], 'lease_id', ARGV[11]) end
-redis.call('HSET', KEYS[1], unpack(ARGV, 14 + n))
+local n = tonumber(ARGV[14])
+if n > 0 then redis.call('HDEL', KEYS[1], unpack(ARGV, 15, 14 + n)) end
+if ARGV[12] ~= '' then redis.call('HSET', KEYS[1], 'lease_id', ARGV[12]) end
+redis.call('HSET', KEYS[1], unpack(ARGV, 15 + n))
 if status == 'SUCCEEDED' or status == 'FAILED' then
   redis.call('ZREM', KEYS[3], ARGV[1])
-  redis.call('ZADD', KEYS[5], ARGV[12], ARGV[1])
+  redis.call('ZADD', KEYS[5], ARGV[13], ARGV[1])
 end
 return {'ok', tostring(seq)}
 """
@@ -148,6 +159,8 @@ return {'ok', tostring(seq)}
 # KEYS: chain, live, done, log, [counter], then per record: rec, fam
 # ARGV: count, first seq ('' = use counter), has counter ('1'/'0'),
 #       then per record: ident, expected ledger_head, entry, entry hash, token
+# A record already gone whose chain head is this very purge entry was purged by this call, sent
+# before: a resent script (its first reply lost) counts it again rather than report 0.
 PURGE: Final = (
     _PRELUDE
     + """
@@ -173,6 +186,10 @@ for i = 0, count - 1 do
     redis.call('ZREM', KEYS[3], ident)
     redis.call('ZREM', fam, ident)
     purged[#purged + 1] = ident
+  elseif not cur[1] then
+    local mine = ARGV[a + 3] .. ':'
+    local head = redis.call('HGET', KEYS[1], ident)
+    if head and string.sub(head, 1, #mine) == mine then purged[#purged + 1] = ident end
   end
 end
 return {'ok', purged}
@@ -257,11 +274,24 @@ end
 return out
 """
 
-# KEYS: checkpoints. ARGV: number, encoded checkpoint. Numbers stay contiguous.
+# KEYS: checkpoints, appended. ARGV: number, encoded checkpoint, nonce of the call. Numbers stay
+# contiguous. Returns 1 when this call stored the checkpoint: now, or already (the same call sent
+# again after its reply was lost: the checkpoint at that number is this one and the nonce recorded
+# for the number is the call's); 0 when the number is taken otherwise, even by an identical
+# checkpoint appended by another call (a second seal of the same range conflicts).
 APPEND_CHECKPOINT: Final = """
-if redis.call('LLEN', KEYS[1]) + 1 ~= tonumber(ARGV[1]) then return 0 end
-redis.call('RPUSH', KEYS[1], ARGV[2])
-return 1
+local number = tonumber(ARGV[1])
+local stored = redis.call('LLEN', KEYS[1])
+if stored + 1 == number then
+  redis.call('RPUSH', KEYS[1], ARGV[2])
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+  return 1
+end
+if redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[3]
+    and redis.call('LINDEX', KEYS[1], number - 1) == ARGV[2] then
+  return 1
+end
+return 0
 """
 
 # Allocate ``count`` seqs on Redis Cluster, the counter first raised above ``floor`` (a bucket

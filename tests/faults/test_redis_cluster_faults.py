@@ -1,0 +1,288 @@
+"""Redis Cluster conditions that pass, on a real 3-master cluster started on loopback ports.
+
+* Contention on one bucket: on Cluster a write's ``seq`` is allocated a round trip before its
+  script, and a write of another record of the same bucket can take a higher one first; the
+  script then refuses the write, which backs off (jittered) and tries again. Every attempt
+  overtaken is made to happen deterministically here: a rival store writes to the bucket
+  between each allocation and its script. What is left after the bound is an outage
+  (``StoreUnavailableError``: retry the same intent), never a permanent store error.
+* Resharding: while a bucket's slot is MIGRATING and some of its records already moved, the read
+  scripts that visit record keys they cannot declare are refused ("non local key"); that is an
+  outage too, and the same reads answer once the migration ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import redis
+from redis.cluster import RedisCluster
+
+from payonce import Status, StoreUnavailableError, verify_ledger
+from payonce._model import NewRecord
+from payonce.stores._redis import AsyncRedisStore, RedisStore
+from payonce.stores._redis_core import _ATTEMPTS, _BACKOFF_CAP, Effect, Pause, Script
+from tests.redis_cluster import HOST, Cluster, delete_prefix, redis_cluster
+
+T0 = datetime(2026, 4, 1, 9, 0, tzinfo=UTC)
+LEASE = timedelta(seconds=30)
+
+
+def _new(key: str, family: str | None = None, generation: int = 0) -> NewRecord:
+    return NewRecord(
+        "tenant-a", key, "fp", "{}", "po1_" + key, "charge", 100, "usd", family, generation
+    )
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    with redis_cluster(3) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def cluster_client(cluster: Cluster) -> Iterator[RedisCluster]:
+    client = RedisCluster.from_url(cluster.url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def prefix(cluster_client: RedisCluster) -> Iterator[str]:
+    prefix = f"payonce-cf-{uuid.uuid4().hex[:12]}"
+    yield prefix
+    delete_prefix(cluster_client, prefix)
+
+
+def _url(cluster: Cluster) -> str:
+    return f"redis+cluster://{HOST}:{cluster.ports[0]}"
+
+
+# -- a bucket's seqs overtaken -------------------------------------------------------------------
+
+
+class _Rival:
+    """Another writer of the same (single) bucket: each ``write`` claims a fresh key, whose
+    entry takes a seq above every one allocated before."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+        self.writes = 0
+
+    def write(self) -> None:
+        self.writes += 1
+        claimed = self.store.claim(_new(f"k1_rival_{self.writes}"), now=T0, lease_for=LEASE)
+        assert claimed.lease is not None
+
+
+def _overtaking(effect: Effect, rival: _Rival | None) -> None:
+    """After a seq allocation, the rival (if any) writes before the script that uses it."""
+    if rival is not None and isinstance(effect, Script) and effect.name == "seq":
+        rival.write()
+
+
+class _OvertakenStore(RedisStore):
+    """A store whose every seq is overtaken while ``rival`` is set; its pauses are recorded,
+    not slept."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.rival: _Rival | None = None
+        self.pauses: list[timedelta] = []
+        super().__init__(*args, **kwargs)
+
+    def _perform(self, effect: Effect, operation: str) -> Any:
+        if isinstance(effect, Pause):
+            self.pauses.append(effect.delay)
+            return None
+        reply = super()._perform(effect, operation)
+        _overtaking(effect, self.rival)
+        return reply
+
+
+class _AsyncOvertakenStore(AsyncRedisStore):
+    """As ``_OvertakenStore``, async (the rival writes through its sync store)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.rival: _Rival | None = None
+        self.pauses: list[timedelta] = []
+        super().__init__(*args, **kwargs)
+
+    async def _perform(self, effect: Effect, operation: str) -> Any:
+        if isinstance(effect, Pause):
+            self.pauses.append(effect.delay)
+            return None
+        reply = await super()._perform(effect, operation)
+        _overtaking(effect, self.rival)
+        return reply
+
+
+def _check_refusal(error: StoreUnavailableError, operation: str, pauses: list[timedelta]) -> None:
+    message = str(error)
+    assert error.to_dict()["operation"] == operation
+    assert "overtaken by concurrent writes to the same bucket" in message
+    assert "retrying the same intent is safe" in message
+    # A pause between attempts, none after the last; jittered, each within the cap.
+    assert len(pauses) == _ATTEMPTS - 1
+    assert all(timedelta(0) <= p <= _BACKOFF_CAP for p in pauses)
+    assert len(set(pauses)) > 1
+
+
+@pytest.fixture
+def rival(cluster: Cluster, prefix: str) -> Iterator[_Rival]:
+    store = RedisStore(_url(cluster), prefix=prefix, buckets=1)
+    yield _Rival(store)
+    store.close()
+
+
+def test_a_claim_overtaken_in_its_bucket_every_time_is_an_outage_that_passes(
+    cluster: Cluster, prefix: str, rival: _Rival
+) -> None:
+    store = _OvertakenStore(_url(cluster), prefix=prefix, buckets=1)
+    try:
+        store.rival = rival
+        with pytest.raises(StoreUnavailableError) as caught:
+            store.claim(_new("k1_overtaken"), now=T0, lease_for=LEASE)
+        assert rival.writes == _ATTEMPTS  # every attempt was overtaken
+        _check_refusal(caught.value, "claim", store.pauses)
+        assert store.get("tenant-a", "k1_overtaken") is None  # nothing written
+
+        store.rival = None  # the load drops: the same claim goes through
+        claimed = store.claim(_new("k1_overtaken"), now=T0, lease_for=LEASE)
+        assert claimed.lease is not None
+        verify_ledger(store)
+    finally:
+        store.close()
+
+
+def test_a_complete_overtaken_in_its_bucket_every_time_is_an_outage_that_passes(
+    cluster: Cluster, prefix: str, rival: _Rival
+) -> None:
+    store = _OvertakenStore(_url(cluster), prefix=prefix, buckets=1)
+    try:
+        claimed = store.claim(_new("k1_overtaken"), now=T0, lease_for=LEASE)
+        assert claimed.lease is not None
+        token = claimed.lease.token
+        store.rival = rival
+        with pytest.raises(StoreUnavailableError) as caught:
+            store.complete(
+                "tenant-a", "k1_overtaken", token=token, status=Status.SUCCEEDED, outcome="{}",
+                now=T0,
+            )  # fmt: skip
+        _check_refusal(caught.value, "complete", store.pauses)
+        assert store.get("tenant-a", "k1_overtaken") == claimed.record  # nothing written
+
+        store.rival = None
+        done = store.complete(
+            "tenant-a", "k1_overtaken", token=token, status=Status.SUCCEEDED, outcome="{}", now=T0
+        )
+        assert done.status is Status.SUCCEEDED
+        verify_ledger(store)
+    finally:
+        store.close()
+
+
+def test_an_async_claim_overtaken_every_time_is_an_outage_too(
+    cluster: Cluster, prefix: str, rival: _Rival
+) -> None:
+    store = _AsyncOvertakenStore(_url(cluster), prefix=prefix, buckets=1)
+
+    async def scenario() -> None:
+        try:
+            await store.connect()
+            store.rival = rival
+            with pytest.raises(StoreUnavailableError) as caught:
+                await store.claim(_new("k1_overtaken"), now=T0, lease_for=LEASE)
+            _check_refusal(caught.value, "claim", store.pauses)
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+# -- a bucket's slot in migration ----------------------------------------------------------------
+
+
+def _records_of_a_workload(store: RedisStore) -> None:
+    """Open records of a family (scan, newest, heads) and a finished one (purge)."""
+    for n in range(3):
+        store.claim(_new(f"k1_open_{n}", "fam", n), now=T0, lease_for=LEASE)
+    done = store.claim(_new("k1_done"), now=T0, lease_for=LEASE)
+    assert done.lease is not None
+    store.complete(
+        "tenant-a", "k1_done", token=done.lease.token, status=Status.SUCCEEDED, outcome="{}", now=T0
+    )
+
+
+def test_a_read_of_a_bucket_whose_slot_is_migrating_is_an_outage_until_it_ends(
+    cluster: Cluster, cluster_client: RedisCluster, prefix: str
+) -> None:
+    # The slot of the only bucket is put in migration by hand, as redis-cli --cluster reshard
+    # does it, and the bucket's records are moved; then the migration is called off.
+    store = RedisStore(_url(cluster), prefix=prefix, buckets=1)
+    late = T0 + timedelta(days=10)
+    reads = {
+        "scan": lambda: store.scan(now=late, limit=10),
+        "newest": lambda: store.newest("tenant-a", "fam"),
+        "heads": lambda: store.heads(after=None, limit=10),
+    }
+
+    async def async_scan() -> None:
+        astore = AsyncRedisStore(_url(cluster), prefix=prefix, buckets=1)
+        try:
+            await astore.scan(now=late, limit=10)
+        finally:
+            await astore.close()
+
+    tag = f"{{{prefix}:0}}"
+    slot = cluster_client.keyslot(tag)
+    owner = cluster_client.get_node_from_key(tag)
+    other = next(n for n in cluster_client.get_primaries() if n.port != owner.port)
+    # One connection each: ASKING applies to the next command on the same connection.
+    source = redis.Redis(host=HOST, port=owner.port, single_connection_client=True)
+    target = redis.Redis(host=HOST, port=other.port, single_connection_client=True)
+    try:
+        _records_of_a_workload(store)
+        before = {name: read() for name, read in reads.items()}
+        in_slot = source.execute_command("CLUSTER GETKEYSINSLOT", slot, 100)
+        records = [k for k in in_slot if ":rec:" in (k.decode() if isinstance(k, bytes) else k)]
+        assert len(records) == 4
+        source_id = source.execute_command("CLUSTER MYID")
+        target_id = target.execute_command("CLUSTER MYID")
+        try:
+            target.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id)
+            source.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
+            source.execute_command("MIGRATE", HOST, other.port, "", 0, 5000, "KEYS", *records)
+
+            for name, read in reads.items():
+                with pytest.raises(StoreUnavailableError, match="non local key") as caught:
+                    read()
+                assert "retry the same intent" in str(caught.value), name
+            with pytest.raises(StoreUnavailableError, match="non local key"):
+                store.purge(now=late, retention=timedelta(days=3), limit=10)
+            with pytest.raises(StoreUnavailableError, match="non local key"):
+                asyncio.run(async_scan())
+            # A single record's read declares its key: redis-py follows the ASK redirect.
+            record = store.get("tenant-a", "k1_done")
+            assert record is not None
+            assert record.status is Status.SUCCEEDED
+        finally:
+            # Called off: the owner stops redirecting, the records go back (the importing
+            # master serves them after ASKING), and the importing master forgets it too.
+            source.execute_command("CLUSTER SETSLOT", slot, "STABLE")
+            target.execute_command("ASKING")
+            target.execute_command("MIGRATE", HOST, owner.port, "", 0, 5000, "KEYS", *records)
+            target.execute_command("CLUSTER SETSLOT", slot, "STABLE")
+        assert target.execute_command("CLUSTER COUNTKEYSINSLOT", slot) == 0  # all went back
+
+        assert {name: read() for name, read in reads.items()} == before
+        asyncio.run(async_scan())
+        assert store.purge(now=late, retention=timedelta(days=3), limit=10) == 1
+    finally:
+        source.close()
+        target.close()
+        store.close()
