@@ -34,6 +34,7 @@ from payonce import (
     StoreUnavailableError,
     seal_checkpoint,
 )
+from payonce.stores import _postgres
 from payonce.stores._postgres import MIGRATIONS, PostgresStore
 from payonce.stores._postgres_async import AsyncPostgresStore
 from payonce.testing import ManualClock
@@ -355,8 +356,11 @@ def test_outage_during_complete(
 
 
 def test_store_answers_again_after_the_terminated_connection(
-    outage: Callable[[str], Outage], admin: Admin
+    outage: Callable[[str], Outage], admin: Admin, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Every connection idle for any time is polled (see test_postgres_pools.py for the
+    # threshold that spares connections back in use within milliseconds).
+    monkeypatch.setattr(_postgres, "_PROBE_IDLE", timedelta(0))
     state = outage("idle")
     assert state.store.get(worker.SCOPE, state.key) is None
     assert pg_worker.terminate_idle(admin, state.tag) >= 1

@@ -20,7 +20,8 @@ import psycopg_pool
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from payonce import AsyncGuard, ConfigurationError, Guard, Status
+from payonce import AsyncGuard, ConfigurationError, Guard, Status, StoreUnavailableError
+from payonce.stores import _postgres
 from payonce.stores._postgres import PostgresStore
 from payonce.stores._postgres_async import AsyncPostgresStore
 from payonce.testing import ManualClock
@@ -65,6 +66,15 @@ def _records(admin: Admin) -> int:
 # -- connections the server ended while they sat idle ----------------------------------------------
 
 
+@pytest.fixture
+def probe_every_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Poll every connection at checkout, however briefly it was idle: the tests end
+    connections milliseconds after their last use, a real restart or failover takes longer than
+    the store's threshold (``_PROBE_IDLE``)."""
+    monkeypatch.setattr(_postgres, "_PROBE_IDLE", timedelta(0))
+
+
+@pytest.mark.usefixtures("probe_every_checkout")
 def test_a_call_whose_connections_died_during_the_gateway_call_records_its_outcome(
     database: str, admin: Admin, tmp_path: Path
 ) -> None:
@@ -89,6 +99,7 @@ def test_a_call_whose_connections_died_during_the_gateway_call_records_its_outco
         state.close()
 
 
+@pytest.mark.usefixtures("probe_every_checkout")
 def test_the_async_store_replaces_connections_the_server_ended(database: str, admin: Admin) -> None:
     tag = "payonce-idle-async"
     intent = worker.intent_for(tag)
@@ -118,6 +129,24 @@ def test_the_async_store_replaces_connections_the_server_ended(database: str, ad
 
     asyncio.run(scenario())
     assert len(ended) == 1  # the replay did not call
+
+
+def test_a_connection_back_in_use_within_the_threshold_is_not_polled(
+    database: str, admin: Admin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The other side of the threshold: a connection ended while the store was using it
+    # moments ago is not polled, so the call that picks it up fails once, as an outage, and
+    # the pool replaces it.
+    monkeypatch.setattr(_postgres, "_PROBE_IDLE", timedelta(hours=1))
+    state = Outage(database, tmp_path, "payonce-idle-recent", lease=LEASE)
+    try:
+        assert state.store.get(worker.SCOPE, state.key) is None
+        assert pg_worker.terminate_idle(admin, state.tag) == 1  # min_size 1: one connection
+        with pytest.raises(StoreUnavailableError):
+            state.store.get(worker.SCOPE, state.key)
+        assert state.store.get(worker.SCOPE, state.key) is None
+    finally:
+        state.close()
 
 
 # -- pools passed in by the caller -----------------------------------------------------------------

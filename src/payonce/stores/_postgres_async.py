@@ -38,6 +38,7 @@ from payonce.stores._postgres import (
     _masked,
     _not_autocommit,
     _retryable,
+    _returned,
     _translate,
     _unreachable,
     _validate,
@@ -200,6 +201,7 @@ class AsyncPostgresStore(Flows):
                     async with conn.transaction():
                         return await _adrive(conn, flow())
                 finally:
+                    _returned(conn)
                     await self._pool.putconn(conn)
             except psycopg.Error as exc:
                 if _retryable(exc) and attempt + 1 < _ATTEMPTS:
