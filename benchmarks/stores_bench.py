@@ -223,19 +223,26 @@ def b_provider_key(key: str) -> str:
     return "po1_" + mac.hexdigest()
 
 
+def _entry_hash(*fields: object) -> str:
+    """An entry's hash as payonce computes it: SHA-256 of the canonical JSON list of its fields
+    after the domain tag (so the baselines' ledgers verify)."""
+    material = _dumps(["payonce/ledger/v1", *fields], separators=(",", ":"), ensure_ascii=False)
+    return _sha256(material.encode()).hexdigest()
+
+
 def _claim_entry(key: str, d: dict[str, Any], fp: str, pk: str, now: int) -> tuple[str, str]:
     detail = '{"fingerprint":"' + fp + '","operation":"charge","provider_key":"' + pk + '"}'
-    chained = f"{now}|{SCOPE}|{key}|claimed||CLAIMED|1|1|{d['amount']}|usd|{detail}|{GENESIS}"
-    return detail, _sha256(chained.encode()).hexdigest()
+    amount = d["amount"]
+    fields = (now, SCOPE, key, "claimed", None, "CLAIMED", 1, 1, amount, "usd", detail, GENESIS)
+    return detail, _entry_hash(*fields)
 
 
 def _done_entry(key: str, d: dict[str, Any], head: str, now: int) -> tuple[str, str, str]:
     body = _dumps({"value": VALUE}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     detail = '{"outcome_sha256":"' + _sha256(body.encode()).hexdigest() + '"}'
-    chained = (
-        f"{now}|{SCOPE}|{key}|succeeded|CLAIMED|SUCCEEDED|1|1|{d['amount']}|usd|{detail}|{head}"
-    )
-    return body, detail, _sha256(chained.encode()).hexdigest()
+    amount = d["amount"]
+    fields = (now, SCOPE, key, "succeeded", "CLAIMED", "SUCCEEDED", 1, 1, amount, "usd", detail)
+    return body, detail, _entry_hash(*fields, head)
 
 
 def _pre_intent(i: int) -> dict[str, Any]:
@@ -526,10 +533,10 @@ class RedisBaseline:
     def tag(self, ident: str) -> str:
         return f"{{{self.prefix}:{zlib.crc32(ident.encode()) % self.buckets}}}:"
 
-    def _claim(self, d: dict[str, Any]) -> tuple[Any, str, str, str, str, str, int]:
+    def _claim(self, d: dict[str, Any]) -> tuple[Any, str, str, str, str, str, str]:
         """payonce's claim script for ``d``, every key and argument built by hand; returns
         the reply, the ident, the bucket tag, the key, the fingerprint, the claim entry's hash
-        and its time."""
+        and the lease's nonce."""
         intent_json, fp, key = b_key(d)
         pk = b_provider_key(key)
         now = _time_ns() // 1000
@@ -537,6 +544,7 @@ class RedisBaseline:
         ident = _ident(key)
         t = self.tag(ident)
         rec, amount, at = t + "rec:" + ident, d["amount"], str(now)
+        lease_id = secrets.token_hex(8)
         entry = _dumps(
             [
                 now,
@@ -564,7 +572,7 @@ class RedisBaseline:
             entry,
             head,
             "1",
-            secrets.token_hex(8),
+            lease_id,
             at,
             "",
             "scope",
@@ -600,10 +608,10 @@ class RedisBaseline:
             "generation",
             "0",
         ]
-        return self.claim(keys, args), ident, t, key, fp, head, now
+        return self.claim(keys, args), ident, t, key, fp, head, lease_id
 
     def fresh(self, d: dict[str, Any]) -> Any:
-        reply, ident, t, key, _, head, _ = self._claim(d)
+        reply, ident, t, key, _, head, lease_id = self._claim(d)
         rec, amount = t + "rec:" + ident, d["amount"]
         if reply[0] != b"ok":
             raise RuntimeError("baseline: the key was taken")
@@ -644,6 +652,7 @@ class RedisBaseline:
             "1",
             "CLAIMED",
             head,
+            lease_id,  # the lease's nonce, as payonce fences its own leases
             "",
             "",
             entry,
@@ -1370,9 +1379,9 @@ _BASELINES: Final = """\
   scope = %s AND key = %s`; status and fingerprint checked; `json.loads` of the outcome.
 - **Redis fresh**: the same key derivation and entry hashes; payonce's own `CLAIM` Lua script
   (`EXISTS`, chain head, `INCR` seq, record `HSET`, chain `HSET`, ledger `ZADD`, open/live `ZADD`)
-  and `APPLY` script (compare-and-set on token, status and ledger head, ledger `ZADD`, chain,
-  `HDEL` + `HSET` of the record, open→done), with every key and argument built by hand (bucket =
-  CRC-32 of the ident); `EVALSHA` through redis-py's `Script`.
+  and `APPLY` script (compare-and-set on lease nonce, token, status and ledger head, ledger
+  `ZADD`, chain, `HDEL` + `HSET` of the record, open→done), with every key and argument built
+  by hand (bucket = CRC-32 of the ident); `EVALSHA` through redis-py's `Script`.
 - **Redis replay**: the same key derivation; one `HMGET status fingerprint outcome`; checked;
   `json.loads`.
 - **claim-replay** (no target; it locates the replay gap): a replay done by hand the way
