@@ -87,13 +87,6 @@ def database() -> Iterator[str]:
 
 
 @pytest.fixture
-def admin(database: str) -> Iterator[Admin]:
-    with pg_worker.admin_connection(database) as conn:
-        pg_worker.empty_tables(conn)
-        yield conn
-
-
-@pytest.fixture
 def case(database: str, admin: Admin, tmp_path: Path) -> Iterator[Callable[[str], Outage]]:
     made: list[Outage] = []
 

@@ -53,23 +53,6 @@ LEASE = timedelta(seconds=30)
 Admin = psycopg.Connection[tuple[Any, ...]]
 
 
-@pytest.fixture(scope="module")
-def database() -> Iterator[str]:
-    name, conninfo = pg_worker.create_database()
-    try:
-        PostgresStore(conninfo).close()
-        yield conninfo
-    finally:
-        pg_worker.drop_database(name)
-
-
-@pytest.fixture
-def admin(database: str) -> Iterator[Admin]:
-    with pg_worker.admin_connection(database) as conn:
-        pg_worker.empty_tables(conn)
-        yield conn
-
-
 # -- durability ------------------------------------------------------------------------------------
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -30,23 +29,6 @@ from tests.faults.pg_worker import Outage
 
 Admin = psycopg.Connection[tuple[Any, ...]]
 LEASE = timedelta(seconds=30)
-
-
-@pytest.fixture(scope="module")
-def database() -> Iterator[str]:
-    name, conninfo = pg_worker.create_database()
-    try:
-        PostgresStore(conninfo).close()
-        yield conninfo
-    finally:
-        pg_worker.drop_database(name)
-
-
-@pytest.fixture
-def admin(database: str) -> Iterator[Admin]:
-    with pg_worker.admin_connection(database) as conn:
-        pg_worker.empty_tables(conn)
-        yield conn
 
 
 def _sessions(admin: Admin, tag: str) -> int:

@@ -357,76 +357,77 @@ def test_a_server_busy_in_a_script_is_an_outage_for_single_calls_and_pipelines()
         store.close()
 
 
+def _refused_then_through(
+    setup: Outage, refuse: Callable[[], None], fix: Callable[[], None], says: str
+) -> None:
+    """With the server refusing writes (``refuse``), a guarded call is an outage of the claim:
+    the provider is not called and no record is left; once an operator's ``fix`` lets writes
+    in again, the same intent goes through once."""
+    called: list[Attempt] = []
+
+    def fn(attempt: Attempt) -> dict[str, str]:
+        called.append(attempt)
+        return setup.move(attempt)
+
+    refuse()
+    try:
+        with pytest.raises(StoreUnavailableError) as caught:
+            setup.guard().run(setup.intent, fn)
+    finally:
+        fix()
+    assert says in str(caught.value)
+    assert caught.value.to_dict()["operation"] == "claim"
+    assert called == []
+    key = setup.guard().key_for(setup.intent)
+    assert setup.store.get(worker.SCOPE, key) is None
+    outcome = setup.guard().run(setup.intent, fn)
+    assert outcome.replayed is False
+    assert len(called) == 1
+    check_history(setup.store, worker.read_movements(setup.movements), [outcome])
+
+
 def test_a_full_server_refuses_the_claim_as_an_outage_and_nothing_is_charged(
     tmp_path: Path,
 ) -> None:
     # maxmemory reached with noeviction (the only policy payonce accepts): Redis answers OOM to
-    # writes. The claim is refused as an outage an operator can fix, the provider is not
-    # called, no record is left, and the same intent goes through once memory is freed.
+    # writes, an outage an operator fixes by freeing memory.
     with redis_server() as port:
         setup = Outage(port, tmp_path)
         try:
-            called: list[Attempt] = []
-
-            def fn(attempt: Attempt) -> dict[str, str]:
-                called.append(attempt)
-                return setup.move(attempt)
-
-            setup.admin.config_set("maxmemory", "1")
-            try:
-                with pytest.raises(StoreUnavailableError) as caught:
-                    setup.guard().run(setup.intent, fn)
-            finally:
-                setup.admin.config_set("maxmemory", "0")
-            assert "OutOfMemoryError" in str(caught.value)
-            assert caught.value.to_dict()["operation"] == "claim"
-            assert called == []
-            key = setup.guard().key_for(setup.intent)
-            assert setup.store.get(worker.SCOPE, key) is None
-            outcome = setup.guard().run(setup.intent, fn)
-            assert outcome.replayed is False
-            assert len(called) == 1
-            check_history(setup.store, worker.read_movements(setup.movements), [outcome])
+            _refused_then_through(
+                setup,
+                refuse=lambda: setup.admin.config_set("maxmemory", "1"),
+                fix=lambda: setup.admin.config_set("maxmemory", "0"),
+                says="OutOfMemoryError",
+            )
         finally:
             setup.close()
 
 
 def test_a_server_that_cannot_persist_refuses_the_claim_as_an_outage(tmp_path: Path) -> None:
     # MISCONF: RDB snapshots are on and the last one failed (its directory is gone, as with a
-    # failed or full disk), so Redis refuses writes until an operator fixes the disk. Like OOM,
-    # the claim is refused as an outage, the provider is not called, and the same intent goes
-    # through once writes are accepted again.
+    # failed or full disk), so Redis refuses writes until an operator fixes the disk.
     rdb = tmp_path / "rdb"
     rdb.mkdir()
     persisting = ("--save", "3600 1", "--stop-writes-on-bgsave-error", "yes", "--dir", str(rdb))
     with redis_server(*persisting) as port:
         setup = Outage(port, tmp_path)
-        try:
-            called: list[Attempt] = []
 
-            def fn(attempt: Attempt) -> dict[str, str]:
-                called.append(attempt)
-                return setup.move(attempt)
-
+        def fail_a_save() -> None:
             shutil.rmtree(rdb)
             setup.admin.bgsave()
             _until(
                 lambda: setup.admin.info("persistence")["rdb_last_bgsave_status"] == "err",
                 "unable to persist",
             )
-            with pytest.raises(StoreUnavailableError) as caught:
-                setup.guard().run(setup.intent, fn)
-            assert "MISCONF" in str(caught.value)
-            assert caught.value.to_dict()["operation"] == "claim"
-            assert called == []
-            key = setup.guard().key_for(setup.intent)
-            assert setup.store.get(worker.SCOPE, key) is None
 
-            setup.admin.config_set("stop-writes-on-bgsave-error", "no")  # the operator's fix
-            outcome = setup.guard().run(setup.intent, fn)
-            assert outcome.replayed is False
-            assert len(called) == 1
-            check_history(setup.store, worker.read_movements(setup.movements), [outcome])
+        try:
+            _refused_then_through(
+                setup,
+                refuse=fail_a_save,
+                fix=lambda: setup.admin.config_set("stop-writes-on-bgsave-error", "no"),
+                says="MISCONF",
+            )
         finally:
             # Without a save point the server stops on SIGTERM: its final save would fail.
             setup.admin.config_set("save", "")
