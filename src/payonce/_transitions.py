@@ -178,13 +178,15 @@ def takeover_eligible(record: Record, *, token: int, now: datetime) -> bool:
 
 
 def takeover_transition(
-    record: Record, *, now: datetime, lease_for: timedelta, seq: int
+    record: Record, *, now: datetime, lease_for: timedelta, seq: int, at_least: int = 0
 ) -> tuple[Record, Entry]:
     """The record after a takeover (token + 1, attempt + 1, new lease) and its entry.
 
-    The caller has checked ``takeover_eligible``.
+    The caller has checked ``takeover_eligible``. ``at_least`` raises the new token further: a
+    store that knows of a lease in flight whose record it lost (Redis after a failover) must
+    not hand that lease's token out again.
     """
-    token, attempt = record.token + 1, record.attempt + 1
+    token, attempt = max(record.token + 1, at_least), record.attempt + 1
     entry = _entry(
         record,
         seq=seq,

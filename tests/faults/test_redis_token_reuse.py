@@ -210,3 +210,59 @@ def test_the_async_store_refuses_the_zombie_too(client: redis.Redis, prefix: str
         sync.close()
     assert zombie_token == live_token
     assert status is Status.SUCCEEDED
+
+
+def test_the_same_store_never_reissues_the_token_of_a_takeover_it_holds_in_flight(
+    client: redis.Redis, prefix: str
+) -> None:
+    # As for claims: a takeover this store made is lost in a failover (the record goes back
+    # to the lease it took over), and the same store takes the record over again. The new lease
+    # must not get the lost one's token, or the lost one's holder could write over it.
+    store = RedisStore(LOCAL_URL, prefix=prefix)
+    try:
+        first = _claim(store, T0)
+        assert first.lease is not None
+        before = _BucketCopy(client, store)
+        later = T0 + LEASE + timedelta(seconds=1)
+        zombie = store.takeover(SCOPE, KEY, token=first.lease.token, now=later, lease_for=LEASE)
+        assert zombie.lease is not None
+        before.put_back()
+
+        again = later + timedelta(seconds=1)
+        live = store.takeover(SCOPE, KEY, token=first.lease.token, now=again, lease_for=LEASE)
+        assert live.lease is not None
+        assert live.lease.token == zombie.lease.token + 1
+
+        when = again + timedelta(seconds=1)
+        with pytest.raises(LeaseLostError):
+            store.complete(
+                SCOPE, KEY, token=zombie.lease.token, status=Status.SUCCEEDED,
+                outcome='"ZOMBIE"', now=when,
+            )  # fmt: skip
+        done = store.complete(
+            SCOPE, KEY, token=live.lease.token, status=Status.SUCCEEDED, outcome='"LIVE"', now=when
+        )
+        assert done.outcome == '"LIVE"'
+        verify_ledger(store)
+    finally:
+        store.close()
+
+
+class _BucketCopy:
+    """The key's record, chain head, ledger and the seq counter as they are, to put back as a
+    failover that lost what came after leaves them."""
+
+    def __init__(self, client: redis.Redis, store: RedisCore) -> None:
+        self.client, self.ident = client, _ident(SCOPE, KEY)
+        self.bucket, self.seq_key = store._bucket(self.ident), store._seq_key
+        self.record = client.hgetall(self.bucket.rec + self.ident)
+        self.chain = client.hget(self.bucket.chain, self.ident)
+        self.seq = int(client.get(self.seq_key) or 0)
+
+    def put_back(self) -> None:
+        b, ident = self.bucket, self.ident
+        self.client.delete(b.rec + ident)
+        self.client.hset(b.rec + ident, mapping=self.record)
+        self.client.hset(b.chain, ident, self.chain)
+        self.client.zremrangebyscore(b.log, f"({self.seq}", "+inf")
+        self.client.set(self.seq_key, self.seq)

@@ -476,7 +476,10 @@ class RedisCore:
                 raise LeaseLostError(key=key, token=token)
             if not takeover_eligible(current, token=token, now=now):
                 return Claimed(current, None)
-            record, entry = takeover_transition(current, now=now, lease_for=lease_for, seq=0)
+            # As a claim does (see _claim): never the token of a lease this store holds.
+            record, entry = takeover_transition(
+                current, now=now, lease_for=lease_for, seq=0, at_least=self._in_flight(ident) + 1
+            )
             seq = yield from self._seq(1, floor)
             effect = self._apply(
                 b,
