@@ -12,7 +12,7 @@ from typing import Any
 from payonce._keys import canonical_json
 from payonce._model import GatewayAnswer
 
-__all__ = ["failure_body", "is_declined", "recorded_object", "success_body"]
+__all__ = ["failure_body", "is_declined", "recorded_object", "storable_text", "success_body"]
 
 
 def success_body(value: Any) -> str:
@@ -28,11 +28,32 @@ def success_body(value: Any) -> str:
 
 def failure_body(code: str | None, *, declined: bool, value: Any = None) -> str:
     """The body of a FAILED record: the code and what the gateway kept, never an exception's
-    message, which may carry anything, secrets included (I8). Raises as ``success_body``."""
-    body: dict[str, Any] = {"error": {"code": code, "kind": "declined" if declined else "definite"}}
+    message, which may carry anything, secrets included (I8).
+
+    Never raises: the failure is definite whatever the provider's object held, so a ``value``
+    that cannot be stored (as for ``success_body``) is left out, and the code's text is made
+    storable (``storable_text``).
+    """
+    error = {
+        "code": None if code is None else storable_text(code),
+        "kind": "declined" if declined else "definite",
+    }
     if value is not None:
-        body["value"] = value
-    return _storable(canonical_json(body))
+        try:
+            return _storable(canonical_json({"error": error, "value": value}))
+        except (TypeError, ValueError):
+            pass
+    return canonical_json({"error": error})
+
+
+def storable_text(text: str) -> str:
+    """``text`` as every store can hold and every entry can hash: NUL (which PostgreSQL text
+    refuses) becomes U+FFFD and a lone surrogate (not UTF-8) ``?``. Reasons and codes often
+    quote what a provider or an exception said; after money may have moved they must never
+    fail the write."""
+    if text.isascii() and "\x00" not in text:
+        return text
+    return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
 
 
 def _storable(body: str) -> str:

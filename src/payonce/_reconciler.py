@@ -365,19 +365,19 @@ class _ReconcilerCore:
         if found is None or found.kind not in (OutcomeClass.SUCCESS, OutcomeClass.DEFINITE):
             yield from self._flag(held, lease, self._why(held, now, found), report)
             return
-        try:
-            if found.kind is OutcomeClass.SUCCESS:
+        if found.kind is OutcomeClass.DEFINITE:
+            body = failure_body(found.code, declined=is_declined(found), value=found.value)
+            status = Status.FAILED
+        else:
+            try:
                 body, status = success_body(found.value), Status.SUCCEEDED
-            else:
-                body = failure_body(found.code, declined=is_declined(found), value=found.value)
-                status = Status.FAILED
-        except (TypeError, ValueError):
-            why = (
-                f"the provider answered ({found.kind.value}) with an object that cannot be "
-                "recorded (not JSON, or text that is not valid Unicode); look it up at the provider"
-            )
-            yield from self._flag(held, lease, why, report)
-            return
+            except (TypeError, ValueError):
+                why = (
+                    "the provider answered success with an object that cannot be recorded (not "
+                    "JSON, or text that is not valid Unicode); look it up at the provider"
+                )
+                yield from self._flag(held, lease, why, report)
+                return
         try:
             yield (
                 "store",

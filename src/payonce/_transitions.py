@@ -13,6 +13,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Final
 
+from payonce._bodies import storable_text
 from payonce._chain import GENESIS, make_entry
 from payonce._errors import LeaseLostError
 from payonce._keys import canonical_flat
@@ -268,21 +269,12 @@ def complete_transition(
     return updated, entry
 
 
-def _storable_text(text: str) -> str:
-    """``text`` as every store can hold and every entry can hash: NUL (which PostgreSQL text
-    refuses) becomes U+FFFD and a lone surrogate (not UTF-8) ``?``. A reason often quotes what a
-    provider or an exception said; after money may have moved it must never fail the write."""
-    if text.isascii() and "\x00" not in text:
-        return text
-    return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
-
-
 def unknown_transition(
     record: Record | None, *, key: str, token: int, reason: str, now: datetime, seq: int
 ) -> tuple[Record, Entry]:
     """CLAIMED → UNKNOWN, fenced on ``token``."""
     current = fence(record, key=key, token=token)
-    reason = _storable_text(reason)
+    reason = storable_text(reason)
     entry = _entry(
         current,
         seq=seq,
@@ -311,7 +303,7 @@ def release_transition(
 ) -> Entry:
     """CLAIMED → (none), fenced on ``token``: the entry the release appends."""
     current = fence(record, key=key, token=token)
-    reason = _storable_text(reason)
+    reason = storable_text(reason)
     return _entry(
         current,
         seq=seq,

@@ -18,6 +18,7 @@ from payonce import (
     Attempt,
     ConfigurationError,
     Entry,
+    GatewayAnswer,
     GatewayRejectedError,
     GatewayUnavailableError,
     Guard,
@@ -25,6 +26,7 @@ from payonce import (
     Intent,
     KeyReuseError,
     LeaseLostError,
+    OutcomeClass,
     OutcomeUnknownError,
     RetryPolicy,
     SQLiteStore,
@@ -376,6 +378,33 @@ def test_definite_exception_fails_and_replays(store: Store, clock: ManualClock) 
     assert second.value.replayed is True
     assert second.value.code == "MyDeclineError"
     assert again.calls == 0
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{"id": "ch_1", "note": "half a pair \ud800"}, {"id": "ch_1", "at": object()}],
+    ids=["lone-surrogate", "not-json"],
+)
+def test_a_definite_failure_whose_object_cannot_be_stored_keeps_its_code(
+    guard: Guard, store: Store, value: Any
+) -> None:
+    # The failure is definite whatever the provider's object held: it is recorded with its
+    # code alone, and the caller gets the typed failure, not an encoding error.
+    fn = Recorder(GatewayAnswer(OutcomeClass.DEFINITE, code="card_declined", value=value))
+    with pytest.raises(GatewayRejectedError) as caught:
+        guard.run(INTENT, fn)
+    assert caught.value.code == "card_declined"
+    record = store.get(SCOPE, guard.key_for(INTENT))
+    assert record is not None
+    assert record.status is Status.FAILED
+    assert json.loads(record.outcome or "") == {
+        "error": {"code": "card_declined", "kind": "definite"}
+    }
+    with pytest.raises(GatewayRejectedError) as again:
+        guard.run(INTENT, fn)
+    assert again.value.replayed is True
+    assert fn.calls == 1
+    verify_ledger(store)
 
 
 def test_not_executed_exception_releases_key(store: Store, clock: ManualClock) -> None:
