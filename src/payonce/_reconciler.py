@@ -440,7 +440,8 @@ class _ReconcilerCore:
     def _audit(self, since: datetime | None, after: int, limit: int) -> _Pass:
         """Read ``succeeded`` entries after ``after`` (at or after ``since``) and ask the
         provider about each record still SUCCEEDED, until ``limit`` were asked or the ledger
-        ends. Reads only: no store write, no gateway call but ``lookup``."""
+        ends. Writes nothing and calls the gateway only to ``lookup``; on a store with a ledger
+        horizon (PostgreSQL) it takes that short table lock first."""
         report = AuditReport(cursor=after)
         seen: set[tuple[str, str]] = set()
         # Where sequence numbers become visible out of commit order (PostgreSQL), read no

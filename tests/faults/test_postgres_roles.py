@@ -179,3 +179,46 @@ def test_a_schema_at_version_1_is_brought_up_by_the_owner_not_the_service_role(
         assert seal_checkpoint(store, now=T0) is not None
     finally:
         store.close()
+
+
+def test_a_role_that_may_create_but_does_not_own_the_tables_cannot_apply_migration_2(
+    roles: Roles,
+) -> None:
+    # Where the service role may CREATE in the schema (PostgreSQL 14 and older let everyone),
+    # it must still not create the horizon function: the function would run with its rights.
+    _migrate_and_grant(roles)
+    with psycopg.connect(roles.conninfo(roles.owner), autocommit=True) as owner:
+        owner.execute("DROP FUNCTION payonce_ledger_horizon()")
+        owner.execute("DELETE FROM payonce_migrations WHERE version = 2")
+    with psycopg.connect(roles.conninfo(roles.owner), autocommit=True) as owner:
+        owner.execute(f"GRANT CREATE ON SCHEMA public TO {roles.app}")
+    with pytest.raises(ConfigurationError) as caught:
+        PostgresStore(roles.conninfo(roles.app))
+    assert "migration 2" in str(caught.value)
+    assert "only the owner of payonce_ledger" in str(caught.value)
+    with psycopg.connect(roles.conninfo(roles.owner), autocommit=True) as owner:
+        made = owner.execute("SELECT to_regproc('payonce_ledger_horizon')").fetchone()
+    assert made == (None,)
+
+
+def test_the_horizon_function_quotes_an_awkward_schema_name(roles: Roles) -> None:
+    # The schema's name reaches the function through format's %I and %L, never spliced between
+    # dollar quotes that a name could close.
+    schema = "Pay $body$ Once"
+    database = make_conninfo(pg_worker.ADMIN, dbname=roles.database)
+    with pg_worker.admin_connection(database) as admin:
+        admin.execute(f'CREATE SCHEMA "{schema}" AUTHORIZATION {roles.owner}')
+        admin.execute(f'ALTER ROLE {roles.owner} SET search_path = "{schema}"')
+    store = PostgresStore(roles.conninfo(roles.owner))
+    try:
+        store.claim(_new("awkward"), now=T0, lease_for=LEASE)
+        assert seal_checkpoint(store, now=T0) is not None
+        assert verify_ledger(store).entries == 1
+    finally:
+        store.close()
+    with psycopg.connect(roles.conninfo(roles.owner), autocommit=True) as owner:
+        where = owner.execute(
+            "SELECT n.nspname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+            " WHERE p.proname = 'payonce_ledger_horizon'"
+        ).fetchall()
+    assert where == [(schema,)]  # beside the ledger

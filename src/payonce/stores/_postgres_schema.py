@@ -182,17 +182,33 @@ MIGRATIONS: Final[tuple[tuple[int, str], ...]] = (
         # caller's transaction ends, so any role allowed to call it could stall every write.
         r"""
         DO $migration$
+        DECLARE
+            ledger_schema TEXT;
+            ledger_owner OID;
         BEGIN
-            EXECUTE format($create$
-                CREATE FUNCTION payonce_ledger_horizon() RETURNS BIGINT
-                LANGUAGE plpgsql SECURITY DEFINER SET search_path = %1$I, pg_temp AS $body$
-                BEGIN
-                    LOCK TABLE %1$I.payonce_ledger IN SHARE MODE;
-                    RETURN (SELECT COALESCE(MAX(seq), 0) FROM %1$I.payonce_ledger);
-                END $body$
-            $create$, current_schema());
+            SELECT n.nspname, c.relowner INTO ledger_schema, ledger_owner
+                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE c.oid = 'payonce_ledger'::regclass;
+            -- Another role would own the function, and it would run with that role's rights.
+            IF NOT pg_has_role(current_user, ledger_owner, 'MEMBER') THEN
+                RAISE EXCEPTION 'only the owner of payonce_ledger may apply payonce migration 2'
+                    USING ERRCODE = 'insufficient_privilege';
+            END IF;
+            -- Names go in through %I and the body through %L, never between dollar quotes.
+            EXECUTE format(
+                'CREATE FUNCTION %1$I.payonce_ledger_horizon() RETURNS BIGINT LANGUAGE plpgsql'
+                ' SECURITY DEFINER SET search_path = %1$I, pg_temp AS %2$L',
+                ledger_schema,
+                format(
+                    'BEGIN LOCK TABLE %1$I.payonce_ledger IN SHARE MODE;'
+                    ' RETURN (SELECT COALESCE(MAX(seq), 0) FROM %1$I.payonce_ledger); END',
+                    ledger_schema
+                )
+            );
+            EXECUTE format(
+                'REVOKE ALL ON FUNCTION %I.payonce_ledger_horizon() FROM PUBLIC', ledger_schema
+            );
         END $migration$;
-        REVOKE ALL ON FUNCTION payonce_ledger_horizon() FROM PUBLIC;
         """,
     ),
 )
