@@ -222,3 +222,19 @@ def test_the_horizon_function_quotes_an_awkward_schema_name(roles: Roles) -> Non
             " WHERE p.proname = 'payonce_ledger_horizon'"
         ).fetchall()
     assert where == [(schema,)]  # beside the ledger
+
+
+def test_migration_2_applied_by_a_superuser_leaves_the_function_to_the_ledger_s_owner(
+    roles: Roles,
+) -> None:
+    _migrate_and_grant(roles)
+    with psycopg.connect(roles.conninfo(roles.owner), autocommit=True) as owner:
+        owner.execute("DROP FUNCTION payonce_ledger_horizon()")
+        owner.execute("DELETE FROM payonce_migrations WHERE version = 2")
+    PostgresStore(make_conninfo(pg_worker.ADMIN, dbname=roles.database)).close()  # a superuser
+    with psycopg.connect(roles.conninfo(roles.owner), autocommit=True) as owner:
+        row = owner.execute(
+            "SELECT pg_get_userbyid(proowner), prosecdef FROM pg_proc"
+            " WHERE proname = 'payonce_ledger_horizon'"
+        ).fetchone()
+    assert row == (roles.owner, True)

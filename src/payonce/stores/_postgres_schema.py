@@ -208,6 +208,11 @@ MIGRATIONS: Final[tuple[tuple[int, str], ...]] = (
             EXECUTE format(
                 'REVOKE ALL ON FUNCTION %I.payonce_ledger_horizon() FROM PUBLIC', ledger_schema
             );
+            -- A superuser or another member applying it: the ledger's owner owns it all the same.
+            EXECUTE format(
+                'ALTER FUNCTION %I.payonce_ledger_horizon() OWNER TO %I',
+                ledger_schema, pg_get_userbyid(ledger_owner)
+            );
         END $migration$;
         """,
     ),
