@@ -11,8 +11,9 @@ just wrote is remembered, so a complete after a claim costs one round trip.
 The lease a store instance issued (claim, takeover) is remembered with its ``lease_id`` nonce,
 and that instance's complete, mark_unknown and release fence on the nonce as well as on the
 token: a failover that lost a claim lets the next claim get the same token again, and only the
-nonce tells the lost lease from the new one. The same memory makes a claim of a key whose lease
-this instance still holds in flight, but which Redis lost, continue past that lease's token.
+nonce tells the lost lease from the new one. The same memory makes a claim or a takeover of a
+key whose lease this instance still holds in flight, but which Redis lost, continue past that
+lease's token.
 
 An operation yields effects (a script, a client command, a fan-out over buckets) and receives
 their replies; ``RedisStore`` and ``AsyncRedisStore`` perform them blocking or awaited, so the
