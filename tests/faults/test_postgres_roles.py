@@ -70,6 +70,13 @@ def _migrate_and_grant(roles: Roles) -> None:
             owner.execute(grant.format(app=roles.app))
 
 
+def _back_to_version_1(roles: Roles) -> None:
+    """The database as an older payonce left it: migration 2 never ran."""
+    with psycopg.connect(roles.conninfo(roles.owner), autocommit=True) as owner:
+        owner.execute("DROP FUNCTION payonce_ledger_horizon()")
+        owner.execute("DELETE FROM payonce_migrations WHERE version = 2")
+
+
 def test_the_service_role_runs_every_operation_with_select_and_insert_on_the_ledger(
     roles: Roles,
 ) -> None:
@@ -165,10 +172,7 @@ def test_a_schema_at_version_1_is_brought_up_by_the_owner_not_the_service_role(
     roles: Roles,
 ) -> None:
     _migrate_and_grant(roles)
-    with psycopg.connect(roles.conninfo(roles.owner), autocommit=True) as owner:
-        # A database migrated by an older payonce: migration 2 never ran.
-        owner.execute("DROP FUNCTION payonce_ledger_horizon()")
-        owner.execute("DELETE FROM payonce_migrations WHERE version = 2")
+    _back_to_version_1(roles)
     with pytest.raises(ConfigurationError, match="migration 2"):
         PostgresStore(roles.conninfo(roles.app))
 
@@ -187,9 +191,7 @@ def test_a_role_that_may_create_but_does_not_own_the_tables_cannot_apply_migrati
     # Where the service role may CREATE in the schema (PostgreSQL 14 and older let everyone),
     # it must still not create the horizon function: the function would run with its rights.
     _migrate_and_grant(roles)
-    with psycopg.connect(roles.conninfo(roles.owner), autocommit=True) as owner:
-        owner.execute("DROP FUNCTION payonce_ledger_horizon()")
-        owner.execute("DELETE FROM payonce_migrations WHERE version = 2")
+    _back_to_version_1(roles)
     with psycopg.connect(roles.conninfo(roles.owner), autocommit=True) as owner:
         owner.execute(f"GRANT CREATE ON SCHEMA public TO {roles.app}")
     with pytest.raises(ConfigurationError) as caught:
@@ -228,9 +230,7 @@ def test_migration_2_applied_by_a_superuser_leaves_the_function_to_the_ledger_s_
     roles: Roles,
 ) -> None:
     _migrate_and_grant(roles)
-    with psycopg.connect(roles.conninfo(roles.owner), autocommit=True) as owner:
-        owner.execute("DROP FUNCTION payonce_ledger_horizon()")
-        owner.execute("DELETE FROM payonce_migrations WHERE version = 2")
+    _back_to_version_1(roles)
     PostgresStore(make_conninfo(pg_worker.ADMIN, dbname=roles.database)).close()  # a superuser
     with psycopg.connect(roles.conninfo(roles.owner), autocommit=True) as owner:
         row = owner.execute(
