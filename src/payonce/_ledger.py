@@ -16,7 +16,7 @@ from typing import Any, TypeAlias, TypeVar
 from payonce._chain import GENESIS, checkpoint_digest, checkpoint_hash, entry_hash, make_checkpoint
 from payonce._errors import ConfigurationError, LedgerCorruptedError
 from payonce._model import Checkpoint, Entry
-from payonce._protocols import AsyncStore, Store
+from payonce._protocols import AsyncStore, Store, has_ledger_horizon
 
 __all__ = [
     "LedgerReport",
@@ -94,11 +94,6 @@ def _gapless(store: AsyncStore | Store) -> bool:
     """Whether the store hands out seqs without gaps (under its write lock), so that a gap
     reveals a deleted entry even when no record or checkpoint points at it."""
     return bool(getattr(store, "gapless_ledger", False))
-
-
-def _has_horizon(store: AsyncStore | Store) -> bool:
-    """Whether the store has a sealing horizon (see ``Store``)."""
-    return callable(getattr(store, "ledger_horizon", None))
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,7 +281,7 @@ def seal_checkpoint(store: Store, *, now: datetime) -> Checkpoint | None:
         ConfigurationError: ``store`` is an AsyncStore (use ``aseal_checkpoint``).
     """
     target = _sync_store(store, "seal_checkpoint")
-    return _drive(target, _seal_flow(now, horizon=_has_horizon(target)))
+    return _drive(target, _seal_flow(now, horizon=has_ledger_horizon(target)))
 
 
 async def aseal_checkpoint(store: AsyncStore | Store, *, now: datetime) -> Checkpoint | None:
@@ -297,7 +292,7 @@ async def aseal_checkpoint(store: AsyncStore | Store, *, now: datetime) -> Check
         ConfigurationError: ``store`` is not a store.
     """
     target = _async_store(store, "aseal_checkpoint")
-    return await _adrive(target, _seal_flow(now, horizon=_has_horizon(target)))
+    return await _adrive(target, _seal_flow(now, horizon=has_ledger_horizon(target)))
 
 
 def _seal_flow(now: datetime, *, horizon: bool) -> _Flow[Checkpoint | None]:

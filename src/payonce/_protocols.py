@@ -23,7 +23,7 @@ from payonce._model import (
     Status,
 )
 
-__all__ = ["AsyncGateway", "AsyncStore", "Clock", "Gateway", "Store"]
+__all__ = ["AsyncGateway", "AsyncStore", "Clock", "Gateway", "Store", "has_ledger_horizon"]
 
 
 @runtime_checkable
@@ -226,6 +226,11 @@ class AsyncStore(Protocol):
     async def close(self) -> None:
         """See ``Store.close``."""
         ...
+
+
+def has_ledger_horizon(store: Store | AsyncStore) -> bool:
+    """Whether ``store`` defines the optional ``ledger_horizon`` (see ``Store``)."""
+    return callable(getattr(store, "ledger_horizon", None))
 
 
 @runtime_checkable

@@ -41,9 +41,15 @@ from payonce._errors import (
     StoreUnavailableError,
 )
 from payonce._intent import Intent
-from payonce._ledger import _has_horizon
 from payonce._model import Event, GatewayAnswer, Lease, OutcomeClass, Record, Status
-from payonce._protocols import AsyncGateway, AsyncStore, Clock, Gateway, Store
+from payonce._protocols import (
+    AsyncGateway,
+    AsyncStore,
+    Clock,
+    Gateway,
+    Store,
+    has_ledger_horizon,
+)
 
 __all__ = [
     "GATEWAY_FAILED",
@@ -447,7 +453,9 @@ class _ReconcilerCore:
         # Where sequence numbers become visible out of commit order (PostgreSQL), read no
         # further than the horizon: past it a lower number may still commit, and a cursor
         # already beyond it would skip that entry in every later audit. None: no such store.
-        final = (yield ("store", "ledger_horizon", (), {})) if _has_horizon(self.store) else None
+        final = (
+            (yield ("store", "ledger_horizon", (), {})) if has_ledger_horizon(self.store) else None
+        )
         while True:
             batch = yield ("store", "entries", (), {"after": report.cursor, "limit": _ENTRY_PAGE})
             if final is not None:
