@@ -15,6 +15,7 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 import pytest
@@ -154,6 +155,21 @@ def _drop_postgres_database() -> Iterator[None]:
     yield
     _POSTGRES.drop()
     _REDIS.clean()
+
+
+@pytest.fixture(scope="session")
+def local_redis() -> Iterator[Any]:
+    """A client of the loopback Redis; a server that is not running fails the test (never a
+    skip)."""
+    import redis  # noqa: PLC0415 - the redis extra, only when used
+
+    client = redis.Redis.from_url(_Redis.url)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        pytest.fail(f"the local Redis at {_Redis.url} is not running (never skipped): {exc}")
+    yield client
+    client.close()
 
 
 @pytest.fixture

@@ -61,8 +61,7 @@ def test_the_redis_baseline_runs_payonce_s_own_scripts(redis_prefix: str) -> Non
 
 
 def test_the_postgres_baseline_runs_payonce_s_own_statements() -> None:
-    name, conninfo = pg_worker.create_database()
-    try:
+    with pg_worker.migrated_database() as conninfo:
         store = PostgresStore(conninfo)
         baseline = bench.PgBaseline(conninfo)
         try:
@@ -70,5 +69,3 @@ def test_the_postgres_baseline_runs_payonce_s_own_statements() -> None:
         finally:
             baseline.close()
             store.close()
-    finally:
-        pg_worker.drop_database(name)

@@ -24,12 +24,8 @@ POOL = 16  # the contract's concurrency checks race 16 callers
 @pytest.fixture(scope="module")
 def database() -> Iterator[str]:
     """A fresh, migrated database for this module; yields its connection string."""
-    name, conninfo = pg_worker.create_database()
-    try:
-        PostgresStore(conninfo).close()  # applies the migrations once
+    with pg_worker.migrated_database() as conninfo:  # the migrations, applied once
         yield conninfo
-    finally:
-        pg_worker.drop_database(name)
 
 
 @pytest.fixture(scope="module")

@@ -49,17 +49,6 @@ def unique_prefix() -> str:
 
 
 @pytest.fixture(scope="session")
-def local_redis() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(LOCAL_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError as exc:
-        pytest.fail(f"the local Redis at {LOCAL_URL} is not running (never skipped): {exc}")
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     with redis_cluster(3) as running:
         yield running

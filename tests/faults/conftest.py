@@ -10,19 +10,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from payonce.stores._postgres import PostgresStore
 from tests.faults import pg_worker
 
 
 @pytest.fixture(scope="module")
 def database() -> Iterator[str]:
     """A fresh, migrated database for the module; yields its connection string."""
-    name, conninfo = pg_worker.create_database()
-    try:
-        PostgresStore(conninfo).close()
+    with pg_worker.migrated_database() as conninfo:
         yield conninfo
-    finally:
-        pg_worker.drop_database(name)
 
 
 @pytest.fixture

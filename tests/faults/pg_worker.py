@@ -16,8 +16,9 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,18 @@ def create_database() -> tuple[str, str]:
     with admin_connection() as conn:
         conn.execute(f"CREATE DATABASE {name}")  # a generated identifier, never input
     return name, make_conninfo(ADMIN, dbname=name)
+
+
+@contextmanager
+def migrated_database() -> Iterator[str]:
+    """A fresh database with payonce's schema applied, dropped on the way out; yields its
+    connection string."""
+    name, conninfo = create_database()
+    try:
+        PostgresStore(conninfo).close()  # applies the migrations
+        yield conninfo
+    finally:
+        drop_database(name)
 
 
 def drop_database(name: str) -> None:

@@ -76,14 +76,10 @@ CREATE CONSTRAINT TRIGGER payonce_test_hold_at_commit
 
 @pytest.fixture(scope="module")
 def database() -> Iterator[str]:
-    name, conninfo = pg_worker.create_database()
-    try:
-        PostgresStore(conninfo).close()
+    with pg_worker.migrated_database() as conninfo:
         with pg_worker.admin_connection(conninfo) as conn:
             conn.execute(HOLD_AT_COMMIT)
         yield conninfo
-    finally:
-        pg_worker.drop_database(name)
 
 
 @pytest.fixture

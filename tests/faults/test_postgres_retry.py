@@ -20,12 +20,8 @@ INTENT = Intent("charge", 5000, "usd", customer="cus_123", reference="order-r15d
 
 @pytest.fixture
 def database() -> Iterator[str]:
-    name, conninfo = pg_worker.create_database()
-    try:
-        PostgresStore(conninfo).close()
+    with pg_worker.migrated_database() as conninfo:
         yield conninfo
-    finally:
-        pg_worker.drop_database(name)
 
 
 def _fail_ledger_inserts(conninfo: str, sqlstate: str, times: int) -> None:

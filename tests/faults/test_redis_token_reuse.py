@@ -36,45 +36,39 @@ NEW = NewRecord(SCOPE, KEY, "fp", '{"a":1}', "po1_token_reuse", "charge", 100, "
 
 
 @pytest.fixture
-def client() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(LOCAL_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError as exc:
-        pytest.fail(f"the local Redis at {LOCAL_URL} is not running (never skipped): {exc}")
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def prefix(client: redis.Redis) -> Iterator[str]:
+def prefix(local_redis: redis.Redis) -> Iterator[str]:
     prefix = f"payonce-reuse-{uuid.uuid4().hex[:12]}"
     yield prefix
-    delete_prefix(client, prefix)
+    delete_prefix(local_redis, prefix)
 
 
 class _Snapshot:
-    """The state of the key's bucket before a claim, and how to go back to it."""
+    """The state of the key's bucket before a claim or a takeover, and how to go back to it."""
 
     def __init__(self, client: redis.Redis, store: RedisCore) -> None:
         self.client = client
         self.ident = _ident(SCOPE, KEY)
         self.bucket = store._bucket(self.ident)
         self.seq_key = store._seq_key
+        self.record = client.hgetall(self.bucket.rec + self.ident)
         self.chain = client.hget(self.bucket.chain, self.ident)
         self.seq = int(client.get(self.seq_key) or 0)
 
     def lose_what_came_after(self) -> None:
-        """The failover: the promoted replica never had the claim made since the snapshot."""
+        """The failover: the promoted replica never had the transition made since the snapshot
+        (the record as it was, or none; its chain head, ledger, indexes and the seq counter)."""
         b, ident = self.bucket, self.ident
         assert self.client.unlink(b.rec + ident) == 1
+        if self.record:
+            self.client.hset(b.rec + ident, mapping=self.record)
+        else:
+            self.client.zrem(b.open, ident)
+            self.client.zrem(b.live, ident)
         if self.chain is None:
             self.client.hdel(b.chain, ident)
         else:
             self.client.hset(b.chain, ident, self.chain)
         assert self.client.zremrangebyscore(b.log, f"({self.seq}", "+inf") == 1
-        self.client.zrem(b.open, ident)
-        self.client.zrem(b.live, ident)
         self.client.set(self.seq_key, self.seq)
 
 
@@ -97,7 +91,7 @@ def _claim(store: RedisStore, now: datetime) -> Claimed:
     ids=["claimed again at the same instant", "claimed again later"],
 )
 def test_a_zombie_of_a_lost_claim_cannot_write_over_the_new_claim_with_the_same_token(
-    client: redis.Redis, prefix: str, later: timedelta
+    local_redis: redis.Redis, prefix: str, later: timedelta
 ) -> None:
     # At the same instant, the new claim's ledger entry is byte for byte the lost one, so the
     # zombie's write matches the record's token, status and ledger head exactly; a second later
@@ -107,7 +101,7 @@ def test_a_zombie_of_a_lost_claim_cannot_write_over_the_new_claim_with_the_same_
     b = RedisStore(LOCAL_URL, prefix=prefix)  # another process, after the failover
     try:
         _an_earlier_life(a)
-        before = _Snapshot(client, a)
+        before = _Snapshot(local_redis, a)
         zombie = _claim(a, T0)
         before.lose_what_came_after()
         assert b.get(SCOPE, KEY) is None
@@ -143,7 +137,7 @@ def test_a_zombie_of_a_lost_claim_cannot_write_over_the_new_claim_with_the_same_
 
 
 def test_the_same_store_never_hands_out_the_token_of_a_lease_it_holds_in_flight(
-    client: redis.Redis, prefix: str
+    local_redis: redis.Redis, prefix: str
 ) -> None:
     # One store instance (one process) serves both the zombie and the retry: the nonce cannot
     # tell them apart here (both write by token), so the new claim continues past the token of
@@ -151,7 +145,7 @@ def test_the_same_store_never_hands_out_the_token_of_a_lease_it_holds_in_flight(
     store = RedisStore(LOCAL_URL, prefix=prefix)
     try:
         _an_earlier_life(store)
-        before = _Snapshot(client, store)
+        before = _Snapshot(local_redis, store)
         zombie = _claim(store, T0)
         before.lose_what_came_after()
 
@@ -175,7 +169,7 @@ def test_the_same_store_never_hands_out_the_token_of_a_lease_it_holds_in_flight(
         store.close()
 
 
-def test_the_async_store_refuses_the_zombie_too(client: redis.Redis, prefix: str) -> None:
+def test_the_async_store_refuses_the_zombie_too(local_redis: redis.Redis, prefix: str) -> None:
     sync = RedisStore(LOCAL_URL, prefix=prefix)
 
     async def scenario() -> tuple[int, int, Status]:
@@ -183,7 +177,7 @@ def test_the_async_store_refuses_the_zombie_too(client: redis.Redis, prefix: str
         b = AsyncRedisStore(LOCAL_URL, prefix=prefix)
         try:
             _an_earlier_life(sync)
-            before = _Snapshot(client, sync)
+            before = _Snapshot(local_redis, sync)
             zombie = await a.claim(NEW, now=T0, lease_for=LEASE)
             before.lose_what_came_after()
             live = await b.claim(NEW, now=T0, lease_for=LEASE)
@@ -213,7 +207,7 @@ def test_the_async_store_refuses_the_zombie_too(client: redis.Redis, prefix: str
 
 
 def test_the_same_store_never_reissues_the_token_of_a_takeover_it_holds_in_flight(
-    client: redis.Redis, prefix: str
+    local_redis: redis.Redis, prefix: str
 ) -> None:
     # As for claims: a takeover this store made is lost in a failover (the record goes back
     # to the lease it took over), and the same store takes the record over again. The new lease
@@ -222,11 +216,11 @@ def test_the_same_store_never_reissues_the_token_of_a_takeover_it_holds_in_fligh
     try:
         first = _claim(store, T0)
         assert first.lease is not None
-        before = _BucketCopy(client, store)
+        before = _Snapshot(local_redis, store)
         later = T0 + LEASE + timedelta(seconds=1)
         zombie = store.takeover(SCOPE, KEY, token=first.lease.token, now=later, lease_for=LEASE)
         assert zombie.lease is not None
-        before.put_back()
+        before.lose_what_came_after()
 
         again = later + timedelta(seconds=1)
         live = store.takeover(SCOPE, KEY, token=first.lease.token, now=again, lease_for=LEASE)
@@ -246,23 +240,3 @@ def test_the_same_store_never_reissues_the_token_of_a_takeover_it_holds_in_fligh
         verify_ledger(store)
     finally:
         store.close()
-
-
-class _BucketCopy:
-    """The key's record, chain head, ledger and the seq counter as they are, to put back as a
-    failover that lost what came after leaves them."""
-
-    def __init__(self, client: redis.Redis, store: RedisCore) -> None:
-        self.client, self.ident = client, _ident(SCOPE, KEY)
-        self.bucket, self.seq_key = store._bucket(self.ident), store._seq_key
-        self.record = client.hgetall(self.bucket.rec + self.ident)
-        self.chain = client.hget(self.bucket.chain, self.ident)
-        self.seq = int(client.get(self.seq_key) or 0)
-
-    def put_back(self) -> None:
-        b, ident = self.bucket, self.ident
-        self.client.delete(b.rec + ident)
-        self.client.hset(b.rec + ident, mapping=self.record)
-        self.client.hset(b.chain, ident, self.chain)
-        self.client.zremrangebyscore(b.log, f"({self.seq}", "+inf")
-        self.client.set(self.seq_key, self.seq)
