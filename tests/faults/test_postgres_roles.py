@@ -70,6 +70,16 @@ def _migrate_and_grant(roles: Roles) -> None:
             owner.execute(grant.format(app=roles.app))
 
 
+def _claim_and_seal(conninfo: str, label: str) -> None:
+    """One claim and a checkpoint over it, through a store connected as ``conninfo``'s role."""
+    store = PostgresStore(conninfo)
+    try:
+        store.claim(_new(label), now=T0, lease_for=LEASE)
+        assert seal_checkpoint(store, now=T0) is not None
+    finally:
+        store.close()
+
+
 def _back_to_version_1(roles: Roles) -> None:
     """The database as an older payonce left it: migration 2 never ran."""
     with psycopg.connect(roles.conninfo(roles.owner), autocommit=True) as owner:
@@ -129,12 +139,7 @@ def test_the_service_role_runs_every_operation_with_select_and_insert_on_the_led
 )
 def test_the_service_role_cannot_rewrite_history(roles: Roles, statement: str) -> None:
     _migrate_and_grant(roles)
-    store = PostgresStore(roles.conninfo(roles.app))
-    try:
-        store.claim(_new("kept"), now=T0, lease_for=LEASE)
-        assert seal_checkpoint(store, now=T0) is not None
-    finally:
-        store.close()
+    _claim_and_seal(roles.conninfo(roles.app), "kept")
     with (
         psycopg.connect(roles.conninfo(roles.app), autocommit=True) as app,
         pytest.raises(psycopg.errors.InsufficientPrivilege),
@@ -177,12 +182,7 @@ def test_a_schema_at_version_1_is_brought_up_by_the_owner_not_the_service_role(
         PostgresStore(roles.conninfo(roles.app))
 
     _migrate_and_grant(roles)  # the owner opens (migrates), then grants EXECUTE on the function
-    store = PostgresStore(roles.conninfo(roles.app))
-    try:
-        store.claim(_new("after-upgrade"), now=T0, lease_for=LEASE)
-        assert seal_checkpoint(store, now=T0) is not None
-    finally:
-        store.close()
+    _claim_and_seal(roles.conninfo(roles.app), "after-upgrade")
 
 
 def test_a_role_that_may_create_but_does_not_own_the_tables_cannot_apply_migration_2(
