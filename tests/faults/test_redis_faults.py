@@ -524,3 +524,29 @@ def test_credentials_refused_under_a_running_store_are_not_an_outage() -> None:
         translated = _translate(error, "claim")
         assert type(translated) is StoreError
         assert "Redis refused the store's credentials" in str(translated)
+
+
+def test_a_read_that_finds_an_indexed_record_missing_refuses_instead_of_answering_without_it(
+    local_prefix: str,
+) -> None:
+    # On one server only a record key deleted outside payonce gets here (on Cluster, a slot
+    # in migration: tests/faults/test_redis_cluster_faults.py). A ``newest`` that skipped the
+    # record would let a reference-less intent claim a new generation of a paid key.
+    store = RedisStore(LOCAL_URL, prefix=local_prefix, buckets=1)
+    client = redis.Redis.from_url(LOCAL_URL)
+    try:
+        new = NewRecord("tenant-a", "k1", "fp", "{}", "po1_k1", "charge", 100, "usd", "fam", 0)
+        assert store.claim(new, now=_T, lease_for=LEASE).lease is not None
+        (record_key,) = [k for k in client.scan_iter(match=f"*{local_prefix}*") if b":rec:" in k]
+        client.unlink(record_key)
+        late = _T + timedelta(days=1)
+        for read in (
+            lambda: store.newest("tenant-a", "fam"),
+            lambda: store.scan(now=late, limit=10),
+            lambda: store.heads(after=None, limit=10),
+        ):
+            with pytest.raises(StoreUnavailableError, match="deleted outside payonce"):
+                read()
+    finally:
+        client.close()
+        store.close()
