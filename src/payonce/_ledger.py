@@ -174,6 +174,12 @@ class _RangeCheck:
 def verify_ledger(store: Store, *, anchor: str | None = None) -> LedgerReport:
     """Verify every entry, chain, checkpoint and record head of ``store``'s ledger.
 
+    It may run while transitions are being written. On a store with a ``ledger_horizon``
+    (PostgreSQL, Redis), whose sequence numbers can become visible out of order, it reads the
+    entries at or below the horizon, so an entry still to commit is never taken for a deleted
+    one. A record whose newest entry lies past what was read (written meanwhile) is checked
+    against the ledger read on from there.
+
     Args:
         store: the store to verify.
         anchor: a checkpoint hash kept outside the store; verification fails if it is missing.
@@ -183,10 +189,13 @@ def verify_ledger(store: Store, *, anchor: str | None = None) -> LedgerReport:
 
     Raises:
         LedgerCorruptedError: naming the first bad entry (by ``seq`` and key) and what is wrong.
+        ConflictError: (PostgreSQL) the ledger stayed busy with writers past the store's lock
+            timeout while the horizon was read; verify again later.
         ConfigurationError: ``store`` is an AsyncStore (use ``averify_ledger``).
     """
     target = _sync_store(store, "verify_ledger")
-    return _drive(target, _verify_flow(anchor, gapless=_gapless(target)))
+    flow = _verify_flow(anchor, gapless=_gapless(target), horizon=has_ledger_horizon(target))
+    return _drive(target, flow)
 
 
 async def averify_ledger(store: AsyncStore | Store, *, anchor: str | None = None) -> LedgerReport:
@@ -194,73 +203,131 @@ async def averify_ledger(store: AsyncStore | Store, *, anchor: str | None = None
 
     Raises:
         LedgerCorruptedError: naming the first bad entry (by ``seq`` and key) and what is wrong.
+        ConflictError: as ``verify_ledger``; verify again later.
         ConfigurationError: ``store`` is not a store.
     """
     target = _async_store(store, "averify_ledger")
-    return await _adrive(target, _verify_flow(anchor, gapless=_gapless(target)))
+    flow = _verify_flow(anchor, gapless=_gapless(target), horizon=has_ledger_horizon(target))
+    return await _adrive(target, flow)
 
 
-def _verify_flow(anchor: str | None, *, gapless: bool) -> _Flow[LedgerReport]:
+class _Walk:
+    """The entries read so far, each checked as it comes (hash, chain, order, gaps)."""
+
+    def __init__(self, checkpoints: list[Checkpoint], *, gapless: bool) -> None:
+        self.ranges = _RangeCheck(checkpoints)
+        self.gapless = gapless
+        self.chain_heads: dict[tuple[str, str], str] = {}
+        self.count, self.last_seq = 0, 0
+        # Hashes of entries read after the records' heads were (catching up): a head among
+        # its key's is a real entry the record has moved past since.
+        self.later: dict[tuple[str, str], set[str]] = {}
+        self.catching_up = False
+
+    def read(self, top: int | None) -> _Flow[None]:
+        """Read and check the entries after ``last_seq``, up to ``top`` (None: to the end)."""
+        while True:
+            limit = _BATCH if top is None else min(_BATCH, top - self.last_seq)
+            if limit <= 0:
+                return
+            batch = yield _StoreCall("entries", {"after": self.last_seq, "limit": limit})
+            if top is not None:
+                batch = [e for e in batch if e.seq <= top]
+            if not batch:
+                return
+            for entry in batch:
+                self._check(entry)
+
+    def _check(self, entry: Entry) -> None:
+        ident = (entry.scope, entry.key)
+        if self.gapless and entry.seq > self.last_seq + 1:
+            raise LedgerCorruptedError(
+                seq=self.last_seq + 1,
+                key=None,
+                reason=f"the entry is missing (the next present entry is {entry.seq}); "
+                "entries were deleted",
+            )
+        problem = None
+        if entry.seq <= self.last_seq:
+            problem = "its sequence number is out of order"
+        elif entry_hash(entry) != entry.hash:
+            problem = "its hash does not match its fields (the entry was edited)"
+        elif entry.prev_hash != self.chain_heads.get(ident, GENESIS):
+            problem = (
+                "it does not chain to the previous entry of its key (an entry was deleted, "
+                "inserted or reordered)"
+            )
+        if problem is not None:
+            raise LedgerCorruptedError(seq=entry.seq, key=entry.key, reason=problem)
+        self.ranges.add(entry)
+        self.chain_heads[ident] = entry.hash
+        if self.catching_up:
+            self.later.setdefault(ident, set()).add(entry.hash)
+        self.count, self.last_seq = self.count + 1, entry.seq
+
+    def explains(self, ident: tuple[str, str], head: str) -> bool:
+        """Whether ``head`` is the newest entry read of its key, or one read since."""
+        return self.chain_heads.get(ident) == head or head in self.later.get(ident, ())
+
+
+def _top(horizon: bool, checkpoints: list[Checkpoint]) -> _Flow[int | None]:
+    """Where reading stops: the store's horizon, None (the end) for a store without one. A
+    sealed range is final already, so never below its end."""
+    if not horizon:
+        return None
+    # A store may answer None for "no horizon" (ThreadedAsyncStore around a store without one).
+    answer = yield _StoreCall("ledger_horizon")
+    if answer is None:
+        return None
+    return max(int(answer), checkpoints[-1].last_seq if checkpoints else 0)
+
+
+def _verify_flow(anchor: str | None, *, gapless: bool, horizon: bool) -> _Flow[LedgerReport]:
     checkpoints = list((yield _StoreCall("checkpoints")))
     _verify_checkpoints(checkpoints, anchor)
-    ranges = _RangeCheck(checkpoints)
-    chain_heads: dict[tuple[str, str], str] = {}
-    count, last_seq = 0, 0
-    while True:
-        batch = yield _StoreCall("entries", {"after": last_seq, "limit": _BATCH})
-        if not batch:
-            break
-        for entry in batch:
-            ident = (entry.scope, entry.key)
-            if gapless and entry.seq > last_seq + 1:
+    walk = _Walk(checkpoints, gapless=gapless)
+    yield from walk.read((yield from _top(horizon, checkpoints)))
+    walk.ranges.finish()
+    records, moved = yield from _verify_heads(walk.chain_heads)
+    if moved:
+        # Records written while the ledger was read: their heads lie past it. Each head was
+        # committed with its entry before the heads were read, so the ledger read on, up to a
+        # horizon read now, holds it; a head it does not hold was deleted or rewritten.
+        walk.catching_up = True
+        yield from walk.read((yield from _top(horizon, checkpoints)))
+        for ident, head in moved.items():
+            if not walk.explains(ident, head):
                 raise LedgerCorruptedError(
-                    seq=last_seq + 1,
-                    key=None,
-                    reason=f"the entry is missing (the next present entry is {entry.seq}); "
-                    "entries were deleted",
+                    seq=None,
+                    key=ident[1],
+                    reason="the record's newest ledger entry is missing or differs (the tail "
+                    "of its chain was deleted or rewritten)",
                 )
-            problem = None
-            if entry.seq <= last_seq:
-                problem = "its sequence number is out of order"
-            elif entry_hash(entry) != entry.hash:
-                problem = "its hash does not match its fields (the entry was edited)"
-            elif entry.prev_hash != chain_heads.get(ident, GENESIS):
-                problem = (
-                    "it does not chain to the previous entry of its key (an entry was deleted, "
-                    "inserted or reordered)"
-                )
-            if problem is not None:
-                raise LedgerCorruptedError(seq=entry.seq, key=entry.key, reason=problem)
-            ranges.add(entry)
-            chain_heads[ident] = entry.hash
-            count, last_seq = count + 1, entry.seq
-    ranges.finish()
-    records = yield from _verify_heads(chain_heads)
     return LedgerReport(
-        entries=count,
-        keys=len(chain_heads),
+        entries=walk.count,
+        keys=len(walk.chain_heads),
         records=records,
         checkpoints=len(checkpoints),
         last_checkpoint=checkpoints[-1] if checkpoints else None,
-        last_seq=last_seq,
+        last_seq=walk.last_seq,
     )
 
 
-def _verify_heads(chain_heads: dict[tuple[str, str], str]) -> _Flow[int]:
+def _verify_heads(
+    chain_heads: dict[tuple[str, str], str],
+) -> _Flow[tuple[int, dict[tuple[str, str], str]]]:
+    """Every record's head against its chain: (records checked, {(scope, key): head} of the
+    records whose head is not the newest entry read of their key)."""
     after: tuple[str, str] | None = None
     records = 0
+    moved: dict[tuple[str, str], str] = {}
     while True:
         rows = yield _StoreCall("heads", {"after": after, "limit": _BATCH})
         if not rows:
-            return records
+            return records, moved
         for scope, key, head in rows:
             if chain_heads.get((scope, key)) != head:
-                raise LedgerCorruptedError(
-                    seq=None,
-                    key=key,
-                    reason="the record's newest ledger entry is missing or differs (the tail of "
-                    "its chain was deleted or rewritten)",
-                )
+                moved[(scope, key)] = head
             records += 1
         after = (rows[-1][0], rows[-1][1])
 

@@ -25,6 +25,7 @@ from payonce import (
     AsyncGuard,
     Checkpoint,
     ConflictError,
+    Entry,
     Event,
     Guard,
     LedgerCorruptedError,
@@ -71,29 +72,38 @@ def admin(store: PostgresStore) -> Iterator[Admin]:
         yield conn
 
 
+def _raw_entry(label: str, event: Event = Event.CLAIMED, prev_hash: str = GENESIS) -> Entry:
+    """A valid ledger entry of the key ``k1_raw_<label>`` (its first, by default)."""
+    status_to = Status.SUCCEEDED if event is Event.SUCCEEDED else Status.CLAIMED
+    return make_entry(
+        seq=0, at=NOW, scope=worker.SCOPE, key=f"k1_raw_{label}", event=event,
+        status_from=None, status_to=status_to, token=1, attempt=1, amount=1000,
+        currency="usd", detail="{}", prev_hash=prev_hash,
+    )  # fmt: skip
+
+
+def _insert(conn: Admin, entry: Entry) -> int:
+    """Insert ``entry`` as PostgresStore does; returns the seq it drew."""
+    row = conn.execute(
+        _INSERT_ENTRY,
+        (
+            to_micros(entry.at), entry.scope, entry.key, entry.event.value, None,
+            entry.status_to.value, entry.token, entry.attempt, entry.amount, entry.currency,
+            entry.detail, entry.prev_hash, entry.hash,
+        ),
+    ).fetchone()  # fmt: skip
+    assert row is not None
+    return int(row[0])
+
+
 @contextmanager
 def _uncommitted_entry(label: str, event: Event = Event.CLAIMED) -> Iterator[tuple[Admin, int]]:
     """A raw transaction that inserted one valid ledger entry (a fresh key's first, chained to
     the genesis) and has not committed; yields its connection and the seq it holds. The caller
     ends it with COMMIT or ROLLBACK (an exception leaving the block rolls it back)."""
-    status_to = Status.SUCCEEDED if event is Event.SUCCEEDED else Status.CLAIMED
-    entry = make_entry(
-        seq=0, at=NOW, scope=worker.SCOPE, key=f"k1_raw_{label}", event=event,
-        status_from=None, status_to=status_to, token=1, attempt=1, amount=1000,
-        currency="usd", detail="{}", prev_hash=GENESIS,
-    )  # fmt: skip
     with pg_worker.admin_connection(_POSTGRES.conninfo) as conn:
         conn.execute("BEGIN")
-        row = conn.execute(
-            _INSERT_ENTRY,
-            (
-                to_micros(entry.at), entry.scope, entry.key, entry.event.value, None,
-                status_to.value, entry.token, entry.attempt, entry.amount, entry.currency,
-                entry.detail, entry.prev_hash, entry.hash,
-            ),
-        ).fetchone()  # fmt: skip
-        assert row is not None
-        yield conn, int(row[0])
+        yield conn, _insert(conn, _raw_entry(label, event))
 
 
 def _write_later_entries(store: PostgresStore, reference: str) -> list[int]:
@@ -181,6 +191,23 @@ def test_audit_reads_no_further_than_the_horizon(store: PostgresStore, admin: Ad
     # The raw entry was read: its key has no record, so it counts as skipped; the guarded
     # call's record was asked about.
     assert (report.skipped, report.checked) == (1, 1)
+
+
+def test_verify_waits_for_a_lower_uncommitted_entry_before_reading_its_successor(
+    store: PostgresStore, admin: Admin
+) -> None:
+    # The key's first entry is uncommitted below its second, committed one. A verification
+    # that read past the first before it committed would find the second chained to an entry
+    # it never saw, and report the chain broken.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        with _uncommitted_entry("verify") as (writer, held):
+            second = _raw_entry("verify", Event.SUCCEEDED, prev_hash=_raw_entry("verify").hash)
+            assert _insert(admin, second) > held  # committed: the admin connection autocommits
+            future = pool.submit(verify_ledger, store)
+            _wait_until_sealer_waits(admin, future)  # the verification's horizon waits for it
+            writer.execute("COMMIT")
+        report = future.result(timeout=30)
+    assert (report.entries, report.keys) == (2, 1)
 
 
 def test_seal_gives_up_when_the_ledger_stays_busy(

@@ -1,0 +1,95 @@
+"""verify_ledger while transitions are being written (every backend).
+
+A record written after verification read the ledger has a head past what was read; verification
+reads the ledger on from there and finds it, where it used to report the tail of the record's
+chain as deleted. Another worker's transitions run around a chosen call of verification (no
+threads, no timing). The stores whose numbers become visible out of order have their own tests:
+PostgreSQL in tests/faults/test_postgres_seal.py, Redis Cluster in
+tests/faults/test_redis_cluster_faults.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from payonce import Status, Store, verify_ledger
+from payonce._model import NewRecord
+
+T0 = datetime(2026, 5, 1, 9, 0, tzinfo=UTC)
+LEASE = timedelta(seconds=30)
+SCOPE = "tenant-a"
+
+
+def _nothing() -> None:
+    pass
+
+
+class _Busy:
+    """``store`` as verification sees it: ``before`` and ``after`` (another worker's writes) run
+    around its first call of ``at``."""
+
+    def __init__(
+        self,
+        store: Store,
+        at: str,
+        before: Callable[[], None] = _nothing,
+        after: Callable[[], None] = _nothing,
+    ) -> None:
+        self._store, self._at, self._before, self._after = store, at, before, after
+        self._done = False
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._store, name)
+        if name != self._at or self._done:
+            return method
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self._done = True
+            self._before()
+            answer = method(*args, **kwargs)
+            self._after()
+            return answer
+
+        return call
+
+
+def _claimed(store: Store, key: str) -> int:
+    new = NewRecord(SCOPE, key, "fp", "{}", "po1_" + key, "charge", 100, "usd", None, 0)
+    claimed = store.claim(new, now=T0, lease_for=LEASE)
+    assert claimed.lease is not None
+    return claimed.lease.token
+
+
+def test_a_record_completed_after_the_ledger_was_read_verifies(store: Store) -> None:
+    for n in range(3):
+        _claimed(store, f"k1_other_{n}")
+    token = _claimed(store, "k1_moving")
+
+    def complete() -> None:
+        store.complete(
+            SCOPE, "k1_moving", token=token, status=Status.SUCCEEDED, outcome="{}", now=T0
+        )
+
+    # The completion lands after the entries were read, before the records' heads are.
+    report = verify_ledger(_Busy(store, "heads", before=complete))  # type: ignore[arg-type]
+    assert (report.entries, report.records) == (5, 4)  # its entry was read on
+
+
+def test_a_record_that_moved_on_again_after_its_head_was_read_verifies(store: Store) -> None:
+    # Marked unknown before the heads are read, taken over after: the head read is an entry
+    # of its key that is no longer the newest when the ledger is read on.
+    token = _claimed(store, "k1_moving")
+    late = T0 + LEASE
+
+    def mark_unknown() -> None:
+        store.mark_unknown(SCOPE, "k1_moving", token=token, reason="lost", now=T0)
+
+    def take_over() -> None:
+        taken = store.takeover(SCOPE, "k1_moving", token=token, now=late, lease_for=LEASE)
+        assert taken.lease is not None
+
+    busy = _Busy(store, "heads", before=mark_unknown, after=take_over)
+    report = verify_ledger(busy)  # type: ignore[arg-type]
+    assert (report.entries, report.records) == (3, 1)
