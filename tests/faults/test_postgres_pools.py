@@ -1,14 +1,18 @@
-"""PostgreSQL connections: ended by the server while idle, and pools passed in by the caller.
+"""PostgreSQL connections: ended by the server while idle, silent peers, and pools passed in by
+the caller.
 
 A restart, a failover or ``pg_terminate_backend`` ends pooled connections while they sit idle;
-the store replaces each before use, so the first write after it still lands. A pool the caller
-builds must hand out autocommit connections at READ COMMITTED, or a claim would not hold: the
-store refuses any other before it writes anything.
+the store replaces each before use, so the first write after it still lands. A peer that
+vanishes without a word is bounded by the TCP keepalive and user timeout the store sets on the
+connections of the pools it builds. A pool the caller builds must be open and hand out
+autocommit connections at READ COMMITTED, or a claim would not hold: the store refuses any other
+before it writes anything.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -237,3 +241,119 @@ def test_the_async_store_closes_its_connections_when_open_fails_and_can_open_aga
         assert time.monotonic() < deadline, "the refused store left its connections open"
         time.sleep(0.005)
     assert _records(admin) == 0
+
+
+# -- pools passed in unopened ----------------------------------------------------------------------
+
+
+def test_a_pool_that_was_never_opened_is_a_configuration_error(database: str, admin: Admin) -> None:
+    pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
+        database, min_size=1, max_size=2, kwargs={"autocommit": True}, open=False
+    )
+    try:
+        # Not StoreUnavailableError ("retry the same intent"): retrying never opens the pool.
+        with pytest.raises(
+            ConfigurationError, match=r"not open: open it .*pool\.open\(\)"
+        ) as caught:
+            PostgresStore(pool)
+        assert caught.value.option == "conninfo_or_pool"
+        pool.open()
+        store = PostgresStore(pool)  # the same pool, once opened, is taken
+        store.close()
+        with pytest.raises(StoreUnavailableError, match="store was closed"):
+            store.get(worker.SCOPE, "k1_absent")  # a store closed itself: as before
+    finally:
+        pool.close()
+    assert _records(admin) == 0
+
+
+def test_the_async_store_refuses_a_pool_that_was_never_opened_at_open(
+    database: str, admin: Admin
+) -> None:
+    async def scenario() -> None:
+        pool: psycopg_pool.AsyncConnectionPool[Any] = psycopg_pool.AsyncConnectionPool(
+            database, min_size=1, max_size=2, kwargs={"autocommit": True}, open=False
+        )
+        store = AsyncPostgresStore(pool)
+        try:
+            with pytest.raises(ConfigurationError, match=r"await pool\.open\(\)"):
+                await store.open()
+            with pytest.raises(ConfigurationError, match="not open"):
+                await store.get(worker.SCOPE, "k1_absent")
+            await pool.open()
+            assert await store.get(worker.SCOPE, "k1_absent") is None  # opened later: taken
+            await store.close()
+            with pytest.raises(StoreUnavailableError, match="store was closed"):
+                await store.get(worker.SCOPE, "k1_absent")
+        finally:
+            await pool.close()
+
+    asyncio.run(scenario())
+    assert _records(admin) == 0
+
+
+# -- TCP keepalives and user timeout on the connections of the pools the store builds -------------
+
+# libpq's parameter: the socket option it sets (Linux).
+_SOCKET_OPTIONS = {
+    "keepalives": (socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+    "keepalives_idle": (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+    "keepalives_interval": (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+    "keepalives_count": (socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+    "tcp_user_timeout": (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+}
+_DEFAULTS = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30000,
+}
+
+
+def _socket_options(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> dict[str, int]:
+    """What libpq set on the connection's TCP socket, read from the socket itself."""
+    # fromfd duplicates the descriptor: closing the duplicate leaves the connection alone.
+    with socket.fromfd(conn.fileno(), socket.AF_INET, socket.SOCK_STREAM) as sock:
+        found = {name: sock.getsockopt(*option) for name, option in _SOCKET_OPTIONS.items()}
+    found["keepalives"] = int(bool(found["keepalives"]))
+    return found
+
+
+def test_the_store_s_connections_end_a_silent_peer_and_the_caller_s_values_win(
+    database: str,
+) -> None:
+    # A peer that vanished without a word (a firewall drop, a partitioned host) would otherwise
+    # block a claim or complete for the kernel's ~15 minutes; checked by parameter, on the socket.
+    store = PostgresStore(database)
+    try:
+        with store._pool.connection() as conn:
+            assert _socket_options(conn) == _DEFAULTS
+    finally:
+        store.close()
+    own = PostgresStore(make_conninfo(database, keepalives_idle=42, tcp_user_timeout=0))
+    try:
+        with own._pool.connection() as conn:
+            assert _socket_options(conn) == {
+                **_DEFAULTS,
+                "keepalives_idle": 42,
+                "tcp_user_timeout": 0,
+            }
+    finally:
+        own.close()
+
+
+def test_the_async_store_s_connections_end_a_silent_peer_and_the_caller_s_values_win(
+    database: str,
+) -> None:
+    async def options(conninfo: str) -> dict[str, int]:
+        store = await AsyncPostgresStore(conninfo).open()
+        try:
+            async with store._pool.connection() as conn:
+                return _socket_options(conn)
+        finally:
+            await store.close()
+
+    assert asyncio.run(options(database)) == _DEFAULTS
+    own = make_conninfo(database, keepalives_count=7)
+    assert asyncio.run(options(own)) == {**_DEFAULTS, "keepalives_count": 7}

@@ -45,7 +45,7 @@ from payonce._model import Checkpoint, Claimed, Entry, NewRecord, Record, Replay
 try:
     import psycopg
     import psycopg_pool
-    from psycopg.conninfo import conninfo_to_dict
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ConfigurationError(
         "the PostgreSQL store needs psycopg 3 and psycopg-pool: install them with "
@@ -150,6 +150,25 @@ def _checked_conninfo(conninfo: object, pool_type: str) -> str:
     return conninfo
 
 
+def _with_keepalives(conninfo: str) -> str:
+    """``conninfo`` with the TCP keepalive and user timeout settings (``_KEEPALIVES``) it does
+    not set itself, for the pools the stores build."""
+    given = conninfo_to_dict(conninfo)
+    missing = {name: value for name, value in _KEEPALIVES.items() if name not in given}
+    if psycopg.pq.version() < 120000:  # tcp_user_timeout is libpq 12's; older ones refuse it
+        missing.pop("tcp_user_timeout", None)
+    return make_conninfo(conninfo, **missing) if missing else conninfo
+
+
+def _unopened(pool_type: str, how: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"the psycopg_pool.{pool_type} given to the PostgreSQL store is not open: open it "
+        f"before the store uses it ({how}) and keep it open while the store is in use. A pool "
+        "that was closed cannot be opened again: build a new one.",
+        option="conninfo_or_pool",
+    )
+
+
 def _unreachable(target: str, timeout: timedelta, reason: str) -> StoreUnavailableError:
     return StoreUnavailableError(
         f"could not connect to PostgreSQL ({target}) within {timeout.total_seconds():g} s: "
@@ -251,6 +270,19 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
 # COMMITTED; a database whose default is stricter would answer "retry" forever instead.
 _SESSION: Final = "SET default_transaction_isolation TO 'read committed'"
 _KWARGS: Final = {"autocommit": True}
+# libpq defaults for the connections of a pool the store builds; a connection string's own
+# values win. Without them a connection whose peer vanished without a word (a firewall dropping
+# it, a partitioned host) blocks the claim or complete on it for the kernel's ~15 minutes of
+# retransmissions. Keepalive probes end a wait for an answer after about 10 + 3 * 5 = 25 s of
+# silence, tcp_user_timeout a send left unacknowledged for 30 s (on Linux it governs the probes
+# too: both about 30 s, measured as docs/stores-postgres.md says).
+_KEEPALIVES: Final = {
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "30000",  # milliseconds
+}
 _PROBE_SECONDS: Final = 2  # libpq's smallest connect_timeout
 
 
@@ -263,7 +295,9 @@ class PostgresStore(Flows):
     Args:
         conninfo_or_pool: a libpq connection string or URL (``"postgresql://app@db/payments"``),
             or an open ``psycopg_pool.ConnectionPool`` you own (the store never closes it; give it
-            ``kwargs={"autocommit": True}``, and keep PostgreSQL's READ COMMITTED default).
+            ``kwargs={"autocommit": True}``, and keep PostgreSQL's READ COMMITTED default). The
+            pool built from a string gets TCP keepalives and a 30 s ``tcp_user_timeout`` where
+            the string sets none; give a pool you own the same in its connection string.
         min_size / max_size: the size of the pool the store creates from a connection string.
         read_first: whether the guard reads five columns before it claims. True: a replay is
             that one ``SELECT``, a fresh call pays it as an extra round trip. False: a fresh
@@ -277,8 +311,8 @@ class PostgresStore(Flows):
 
     Raises:
         ConfigurationError: bad options, unsafe durability settings, a schema newer than this
-            version of payonce, or a pool whose connections are not in autocommit or run
-            stricter than READ COMMITTED.
+            version of payonce, a pool passed in that is not open, or one whose connections are
+            not in autocommit or run stricter than READ COMMITTED.
         StoreUnavailableError: the server could not be reached in ``timeout``.
         StoreError: the schema could not be created (e.g. a missing privilege).
     """
@@ -306,13 +340,15 @@ class PostgresStore(Flows):
         self._read_first = ReadFirst(read_first)
         self._closed = False
         if isinstance(conninfo_or_pool, psycopg_pool.ConnectionPool):
+            if conninfo_or_pool.closed:
+                raise _unopened("ConnectionPool", "pool.open(), or build it with open=True")
             self._pool = conninfo_or_pool
             self._owned = False
             conninfo = self._pool.conninfo if isinstance(self._pool.conninfo, str) else ""
         else:
             conninfo = _checked_conninfo(conninfo_or_pool, "ConnectionPool")
             self._pool = psycopg_pool.ConnectionPool(
-                conninfo,
+                _with_keepalives(conninfo),
                 min_size=min_size, max_size=max_size, open=False,
                 kwargs=_KWARGS, configure=_configure, timeout=timeout.total_seconds(),
                 name="payonce",

@@ -40,8 +40,10 @@ from payonce.stores._postgres import (
     _retryable,
     _returned,
     _translate,
+    _unopened,
     _unreachable,
     _validate,
+    _with_keepalives,
 )
 from payonce.stores._postgres_sql import Flow, Flows, Query
 from payonce.stores._read_first import ReadFirst
@@ -65,7 +67,7 @@ class AsyncPostgresStore(Flows):
     """The native-async twin of ``PostgresStore`` on ``psycopg_pool.AsyncConnectionPool``.
 
     The pool opens, the durability check runs and migrations apply on the first call (or on
-    ``await store.open()``, to fail at start-up); a pool passed in must already be open.
+    ``await store.open()``, to fail at start-up); a pool passed in must be open by then.
 
     Args:
         conninfo_or_pool: a libpq connection string or URL, or an open ``AsyncConnectionPool``
@@ -76,8 +78,9 @@ class AsyncPostgresStore(Flows):
 
     Raises:
         ConfigurationError: bad options (at construction); unsafe durability settings, a newer
-            schema, or a pool that is not in autocommit or runs stricter than READ COMMITTED (at
-            ``open``; a refused ``open`` closes the connections of the pool the store built).
+            schema, or a pool that is not open, not in autocommit or runs stricter than READ
+            COMMITTED (at ``open``; a refused ``open`` closes the connections of the pool the
+            store built).
     """
 
     gapless_ledger = False
@@ -123,7 +126,7 @@ class AsyncPostgresStore(Flows):
     def _new_pool(self, conninfo: str) -> psycopg_pool.AsyncConnectionPool[Any]:
         min_size, max_size = self._sizes
         return psycopg_pool.AsyncConnectionPool(
-            conninfo,
+            _with_keepalives(conninfo),
             min_size=min_size, max_size=max_size, open=False,
             kwargs=_KWARGS, configure=_configure_async, timeout=self._timeout.total_seconds(),
             name="payonce",
@@ -133,7 +136,8 @@ class AsyncPostgresStore(Flows):
         """Open the pool, check durability and migrate, once; later calls return at once.
 
         Raises:
-            ConfigurationError: unsafe durability settings or a newer schema.
+            ConfigurationError: unsafe durability settings, a newer schema, or a pool passed in
+                that is not open (``await pool.open()`` first).
             StoreUnavailableError: the server could not be reached in ``timeout``.
         """
         if self._opened:
@@ -143,6 +147,8 @@ class AsyncPostgresStore(Flows):
                 return self
             if self._closed:
                 raise _closed("open")
+            if not self._owned and self._pool.closed:
+                raise _unopened("AsyncConnectionPool", "await pool.open(), or async with pool")
             try:
                 if self._owned:
                     try:
