@@ -18,6 +18,7 @@ from tests.faults import pg_worker
 from tests.redis_cluster import delete_prefix
 
 REDIS = "redis://127.0.0.1:6379/0"
+PASSWORD = "S3CRETpw"  # noqa: S105 - a test value: no output may show it
 
 LATEST_SQLITE = SQLITE_MIGRATIONS[-1][0]
 LATEST_POSTGRES = POSTGRES_MIGRATIONS[-1][0]
@@ -64,6 +65,31 @@ def test_a_missing_directory_or_bad_url_exits_2(cli: Cli, tmp_path: Path) -> Non
     assert "unknown store URL scheme" in bad.stderr
 
 
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        (f"postgresql//app:{PASSWORD}@db/payments", "has no '://'"),
+        # urlsplit raised a ValueError here before: a traceback, password included
+        (f"postgresql://app:{PASSWORD}@[::1/db", "IPv6 address goes in brackets"),
+        (f"redis://:{PASSWORD}@127.0.0.1:notaport/0", "port of the Redis URL"),
+    ],
+)
+def test_a_malformed_url_exits_2_without_quoting_it(cli: Cli, url: str, says: str) -> None:
+    done = cli("migrate", "--store", url)
+    assert done.returncode == 2, done.stderr
+    assert says in done.stderr
+    assert "Traceback" not in done.stderr
+    assert PASSWORD not in done.stderr + done.stdout
+
+
+def test_a_version_that_cannot_be_read_is_reported_unknown(cli: Cli) -> None:
+    # An in-memory SQLite database has no version to read before or after.
+    done = cli("migrate", "--store", "sqlite:///:memory:")
+    assert done.returncode == 0, done.stderr
+    assert "schema version unknown" in done.stdout
+    assert "up to date" not in done.stdout
+
+
 def test_migrate_memory_store_has_no_schema(cli: Cli) -> None:
     done = json_out(cli("migrate", "--store", "memory://", "--json"))
     assert done["backend"] == "memory"
@@ -88,6 +114,18 @@ def test_migrate_postgres(cli: Cli, postgres_url: str) -> None:
     assert again["schema_version_before"] == again["schema_version"] == LATEST_POSTGRES
 
 
+def test_migrate_postgres_with_payonce_options_in_the_url(cli: Cli, postgres_url: str) -> None:
+    # payonce's options leave the URL before the version is read: libpq refuses them, and the
+    # versions read as unknown (shown as "already up to date") after a real migration.
+    url = f"{postgres_url}?max_size=2&timeout=5&read_first=auto&allow_unsafe_durability=false"
+    first = json_out(cli("migrate", "--store", url, "--json"))
+    assert first["schema_version_before"] == 0
+    assert first["schema_version"] == LATEST_POSTGRES
+    again = cli("migrate", "--store", url)
+    assert again.returncode == 0, again.stderr
+    assert f"schema version {LATEST_POSTGRES}, already up to date" in again.stdout
+
+
 def test_migrate_redis_reports_its_layout(cli: Cli) -> None:
     prefix = f"payonce-cli-{uuid4().hex[:12]}"
     client = redis.Redis.from_url(REDIS)
@@ -95,6 +133,11 @@ def test_migrate_redis_reports_its_layout(cli: Cli) -> None:
         done = json_out(cli("migrate", "--store", f"{REDIS}?prefix={prefix}", "--json"))
         assert done["backend"] == "redis"
         assert done["schema_version"] == int(client.hget(f"{prefix}:meta", "version"))
+        # A password in the query is not shown either (the local server takes none).
+        url = f"{REDIS}?password={PASSWORD}&prefix={prefix}"
+        shown = cli("migrate", "--store", url, "--json")
+        assert json_out(shown)["store"] == f"RedisStore('{REDIS}', prefix='{prefix}')"
+        assert PASSWORD not in shown.stdout + shown.stderr
     finally:
         delete_prefix(client, prefix)
         client.close()

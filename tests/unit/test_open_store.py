@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from pathlib import Path
+from typing import Any
+from uuid import uuid4
 
 import pytest
 
-from payonce import ConfigurationError, MemoryStore, SQLiteStore, open_store
+from payonce import ConfigurationError, MemoryStore, SQLiteStore, StoreError, open_store
+
+PASSWORD = "S3CRETpw"  # noqa: S105 - a test value: no error, repr or log line may show it
 
 
 def test_sqlite_relative_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -45,7 +52,9 @@ def test_sqlite_in_memory_and_memory_store() -> None:
         ("mysql://localhost/db", "unknown store URL scheme"),
         ("sqlite://payonce.db", "sqlite:///relative"),
         ("sqlite:///x.db?journal=off", "unknown SQLite URL option 'journal'"),
-        ("sqlite:///x.db?busy_timeout=soon", "number of seconds"),
+        ("sqlite:///x.db?busy_timeout=soon", r"is a number, e\.g\. busy_timeout=30 \(seconds\)"),
+        ("sqlite:///x.db?busy_timeout=inf", "finite number of at most 86400"),
+        ("sqlite:///x.db?busy_timeout=1e300", "finite number of at most 86400"),
         ("sqlite:///x.db?synchronous=OFF", "OFF is refused"),
     ],
 )
@@ -109,6 +118,9 @@ def test_redis_url_opens_a_redis_store_with_its_options() -> None:
         ("redis://127.0.0.1:6379/0?allow_unsafe_durability=yes", "true or false"),
         ("postgresql://postgres@127.0.0.1/test?timeout=nan", "finite"),
         ("postgresql://postgres@127.0.0.1/test?timeout=inf", "finite"),
+        ("postgresql://postgres@127.0.0.1/test?timeout=1e300", "at most 86400"),
+        ("redis://127.0.0.1:6379/0?socket_timeout=1e300", "at most 86400"),
+        ("redis://127.0.0.1:6379/0?socket_connect_timeout=inf", "finite"),
         ("postgresql://postgres@127.0.0.1/test?READ_FIRST=true", "not one libpq accepts"),
         ("postgresql://postgres@127.0.0.1/test?colour=blue", "not one libpq accepts"),
     ],
@@ -137,3 +149,146 @@ def test_payonce_options_leave_the_rest_of_the_url_verbatim() -> None:
         {},
     )
     assert _take_options("postgresql:///db?timeout=5", _POSTGRES_OPTIONS)[0] == "postgresql:///db"
+
+
+# -- malformed URLs: refused with what to write instead, never quoted -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "says", "option"),
+    [
+        (f"postgresql//app:{PASSWORD}@db/payments", "has no '://'", "url"),
+        (f"postgresql://app:{PASSWORD}@[::1/db", "IPv6 address goes in brackets", "url"),
+        (f"redis://:{PASSWORD}@[::1:6379/0", "IPv6 address goes in brackets", "url"),
+        (f"redis://:{PASSWORD}@127.0.0.1:notaport/0", "port of the Redis URL", "url"),
+        (f"redis://:{PASSWORD}@127.0.0.1:6379/notadb", "the database number", "db"),
+        (f"redis://:{PASSWORD}@127.0.0.1:6379/0?socket_timeout=abc", "must be a number", None),
+        (f"redis://:{PASSWORD}@127.0.0.1:6379/0?prefx=app", "unknown option 'prefx'", "prefx"),
+        (f"redis+cluster://:{PASSWORD}@127.0.0.1:6379/2", "only database 0", "db"),
+        (f"sqlite://{PASSWORD}.db", "three slashes", "url"),
+    ],
+    ids=[
+        "no ://", "pg ipv6", "redis ipv6", "port", "db path", "redis value", "redis option",
+        "cluster db", "sqlite slashes",
+    ],
+)  # fmt: skip
+def test_a_malformed_url_is_refused_without_quoting_it(
+    url: str, says: str, option: str | None
+) -> None:
+    with pytest.raises(ConfigurationError, match=says) as caught:
+        open_store(url)
+    assert caught.value.option == (option or url.rpartition("?")[2].partition("=")[0])
+    assert PASSWORD not in str(caught.value)
+    assert PASSWORD not in repr(caught.value.to_dict())
+
+
+# -- Redis URLs: checked before any command, shown without secrets --------------------------------
+
+
+def _redis_stores() -> tuple[Any, Any]:
+    from payonce.stores._redis import AsyncRedisStore, RedisStore  # noqa: PLC0415 - the extra
+
+    return RedisStore, AsyncRedisStore
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0?prefx=app",
+        # payonce's own option is RedisStore's keyword argument, not the client's
+        "redis://127.0.0.1:6379/0?prefix=app",
+        "redis+cluster://127.0.0.1:6379?prefx=app",
+    ],
+)
+def test_an_unknown_redis_url_option_is_refused_at_construction(url: str) -> None:
+    # redis-py would hand it to each connection, a TypeError at the first one (from the first
+    # call of an AsyncRedisStore), or drop it silently on a cluster.
+    sync, asynchronous = _redis_stores()
+    name = url.rpartition("?")[2].partition("=")[0]
+    for cls in (sync, asynchronous):  # the async store does no I/O at construction
+        with pytest.raises(ConfigurationError, match=f"unknown option '{name}'") as caught:
+            cls(url)
+        assert caught.value.option == name
+        assert "keyword arguments" in str(caught.value)
+
+
+def test_a_redis_password_in_the_query_is_never_shown(
+    local_redis: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.redis_cluster import delete_prefix  # noqa: PLC0415
+
+    prefix = f"payonce-open-{uuid4().hex[:12]}"
+    try:
+        # The local server runs without persistence: opening logs the durability WARNING,
+        # which names the server.
+        with caplog.at_level(logging.WARNING, logger="payonce.stores.redis"):
+            store = open_store(f"redis://127.0.0.1:6379/0?password={PASSWORD}&prefix={prefix}")
+        try:
+            assert repr(store) == f"RedisStore('redis://127.0.0.1:6379/0', prefix='{prefix}')"
+        finally:
+            store.close()
+    finally:
+        delete_prefix(local_redis, prefix)
+    assert any("Redis at redis://127.0.0.1:6379/0 " in r.getMessage() for r in caplog.records)
+    assert all(PASSWORD not in r.getMessage() for r in caplog.records)
+
+
+def test_the_shown_redis_url_has_no_password_and_survives_an_unreadable_one() -> None:
+    from payonce.stores._redis import _mask  # noqa: PLC0415 - the extra
+
+    assert _mask(f"redis://app:{PASSWORD}@db:6379/2?ssl_password={PASSWORD}#{PASSWORD}") == (
+        "redis://app:***@db:6379/2"
+    )
+    assert _mask("rediss://app@[::1]:6380/0") == "rediss://app@[::1]:6380/0"
+    assert _mask(f"redis://:{PASSWORD}@[::1:6379/0") == "<unreadable Redis URL>"
+
+
+def test_a_cluster_url_for_a_server_not_in_cluster_mode_says_so() -> None:
+    sync, asynchronous = _redis_stores()
+    url = "redis+cluster://127.0.0.1:6379"  # the local server is a single one
+    with pytest.raises(ConfigurationError, match="not in cluster mode") as caught:
+        sync(url)
+    store = asynchronous(url)
+
+    async def connect() -> None:
+        try:
+            await store.connect()
+        finally:
+            await store.close()
+
+    with pytest.raises(ConfigurationError, match="not in cluster mode") as acaught:
+        asyncio.run(connect())
+    for refused in (caught.value, acaught.value):
+        assert "use redis://host:port/0" in str(refused)
+        assert not isinstance(refused, StoreError)
+
+
+def test_a_refused_async_connect_closes_the_client_it_built(local_redis: Any) -> None:
+    from tests.redis_cluster import delete_prefix  # noqa: PLC0415
+
+    sync, asynchronous = _redis_stores()
+    prefix = f"payonce-open-{uuid4().hex[:12]}"
+    tag = f"payonce-refused-{uuid4().hex[:8]}"
+    url = f"redis://127.0.0.1:6379/0?client_name={tag}"
+
+    def connections() -> int:
+        return sum(1 for client in local_redis.client_list() if client["name"] == tag)
+
+    async def refused() -> None:
+        store = asynchronous(url, prefix=prefix, buckets=4)
+        try:
+            for _ in range(2):  # a later call connects and is refused again, the same way
+                with pytest.raises(ConfigurationError, match="created with buckets=2"):
+                    await store.connect()
+                deadline = time.monotonic() + 10
+                while connections():  # the server sees the close (polling, not timing)
+                    assert time.monotonic() < deadline, "the refused store left its client open"
+                    await asyncio.sleep(0.005)
+        finally:
+            await store.close()
+
+    try:
+        sync(url, prefix=prefix, buckets=2).close()
+        asyncio.run(refused())
+    finally:
+        delete_prefix(local_redis, prefix)

@@ -3,7 +3,6 @@
 import contextlib
 import sqlite3
 from typing import Any
-from urllib.parse import urlsplit
 
 from payonce.cli._common import (
     DEFAULT_STORE,
@@ -14,6 +13,7 @@ from payonce.cli._common import (
     sqlite_path,
 )
 from payonce.stores import open_store
+from payonce.stores._open import _POSTGRES_OPTIONS, _take_options
 
 __all__ = ["migrate"]
 
@@ -50,6 +50,16 @@ def migrate(store_url: StoreOption = DEFAULT_STORE, as_json: JsonOption = False)
         out.console.print(
             f"{where}: Redis key layout {after} (recorded under the prefix on first use)."
         )
+    elif after is None:
+        out.console.print(
+            f"{where}: schema version unknown: the store opened, which applies any missing "
+            "migration, but the version could not be read back."
+        )
+    elif before is None:
+        out.console.print(
+            f"{where}: schema version {after}; the version before is unknown (it could not be "
+            "read), so whether this run migrated is unknown too."
+        )
     elif before == after:
         out.console.print(f"{where}: schema version {after}, already up to date.")
     else:
@@ -57,7 +67,8 @@ def migrate(store_url: StoreOption = DEFAULT_STORE, as_json: JsonOption = False)
 
 
 def _backend(url: str) -> str:
-    scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+    # Not urlsplit: it raises on a malformed host, which open_store reports.
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
     if scheme == "sqlite":
         return "sqlite"
     if scheme in ("postgresql", "postgres"):
@@ -113,8 +124,10 @@ def _postgres_version(url: str) -> int | None:
         import psycopg  # noqa: PLC0415 - the postgres extra is optional
     except ModuleNotFoundError:
         return None  # open_store names the extra to install
+    # payonce's own options leave the URL first: libpq refuses parameters it does not know.
+    conninfo, _ = _take_options(url, _POSTGRES_OPTIONS)
     try:
-        with psycopg.connect(url, connect_timeout=10) as conn:
+        with psycopg.connect(conninfo, connect_timeout=10) as conn:
             row = conn.execute("SELECT to_regclass('payonce_migrations') IS NOT NULL").fetchone()
             if row is None or not row[0]:
                 return 0

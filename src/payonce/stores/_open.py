@@ -28,6 +28,9 @@ _POSTGRES_OPTIONS: Final = frozenset(
     {"timeout", "max_size", "read_first", "allow_unsafe_durability"}
 )
 _REDIS_OPTIONS: Final = frozenset({"prefix", "buckets", "read_first", "allow_unsafe_durability"})
+# The longest wait a URL may ask for. Longer is a mistake, not a setting, and far longer ones
+# overflow where they are used (timedelta past 1e9 days, a socket or lock wait past ~9e9 s).
+_LONGEST_WAIT: Final = 86_400  # seconds
 
 
 def open_store(url: str) -> Store:
@@ -45,11 +48,23 @@ def open_store(url: str) -> Store:
 
     Raises:
         ConfigurationError: for a malformed URL, an unknown scheme or option, or a backend whose
-            extra is not installed (the message names the extra).
+            extra is not installed (the message names the extra). No message quotes the URL: it
+            may carry a password.
     """
     if not isinstance(url, str) or "://" not in url:
-        raise ConfigurationError(f"a store URL looks like one of: {_FORMS}; got {url!r}")
-    parts = urlsplit(url)
+        raise ConfigurationError(
+            f"a store URL looks like one of: {_FORMS}; this one has no '://' after its scheme",
+            option="url",
+        )
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # "Invalid IPv6 URL": an unbalanced '[' or ']' in the host
+        raise ConfigurationError(
+            "the host of the store URL cannot be read: an IPv6 address goes in brackets "
+            "(postgresql://user@[::1]:5432/db, redis://[::1]:6379/0), and a '[' or ']' in a "
+            "password must be percent-encoded (%5B, %5D)",
+            option="url",
+        ) from None
     scheme = parts.scheme.lower()
     if scheme == "sqlite":
         return _open_sqlite(url)
@@ -69,8 +84,8 @@ def _open_sqlite(url: str) -> SQLiteStore:
     path, _, query = rest.partition("?")
     if not path.startswith("/") or len(path) < 2:
         raise ConfigurationError(
-            f"a SQLite URL is sqlite:///relative/path.db or sqlite:////absolute/path.db; got "
-            f"{url!r}",
+            "a SQLite URL is sqlite:///relative/path.db or sqlite:////absolute/path.db (three "
+            "slashes before a relative path, four before an absolute one)",
             option="url",
         )
     path = path[1:]  # the third slash separates the (empty) host from the path
@@ -86,13 +101,10 @@ def _open_sqlite(url: str) -> SQLiteStore:
     if "synchronous" in options:
         kwargs["synchronous"] = options["synchronous"]
     if "busy_timeout" in options:
-        try:
-            kwargs["busy_timeout"] = timedelta(seconds=float(options["busy_timeout"]))
-        except ValueError:
-            raise ConfigurationError(
-                "busy_timeout in a SQLite URL is a number of seconds, e.g. busy_timeout=30",
-                option="busy_timeout",
-            ) from None
+        seconds = _number(
+            options, "busy_timeout", "30 (seconds)", float, most=_LONGEST_WAIT, zero=True
+        )
+        kwargs["busy_timeout"] = timedelta(seconds=seconds)
     return SQLiteStore(path, **kwargs)
 
 
@@ -135,16 +147,28 @@ def _read_first(options: dict[str, str]) -> bool | None:
     return None if value == "auto" else value == "true"
 
 
-def _number(options: dict[str, str], name: str, example: str, cast: type[float] | type[int]) -> Any:
+def _number(
+    options: dict[str, str],
+    name: str,
+    example: str,
+    cast: type[float] | type[int],
+    *,
+    most: float = math.inf,
+    zero: bool = False,
+) -> Any:
+    """Pop option ``name`` as a positive (or, with ``zero``, non-negative) finite number of at
+    most ``most``."""
     try:
         value = cast(options.pop(name))
     except ValueError:
         raise ConfigurationError(
             f"{name} in a store URL is a number, e.g. {name}={example}", option=name
         ) from None
-    if not math.isfinite(value) or value <= 0:
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero) or value > most:
+        sign = "non-negative" if zero else "positive"
+        limit = f" of at most {most:g}" if math.isfinite(most) else ""
         raise ConfigurationError(
-            f"{name} in a store URL must be a positive, finite number, e.g. {name}={example}",
+            f"{name} in a store URL must be a {sign}, finite number{limit}, e.g. {name}={example}",
             option=name,
         )
     return value
@@ -175,7 +199,8 @@ def _open_postgres(url: str) -> Store:
     _check_conninfo(rest)
     kwargs: dict[str, Any] = {}
     if "timeout" in options:
-        kwargs["timeout"] = timedelta(seconds=_number(options, "timeout", "5", float))
+        seconds = _number(options, "timeout", "5 (seconds)", float, most=_LONGEST_WAIT)
+        kwargs["timeout"] = timedelta(seconds=seconds)
     if "max_size" in options:
         kwargs["max_size"] = _number(options, "max_size", "10", int)
     if "read_first" in options:

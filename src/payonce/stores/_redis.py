@@ -19,17 +19,20 @@ operations themselves are in ``_redis_core``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import logging
 import re
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Final, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 from payonce._errors import ConfigurationError, StoreError, StoreUnavailableError
 from payonce._model import Checkpoint, Claimed, Entry, NewRecord, Record, ReplayView, Status
 from payonce.stores import _redis_lua as lua
+from payonce.stores._open import _LONGEST_WAIT, _number
 from payonce.stores._redis_core import (
     SCRIPT_NAMES,
     Command,
@@ -46,7 +49,9 @@ try:
     import redis
     import redis.asyncio
     import redis.asyncio.cluster
+    import redis.asyncio.connection
     import redis.cluster
+    import redis.connection
     from redis import exceptions as rexc
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ConfigurationError(
@@ -103,13 +108,18 @@ _PIPELINE_ERROR: Final = re.compile(
 
 
 def _mask(url: str) -> str:
-    """The URL without its password, for repr and errors."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    """The URL for repr, logs and errors: without its password, and without its query and
+    fragment, which can carry one too (``?password=…``)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unbalanced bracket in the host: nothing of it is shown
+        return "<unreadable Redis URL>"
+    where = parts.netloc.rpartition("@")[2]
+    if parts.password is not None:
+        where = f"{parts.username or ''}:***@{where}"
+    elif parts.username is not None:
+        where = f"{parts.username}@{where}"
+    return urlunsplit((parts.scheme, where, parts.path, "", ""))
 
 
 # Credentials Redis refuses: redis-py raises them as connection errors (and a cluster client as
@@ -183,9 +193,23 @@ def _credentials_error(exc: BaseException) -> ConfigurationError:
 
 
 def _opening(exc: Exception) -> Exception:
-    """An error while opening a store as its caller sees it: credentials to fix, or as
-    ``_translate`` has it."""
-    return _credentials_error(exc) if _refused_credentials(exc) else _translate(exc, "open")
+    """An error while opening a store as its caller sees it: credentials to fix, a cluster URL
+    for a server that is not one, or as ``_translate`` has it."""
+    if _refused_credentials(exc):
+        return _credentials_error(exc)
+    if isinstance(exc, rexc.RedisClusterException) and _NOT_A_CLUSTER in str(exc):
+        return ConfigurationError(
+            "the store URL asks for Redis Cluster (redis+cluster://, or a RedisCluster client) "
+            "but the server is not in cluster mode (cluster-enabled no): use redis://host:port/0 "
+            "(rediss:// for TLS) for a single server, or point the URL at a cluster node.",
+            option="url",
+        )
+    return _translate(exc, "open")
+
+
+# What redis-py says when the node a cluster client starts from answers CLUSTER SLOTS with an
+# error (sync and async clients, as the cause or within "Redis Cluster cannot be connected").
+_NOT_A_CLUSTER: Final = "Cluster mode is not enabled"
 
 
 def _connected(url: str) -> Any:
@@ -255,22 +279,138 @@ def _durability(
 
 
 def _client_from_url(url: str, *, asynchronous: bool) -> Any:
+    """The client for ``url``, its URL checked first (``_check_url``).
+
+    Raises:
+        ConfigurationError: a URL redis-py would refuse, or accept and fail on later.
+    """
     scheme, sep, rest = url.partition("://")
-    if not sep:
+    if not sep or scheme.lower() not in _SCHEMES:
         raise ConfigurationError(
-            f"{_mask(url)!r} is not a Redis URL; use redis://host:6379/0, rediss://... or "
-            "redis+cluster://host:port for Redis Cluster.",
+            "this is not a Redis URL; use redis://host:6379/0, rediss://… (TLS), "
+            "unix:///path/to/redis.sock or redis+cluster://host:port for Redis Cluster.",
             option="url",
         )
-    # Without a socket timeout a stalled server would hold a claim forever; the URL's own
-    # socket_timeout / socket_connect_timeout query parameters take precedence.
+    cluster = scheme.lower().endswith("+cluster")
+    plain = f"{scheme.lower().removesuffix('+cluster')}://{rest}"
+    _check_url(plain, cluster=cluster, asynchronous=asynchronous)
     cls: Any
-    if scheme.endswith("+cluster"):
-        url = f"{scheme.removesuffix('+cluster')}://{rest}"
+    if cluster:
         cls = redis.asyncio.cluster.RedisCluster if asynchronous else redis.cluster.RedisCluster
     else:
         cls = redis.asyncio.Redis if asynchronous else redis.Redis
-    return cls.from_url(url, socket_timeout=_SOCKET_TIMEOUT, socket_connect_timeout=_SOCKET_TIMEOUT)
+    try:
+        # Without a socket timeout a stalled server would hold a claim forever; the URL's own
+        # socket_timeout / socket_connect_timeout query parameters take precedence.
+        return cls.from_url(
+            plain, socket_timeout=_SOCKET_TIMEOUT, socket_connect_timeout=_SOCKET_TIMEOUT
+        )
+    except (ValueError, TypeError) as exc:
+        # What _check_url does not foresee (another redis-py release); only the type is shown,
+        # since redis-py's text may quote the URL.
+        raise ConfigurationError(
+            f"redis-py refused the Redis URL ({type(exc).__name__}): check its host, port, "
+            "database and query options against redis-py's from_url documentation.",
+            option="url",
+        ) from None
+
+
+_SCHEMES: Final = frozenset({"redis", "rediss", "unix", "redis+cluster", "rediss+cluster"})
+# How redis-py reads a query option, in words, for the refusal of a value it cannot read.
+_KINDS: Final[dict[Any, str]] = {int: "a whole number", float: "a number"}
+
+
+def _check_url(url: str, *, cluster: bool, asynchronous: bool) -> None:
+    """Refuse, before a client is built, a URL redis-py would refuse with a bare ValueError, or
+    accept and fail on only later: a query option its connections do not take (a TypeError at
+    the first connection; a cluster client drops it silently), a database path that is not a
+    number (read as database 0), a socket timeout that overflows at the first connection.
+
+    No message quotes the URL or a value from it: either may carry a password.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # "Invalid IPv6 URL"
+        raise ConfigurationError(
+            "the host of the Redis URL cannot be read: an IPv6 address goes in brackets "
+            "(redis://[::1]:6379/0), and a '[' or ']' in a password must be percent-encoded "
+            "(%5B, %5D)",
+            option="url",
+        ) from None
+    try:
+        parts.port  # noqa: B018 - reading it checks it
+    except ValueError:
+        raise ConfigurationError(
+            "the port of the Redis URL is not a number from 0 to 65535: write "
+            "redis://host:6379/0 (and percent-encode a ':' in a password as %3A)",
+            option="url",
+        ) from None
+    database = unquote(parts.path).replace("/", "") if parts.scheme != "unix" else ""
+    if database and not (database.isascii() and database.isdigit()):
+        raise ConfigurationError(
+            "the path of a Redis URL is the database number, e.g. redis://host:6379/0; this "
+            "one is not a number (redis-py would use database 0)",
+            option="db",
+        )
+    query = parse_qs(parts.query, keep_blank_values=True)
+    accepted = _url_options(url, asynchronous=asynchronous)
+    for name in sorted(query):
+        if name not in accepted:
+            raise ConfigurationError(
+                f"unknown option {name!r} in the Redis URL: the client takes redis-py's "
+                "connection options there (socket_timeout, socket_connect_timeout, "
+                "client_name, db, max_connections, health_check_interval, ssl_…). payonce's "
+                "own (prefix, buckets, read_first, allow_unsafe_durability) are read from a URL "
+                "only by open_store and --store; RedisStore takes them as keyword arguments. "
+                "Check the spelling.",
+                option=name,
+            )
+    # As redis-py reads them: the first non-empty value of each.
+    options = {
+        name: given[0] for name, values in query.items() if (given := [*filter(None, values)])
+    }
+    for name, value in options.items():
+        parse: Any = redis.connection.URL_QUERY_ARGUMENT_PARSERS.get(name)
+        if parse is None:
+            continue
+        try:
+            parse(value)
+        except (ValueError, TypeError):
+            kind = _KINDS.get(parse, "a value redis-py accepts (see its from_url documentation)")
+            raise ConfigurationError(
+                f"{name} in the Redis URL must be {kind}", option=name
+            ) from None
+    for name in ("socket_timeout", "socket_connect_timeout"):
+        if name in options:
+            _number(dict(options), name, "5 (seconds)", float, most=_LONGEST_WAIT)
+    if cluster and int(options.get("db", database or "0")) != 0:
+        raise ConfigurationError(
+            "Redis Cluster has only database 0: drop the database from the URL "
+            "(redis+cluster://host:7000) or write /0",
+            option="db",
+        )
+
+
+def _url_options(url: str, *, asynchronous: bool) -> frozenset[str]:
+    """The query options a client built from ``url`` takes: every keyword argument of the
+    connection class its scheme selects, and the pool's ``max_connections``. redis-py hands
+    any other option to that class, which then fails at the first connection (a cluster client
+    drops it instead); read from the class, so that the list follows the installed redis-py."""
+    module = redis.asyncio.connection if asynchronous else redis.connection
+    scheme = url.partition("://")[0]
+    connection: type = {
+        "rediss": module.SSLConnection, "unix": module.UnixDomainSocketConnection
+    }.get(scheme, module.Connection)  # fmt: skip
+    names = {"max_connections"}
+    for cls in connection.__mro__:
+        init = vars(cls).get("__init__")
+        if init is not None:
+            names.update(
+                name
+                for name, parameter in inspect.signature(init).parameters.items()
+                if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+            )
+    return frozenset(names - {"self"})
 
 
 def _describe(client: Any, url: str | None) -> str:
@@ -318,7 +458,8 @@ class RedisStore(RedisCore):
             ``close``; give it a ``socket_timeout``), or a URL: ``redis://``, ``rediss://``,
             ``unix://``, or ``redis+cluster://host:port`` for a cluster. The store owns a client
             it builds from a URL, with 5 s socket timeouts unless the URL sets
-            ``socket_timeout`` / ``socket_connect_timeout``.
+            ``socket_timeout`` / ``socket_connect_timeout``. The URL's query options are
+            redis-py's connection options, checked before any command (``_check_url``).
         prefix: the first part of every key; deployments sharing one Redis use distinct prefixes.
         buckets: how many hash slots the records spread over (fixed when the prefix is first
             used). More buckets spread a cluster's load over more masters; scans, purges and
@@ -333,8 +474,10 @@ class RedisStore(RedisCore):
             ``noeviction``, or whose configuration cannot be read, with a logged warning.
 
     Raises:
-        ConfigurationError: a bad option, credentials Redis refuses, a Redis that may evict
-            records (unless allowed), or a prefix created by another layout or bucket count.
+        ConfigurationError: a bad option or URL (an unknown query option, a port or database
+            that is not a number, a cluster URL for a server not in cluster mode), credentials
+            Redis refuses, a Redis that may evict records (unless allowed), or a prefix created
+            by another layout or bucket count.
         StoreUnavailableError: Redis could not be reached.
     """
 
@@ -617,8 +760,9 @@ class AsyncRedisStore(RedisCore):
     checks (durability, layout) run in ``connect()``, or before the first operation.
 
     Raises:
-        ConfigurationError: as ``RedisStore``; the durability and layout refusals come from
-            ``connect()`` or the first operation.
+        ConfigurationError: as ``RedisStore``; the URL is checked at construction, the
+            durability, cluster mode and layout refusals come from ``connect()`` or the first
+            operation.
     """
 
     def __init__(
@@ -660,6 +804,20 @@ class AsyncRedisStore(RedisCore):
                 (unless allowed), or a prefix created by another layout or bucket count.
             StoreUnavailableError: Redis could not be reached.
         """
+        try:
+            await self._start()
+        except BaseException:
+            # As the sync store's constructor does: a refused start leaves no connection of
+            # the client the store built open (a later call connects and checks again). Not
+            # once another task's start passed: that task's calls may be in flight.
+            if self._owned and not self._ready:
+                with contextlib.suppress(rexc.RedisError):
+                    await self._client.aclose()
+            raise
+        self._ready = True
+
+    async def _start(self) -> None:
+        """The start-up checks of ``connect``: durability, then the layout under the prefix."""
         kwargs: dict[str, Any] = {}
         if self._cluster:
             kwargs["target_nodes"] = redis.asyncio.cluster.RedisCluster.PRIMARIES
@@ -671,7 +829,6 @@ class AsyncRedisStore(RedisCore):
             refused = _config_refusal(exc)
         _durability(replies, allow_unsafe=self._allow_unsafe, where=self._where, refused=refused)
         await self._drive(self._meta(self._bucket_count), "open")
-        self._ready = True
 
     async def _perform(self, effect: Effect, operation: str) -> Any:
         if self._closed:
