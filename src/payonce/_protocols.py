@@ -62,9 +62,10 @@ class Store(Protocol):
     highest seq such that every entry with a seq at or below it is final (committed, or rolled
     back and never coming). A store whose sequence numbers can become visible out of order
     defines it (PostgreSQL draws ``seq`` at INSERT time, so an uncommitted 41 can sit below a
-    visible 42); ``seal_checkpoint`` then seals no entry past it. Stores whose seq order is
-    commit order (memory, SQLite, single-server Redis) leave it out. None of these optional
-    members is part of the protocol: a store without them still conforms.
+    visible 42; Redis Cluster a round trip before the entry's script); ``seal_checkpoint``,
+    ``verify_ledger`` and ``Reconciler.audit`` then read no entry past it. Stores whose seq
+    order is commit order (memory, SQLite) leave it out. None of these optional members is
+    part of the protocol: a store without them still conforms.
     """
 
     def claim(self, new: NewRecord, *, now: datetime, lease_for: timedelta) -> Claimed:

@@ -17,8 +17,10 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,7 +31,8 @@ from redis.cluster import RedisCluster
 from payonce import Status, StoreUnavailableError, verify_ledger
 from payonce._model import NewRecord
 from payonce.stores._redis import AsyncRedisStore, RedisStore
-from payonce.stores._redis_core import _ATTEMPTS, _BACKOFF_CAP, Effect, Pause, Script
+from payonce.stores._redis_core import _ATTEMPTS, _BACKOFF_CAP, Effect, Pause, Script, _ident
+from tests.ledger.test_verify_live import _Busy
 from tests.redis_cluster import HOST, Cluster, delete_prefix, redis_cluster
 
 T0 = datetime(2026, 4, 1, 9, 0, tzinfo=UTC)
@@ -298,3 +301,67 @@ def test_a_read_of_a_bucket_whose_slot_is_migrating_is_an_outage_until_it_ends(
         source.close()
         target.close()
         store.close()
+
+
+# -- verification beside a write whose seq is in flight ------------------------------------------
+
+
+class _HeldStore(RedisStore):
+    """A writer whose first ``seq`` allocation is held before its script, until ``go``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.allocated, self.go = threading.Event(), threading.Event()
+        super().__init__(*args, **kwargs)
+
+    def _perform(self, effect: Effect, operation: str) -> Any:
+        reply = super()._perform(effect, operation)
+        if isinstance(effect, Script) and effect.name == "seq" and not self.allocated.is_set():
+            self.allocated.set()
+            assert self.go.wait(30), "the test never let the held write go on"
+        return reply
+
+
+def test_verify_beside_a_write_whose_seq_is_in_flight_finds_nothing_missing(
+    cluster: Cluster, prefix: str
+) -> None:
+    # The writer's claim holds seq s; another bucket's write lands s + 1; the claim and its
+    # complete land while verification reads. Read past s + 1 without a horizon, the claim (at
+    # s) would never be read and the complete would seem to chain to nothing.
+    stores = [
+        kind(_url(cluster), prefix=prefix, buckets=2)
+        for kind in (_HeldStore, RedisStore, RedisStore)
+    ]
+    writer, rival, checker = stores
+    assert isinstance(writer, _HeldStore)
+    bucket = writer._bucket(_ident("tenant-a", "k1_held"))
+    other = next(
+        f"k1_other_{n}"
+        for n in range(64)
+        if writer._bucket(_ident("tenant-a", f"k1_other_{n}")) != bucket
+    )
+
+    def write() -> None:
+        claimed = writer.claim(_new("k1_held"), now=T0, lease_for=LEASE)
+        assert claimed.lease is not None
+        writer.complete(
+            "tenant-a", "k1_held", token=claimed.lease.token, status=Status.SUCCEEDED,
+            outcome="{}", now=T0,
+        )  # fmt: skip
+
+    def let_the_write_land() -> None:
+        writer.go.set()
+        future.result(timeout=30)
+
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            future = pool.submit(write)
+            assert writer.allocated.wait(30)
+            assert rival.claim(_new(other), now=T0, lease_for=LEASE).lease is not None
+            busy = _Busy(checker, "entries", after=let_the_write_land)
+            report = verify_ledger(busy)  # type: ignore[arg-type]
+        assert (report.entries, report.records) == (3, 2)
+        assert verify_ledger(checker).entries == 3
+    finally:
+        writer.go.set()
+        for store in stores:
+            store.close()

@@ -94,8 +94,10 @@ _UNAVAILABLE_REPLIES: Final = frozenset(
 # Replies without a code of their own that pass. A read script that visits record keys it does
 # not declare (PURGE_CANDIDATES, SCAN, HEADS, NEWEST) is refused this way while its bucket's slot
 # is being migrated (resharding) and the record already moved; the redirect Redis gives a
-# declared key (ASK, TRYAGAIN) it cannot give here. It passes when the migration ends: payonce's
-# undeclared keys always share their bucket's hash tag, so it never means a misconfiguration.
+# declared key (ASK, TRYAGAIN) it cannot give here. (Redirected to the importing master, where
+# the record has not arrived yet, the script answers TRYAGAIN itself: see _redis_lua.) It passes
+# when the migration ends: payonce's undeclared keys always share their bucket's hash tag, so it
+# never means a misconfiguration.
 _UNAVAILABLE_TEXTS: Final = ("Script attempted to access a non local key in a cluster node",)
 # An error reply's code, as redis-py words it: the reply itself, or, for a pipeline, annotated
 # ("Command # 2 (EVALSHA …) of pipeline caused error: BUSY …"; some async cluster pipelines
@@ -725,6 +727,16 @@ class RedisStore(RedisCore):
         """
         return self._run(self._heads(after, limit), "heads")
 
+    def ledger_horizon(self) -> int:
+        """The highest seq at or below which every entry is final (see ``Store``): on one
+        server the ledger counter; on Cluster the counter, after every bucket's watermark was
+        raised to it (a write holding a seq at or below it then draws another).
+
+        Raises:
+            StoreUnavailableError: Redis could not be reached.
+        """
+        return self._run(self._horizon(), "ledger_horizon")
+
     def checkpoints(self) -> Sequence[Checkpoint]:
         """Every sealed checkpoint, in order.
 
@@ -967,6 +979,10 @@ class AsyncRedisStore(RedisCore):
     ) -> Sequence[tuple[str, str, str]]:
         """See ``RedisStore.heads``."""
         return await self._run(self._heads(after, limit), "heads")
+
+    async def ledger_horizon(self) -> int:
+        """See ``RedisStore.ledger_horizon``."""
+        return await self._run(self._horizon(), "ledger_horizon")
 
     async def checkpoints(self) -> Sequence[Checkpoint]:
         """See ``RedisStore.checkpoints``."""

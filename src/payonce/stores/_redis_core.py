@@ -636,6 +636,21 @@ class RedisCore:
         reply = yield Command("lrange", (self._checkpoint_key, 0, -1))
         return [_decode_checkpoint(raw) for raw in reply]
 
+    def _horizon(self) -> Op[int]:
+        """The highest seq at or below which every entry is final (see ``Store``).
+
+        On one server a seq is drawn by the script that writes its entry, so every seq the
+        counter has reached is final. On Cluster it is drawn a round trip before: the counter
+        is read, then every bucket's watermark is raised to it, after which the scripts refuse
+        a seq at or below it (the writer draws another, as after a seal); whatever seq at or
+        below it was written before, is written.
+        """
+        top = int((yield Command("get", (self._seq_key,))) or 0)
+        if self._cluster:
+            mark = {_SEALED: top}
+            yield Fanout([Command("zadd", (b.log, mark), {"gt": True}) for b in self._buckets])
+        return top
+
     def _append_checkpoint(self, checkpoint: Checkpoint) -> Op[None]:
         if self._cluster:
             yield from self._seal_buckets(checkpoint)
