@@ -22,6 +22,7 @@ from payonce._errors import (
     PayonceError,
     PolicyDeniedError,
     StoreError,
+    StoreMissingError,
     StoreUnavailableError,
 )
 from payonce._guard import AsyncGuard, Guard
@@ -103,6 +104,7 @@ __all__ = [
     "Status",
     "Store",
     "StoreError",
+    "StoreMissingError",
     "StoreUnavailableError",
     "SystemClock",
     "ThreadedAsyncStore",

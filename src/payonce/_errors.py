@@ -4,6 +4,7 @@
 
     PayonceError
     ├── ConfigurationError        wiring mistakes, raised at construction
+    │   └── StoreMissingError     a store opened with create=False does not exist
     ├── IntentError               bad input; nothing stored, key not consumed          HTTP 400
     │   └── KeyReuseError         same key, other fingerprint (says which fields)      HTTP 422
     ├── PolicyDeniedError                                                              HTTP 403
@@ -49,6 +50,7 @@ __all__ = [
     "PayonceError",
     "PolicyDeniedError",
     "StoreError",
+    "StoreMissingError",
     "StoreUnavailableError",
 ]
 
@@ -93,6 +95,12 @@ def _rebuild(cls: type[PayonceError], message: str, fields: dict[str, Any]) -> P
 
 class ConfigurationError(PayonceError):
     """payonce was wired wrongly (bad secret, bad option, missing extra); raised at construction."""
+
+
+class StoreMissingError(ConfigurationError):
+    """A store opened with ``create=False`` (``open_store(url, create=False)``, the read-only
+    commands of the CLI) holds no payonce data: no such SQLite file, no payonce tables in the
+    PostgreSQL database, nothing under the Redis prefix. Nothing was created."""
 
 
 class IntentError(PayonceError, ValueError):

@@ -86,3 +86,35 @@ def test_read_and_purge_commands(store_url: str, cli: Cli) -> None:
         == json_out(cli("ledger", "verify", "--store", store_url, "--json"))["entries"]
         == sealed["count"]
     )
+
+
+def _left_behind(store_url: str) -> list[str]:
+    """What payonce wrote at ``store_url``: its tables, or its keys under the URL's prefix."""
+    if store_url.startswith("postgresql"):
+        with pg_worker.admin_connection(store_url) as conn:
+            rows = conn.execute(
+                "SELECT tablename FROM pg_tables WHERE tablename LIKE 'payonce%'"
+            ).fetchall()
+        return sorted(str(name) for (name,) in rows)
+    prefix = store_url.partition("prefix=")[2]
+    client = redis.Redis.from_url(REDIS)
+    try:
+        return sorted(k.decode() for k in client.scan_iter(match=f"*{prefix}*"))
+    finally:
+        client.close()
+
+
+def test_read_commands_on_a_store_that_does_not_exist_exit_3_and_create_nothing(
+    store_url: str, cli: Cli
+) -> None:
+    # A mistyped database or prefix: the read-only commands must not create the store and then
+    # report an empty, verified ledger.
+    for command in (["ledger", "verify"], ["show", "k1_x"], ["purge", "--dry-run"]):
+        done = cli(*command, "--store", store_url, "--json")
+        report = json_out(done)
+        assert (done.returncode, report["error"]) == (3, "StoreMissingError"), command
+        assert "payonce" in report["message"]
+    assert _left_behind(store_url) == []
+    # migrate creates it; then the same commands read it.
+    assert cli("migrate", "--store", store_url, "--json").returncode == 0
+    assert json_out(cli("ledger", "verify", "--store", store_url, "--json"))["verified"] is True

@@ -17,7 +17,7 @@ from typing import IO
 import pytest
 import redis
 
-from payonce import Intent, Status
+from payonce import Intent, Status, open_store
 from tests.cli.conftest import Cli, Seeded, cli_env, json_out
 from tests.redis_cluster import redis_server
 from tests.stripe_server import StripeMock
@@ -303,6 +303,7 @@ def test_loop_keeps_running_through_a_store_outage_until_sigint(tmp_path: Path) 
     # going (it used to exit 3 at the first failed pass), until the signal stops it.
     with redis_server() as port:
         url = f"redis://127.0.0.1:{port}/0"
+        open_store(url).close()  # the store exists (with no records): reconcile creates none
         with _Loop(tmp_path, "--store", url, "--interval", "0.05") as loop:
             first = loop.until(loop.out, "pass 1:")
             with redis.Redis(host="127.0.0.1", port=port) as client:

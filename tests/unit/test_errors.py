@@ -30,6 +30,7 @@ from payonce import (
     PayonceError,
     PolicyDeniedError,
     StoreError,
+    StoreMissingError,
     StoreUnavailableError,
 )
 from payonce._keys import Keys
@@ -40,6 +41,7 @@ KEY = "k1_" + "ab" * 32
 PARENT: dict[type[PayonceError], type[Exception]] = {
     PayonceError: Exception,
     ConfigurationError: PayonceError,
+    StoreMissingError: ConfigurationError,
     IntentError: PayonceError,
     KeyReuseError: IntentError,
     PolicyDeniedError: PayonceError,
@@ -60,6 +62,7 @@ PARENT: dict[type[PayonceError], type[Exception]] = {
 HTTP_STATUS: dict[type[PayonceError], int] = {
     PayonceError: 500,
     ConfigurationError: 500,
+    StoreMissingError: 500,
     IntentError: 400,
     KeyReuseError: 422,
     PolicyDeniedError: 403,
@@ -83,6 +86,10 @@ EXAMPLES: dict[type[PayonceError], tuple[PayonceError, dict[str, Any]]] = {
     ConfigurationError: (
         ConfigurationError("secret must be bytes; pass secrets.token_bytes(32)"),
         {},
+    ),
+    StoreMissingError: (
+        StoreMissingError("there are no payonce keys under the prefix; check it", option="prefix"),
+        {"option": "prefix"},
     ),
     IntentError: (
         IntentError("amount: must be an integer", field="amount"),

@@ -292,3 +292,50 @@ def test_a_refused_async_connect_closes_the_client_it_built(local_redis: Any) ->
         asyncio.run(refused())
     finally:
         delete_prefix(local_redis, prefix)
+
+
+def test_create_false_refuses_a_missing_store_and_creates_nothing(
+    tmp_path: Path, local_redis: Any
+) -> None:
+    from payonce import StoreMissingError  # noqa: PLC0415
+    from payonce.stores import AsyncPostgresStore, AsyncRedisStore  # noqa: PLC0415
+    from tests.faults import pg_worker  # noqa: PLC0415
+
+    with pytest.raises(StoreMissingError, match="payonce migrate"):
+        open_store(f"sqlite:///{tmp_path}/typo.db", create=False)
+    assert not (tmp_path / "typo.db").exists()
+
+    prefix = f"payonce-nothing-{uuid4().hex[:12]}"
+    with pytest.raises(StoreMissingError, match="no payonce keys under the Redis prefix"):
+        open_store(f"redis://127.0.0.1:6379/0?prefix={prefix}", create=False)
+    astore = AsyncRedisStore("redis://127.0.0.1:6379/0", prefix=prefix, create=False)
+    with pytest.raises(StoreMissingError):
+        asyncio.run(astore.connect())
+    assert list(local_redis.scan_iter(match=f"*{prefix}*")) == []
+
+    name, _ = pg_worker.create_database()
+    url = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    try:
+        with pytest.raises(StoreMissingError, match="no payonce tables"):
+            open_store(url, create=False)
+
+        async def async_open() -> None:
+            store = AsyncPostgresStore(url, create=False)
+            try:
+                await store.open()
+            finally:
+                await store.close()
+
+        with pytest.raises(StoreMissingError):
+            asyncio.run(async_open())
+        with pg_worker.admin_connection(url) as conn:
+            assert conn.execute("SELECT to_regclass('payonce_migrations')").fetchone() == (None,)
+        open_store(url).close()  # created and migrated
+        open_store(url, create=False).close()  # now it exists
+        # A database one migration behind is not migrated by a store that may not create.
+        with pg_worker.admin_connection(url) as conn:
+            conn.execute("DELETE FROM payonce_migrations WHERE version = 2")
+        with pytest.raises(ConfigurationError, match="needs payonce schema migration 2"):
+            open_store(url, create=False)
+    finally:
+        pg_worker.drop_database(name)

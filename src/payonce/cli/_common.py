@@ -31,6 +31,7 @@ from payonce._errors import (
     IntentError,
     PayonceError,
     StoreError,
+    StoreMissingError,
 )
 from payonce._intent import format_amount
 from payonce._model import Entry, Record
@@ -87,10 +88,6 @@ class UsageError(Exception):
     """Bad input to the command line itself (not to payonce): exit 2, message says the fix."""
 
 
-class StoreMissingError(Exception):
-    """The store a read-only command was pointed at does not exist: exit 3."""
-
-
 @dataclass(slots=True)
 class Out:
     """Where a command writes: tables to stdout, errors to stderr, or JSON to stdout only."""
@@ -121,6 +118,8 @@ class Out:
 
 
 def _exit_code(exc: PayonceError) -> int:
+    if isinstance(exc, StoreMissingError):
+        return EXIT_STORE  # the store a command was pointed at does not exist
     if isinstance(exc, ConfigurationError | IntentError):
         return EXIT_USAGE
     if isinstance(exc, StoreError):
@@ -140,8 +139,6 @@ def handled(out: Out) -> Iterator[None]:
         out.fail(_exit_code(exc), exc.message, exc.to_dict())
     except UsageError as exc:
         out.fail(EXIT_USAGE, str(exc), {"error": "UsageError", "message": str(exc)})
-    except StoreMissingError as exc:
-        out.fail(EXIT_STORE, str(exc), {"error": "StoreMissingError", "message": str(exc)})
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -155,21 +152,15 @@ def sqlite_path(url: str) -> Path | None:
 
 
 def open_for_reading(url: str) -> Store:
-    """Open an existing store. A SQLite file that does not exist is refused, not created:
-    a mistyped ``--store`` must not leave an empty database behind and report "nothing found".
+    """Open an existing store, creating and migrating nothing: a mistyped ``--store`` must not
+    leave an empty SQLite file, payonce tables or a Redis prefix behind and report "nothing
+    found".
 
     Raises:
-        StoreMissingError: the SQLite file does not exist.
+        StoreMissingError: no store at the URL (exit 3).
         ConfigurationError, StoreError: from ``open_store``.
     """
-    path = sqlite_path(url)
-    if path is not None and not path.exists():
-        raise StoreMissingError(
-            f"there is no store at {path} (from --store {url}). Pass --store URL or set "
-            "PAYONCE_STORE to an existing store, or create one with `payonce migrate --store "
-            f"{url}`."
-        )
-    return open_store(url)
+    return open_store(url, create=False)
 
 
 def all_entries(store: Store) -> Iterator[Entry]:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import importlib
 import math
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Final
 from urllib.parse import parse_qs, unquote_plus, urlsplit
 
-from payonce._errors import ConfigurationError
+from payonce._errors import ConfigurationError, StoreMissingError
 from payonce._protocols import Store
 from payonce.stores._memory import MemoryStore
 from payonce.stores._sqlite import SQLiteStore
@@ -33,8 +34,14 @@ _REDIS_OPTIONS: Final = frozenset({"prefix", "buckets", "read_first", "allow_uns
 _LONGEST_WAIT: Final = 86_400  # seconds
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, *, create: bool = True) -> Store:
     """Open the store a URL names.
+
+    With ``create=False`` it opens only a store that exists and changes nothing: a SQLite file
+    that is not there, a PostgreSQL database without payonce's tables, or a Redis prefix with no
+    payonce keys is refused with ``StoreMissingError`` instead of being created (a PostgreSQL
+    database needing a migration with ``ConfigurationError``). Read-only tools use it, so that a
+    mistyped URL is reported rather than answered from a new, empty store.
 
     Forms: ``sqlite:///relative/path.db`` (three slashes, then the path; four for an absolute
     path), ``sqlite:///:memory:``, ``memory://``, ``postgresql://…`` (or ``postgres://``),
@@ -47,6 +54,7 @@ def open_store(url: str) -> Store:
     default: see ``PostgresStore``).
 
     Raises:
+        StoreMissingError: with ``create=False``, no store at the URL.
         ConfigurationError: for a malformed URL, an unknown scheme or option, or a backend whose
             extra is not installed (the message names the extra). No message quotes the URL: it
             may carry a password.
@@ -67,19 +75,19 @@ def open_store(url: str) -> Store:
         ) from None
     scheme = parts.scheme.lower()
     if scheme == "sqlite":
-        return _open_sqlite(url)
+        return _open_sqlite(url, create)
     if scheme == "memory":
         return MemoryStore()
     if scheme in ("postgresql", "postgres"):
-        return _open_postgres(url)
+        return _open_postgres(url, create)
     if scheme in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
-        return _open_redis(url)
+        return _open_redis(url, create)
     raise ConfigurationError(
         f"unknown store URL scheme {parts.scheme!r}; use one of: {_FORMS}", option="url"
     )
 
 
-def _open_sqlite(url: str) -> SQLiteStore:
+def _open_sqlite(url: str, create: bool) -> SQLiteStore:
     rest = url[len("sqlite://") :]
     path, _, query = rest.partition("?")
     if not path.startswith("/") or len(path) < 2:
@@ -105,6 +113,14 @@ def _open_sqlite(url: str) -> SQLiteStore:
             options, "busy_timeout", "30 (seconds)", float, most=_LONGEST_WAIT, zero=True
         )
         kwargs["busy_timeout"] = timedelta(seconds=seconds)
+    if not create and path != ":memory:" and not Path(path).exists():
+        raise StoreMissingError(
+            f"there is no store at {path} (a SQLite file), and it was opened with create=False "
+            "(as every payonce command but migrate and demo): check the path "
+            "(sqlite:///relative.db, sqlite:////absolute.db), or create the store with "
+            "`payonce migrate --store URL`.",
+            option="url",
+        )
     return SQLiteStore(path, **kwargs)
 
 
@@ -192,7 +208,7 @@ def _check_conninfo(conninfo: str) -> None:
         ) from None
 
 
-def _open_postgres(url: str) -> Store:
+def _open_postgres(url: str, create: bool) -> Store:
     # payonce's own options come out of the query; libpq refuses parameters it does not know,
     # so the rest is checked here, before any connection is tried.
     rest, options = _take_options(url, _POSTGRES_OPTIONS)
@@ -207,11 +223,12 @@ def _open_postgres(url: str) -> Store:
         kwargs["read_first"] = _read_first(options)
     if "allow_unsafe_durability" in options:
         kwargs["allow_unsafe_durability"] = _flag(options, "allow_unsafe_durability")
-    store: Store = _backend("payonce.stores._postgres", "PostgresStore", "postgres")(rest, **kwargs)
+    postgres = _backend("payonce.stores._postgres", "PostgresStore", "postgres")
+    store: Store = postgres(rest, create=create, **kwargs)
     return store
 
 
-def _open_redis(url: str) -> Store:
+def _open_redis(url: str, create: bool) -> Store:
     # payonce's own options come out of the query; redis-py would pass unknown ones through to
     # the connection.
     rest, options = _take_options(url, _REDIS_OPTIONS)
@@ -229,7 +246,9 @@ def _open_redis(url: str) -> Store:
         kwargs["read_first"] = _read_first(options)
     if "allow_unsafe_durability" in options:
         kwargs["allow_unsafe_durability"] = _flag(options, "allow_unsafe_durability")
-    store: Store = _backend("payonce.stores._redis", "RedisStore", "redis")(rest, **kwargs)
+    store: Store = _backend("payonce.stores._redis", "RedisStore", "redis")(
+        rest, create=create, **kwargs
+    )
     return store
 
 

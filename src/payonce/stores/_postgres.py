@@ -308,8 +308,13 @@ class PostgresStore(Flows):
         allow_unsafe_durability: accept a server with ``fsync`` off or ``synchronous_commit``
             off/local (logged as a warning) instead of refusing it.
         timeout: how long to wait for a connection (at start and from the pool).
+        create: False opens only a database payonce has set up already, changing nothing: one
+            without payonce's tables is refused with ``StoreMissingError``, one that needs a
+            migration with ``ConfigurationError`` (run ``payonce migrate``). For read-only
+            tools pointed at a database that may be mistyped.
 
     Raises:
+        StoreMissingError: with ``create=False``, a database without payonce's tables.
         ConfigurationError: bad options, unsafe durability settings, a schema newer than this
             version of payonce, a pool passed in that is not open, or one whose connections are
             not in autocommit or run stricter than READ COMMITTED.
@@ -334,6 +339,7 @@ class PostgresStore(Flows):
         read_first: bool | None = None,
         allow_unsafe_durability: bool = False,
         timeout: timedelta = timedelta(seconds=30),
+        create: bool = True,
     ) -> None:
         super().__init__()
         _validate(min_size, max_size, timeout)
@@ -364,7 +370,9 @@ class PostgresStore(Flows):
                     raise _unreachable(self._target, timeout, reason) from None
                 except psycopg.Error as exc:
                     raise _translate(exc, "open") from exc
-            self._run("open", lambda: self._open_flow(allow_unsafe_durability), transaction=True)
+            self._run(
+                "open", lambda: self._open_flow(allow_unsafe_durability, create), transaction=True
+            )
         except BaseException:
             self.close()
             raise

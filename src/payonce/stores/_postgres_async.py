@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Self, TypeVar, cast
@@ -73,10 +74,12 @@ class AsyncPostgresStore(Flows):
         conninfo_or_pool: a libpq connection string or URL, or an open ``AsyncConnectionPool``
             you own (give it ``kwargs={"autocommit": True}``; READ COMMITTED, as for
             ``PostgresStore``).
-        min_size / max_size / read_first / allow_unsafe_durability / timeout: as for
+        min_size / max_size / read_first / allow_unsafe_durability / timeout / create: as for
             ``PostgresStore``.
 
     Raises:
+        StoreMissingError: (at ``open``) with ``create=False``, a database without payonce's
+            tables.
         ConfigurationError: bad options (at construction); unsafe durability settings, a newer
             schema, or a pool that is not open, not in autocommit or runs stricter than READ
             COMMITTED (at ``open``; a refused ``open`` closes the connections of the pool the
@@ -99,6 +102,7 @@ class AsyncPostgresStore(Flows):
         read_first: bool | None = None,
         allow_unsafe_durability: bool = False,
         timeout: timedelta = timedelta(seconds=30),
+        create: bool = True,
     ) -> None:
         super().__init__()
         _validate(min_size, max_size, timeout)
@@ -106,6 +110,7 @@ class AsyncPostgresStore(Flows):
         self._closed = False
         self._opened = False
         self._allow_unsafe = allow_unsafe_durability
+        self._create = create
         self._timeout = timeout
         self._open_lock = asyncio.Lock()
         self._sizes = (min_size, max_size)
@@ -158,9 +163,8 @@ class AsyncPostgresStore(Flows):
                         raise _unreachable(self._target, self._timeout, reason) from None
                     except psycopg.Error as exc:
                         raise _translate(exc, "open") from exc
-                await self._run_opened(
-                    "open", lambda: self._open_flow(self._allow_unsafe), transaction=True
-                )
+                opening = functools.partial(self._open_flow, self._allow_unsafe, self._create)
+                await self._run_opened("open", opening, transaction=True)
             except BaseException:
                 if self._owned:
                     # Close the connections it opened; a later call opens a new pool and

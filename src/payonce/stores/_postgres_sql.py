@@ -27,7 +27,13 @@ from typing import Any, Final, TypeVar
 import psycopg
 
 from payonce._chain import from_micros, to_micros
-from payonce._errors import ConfigurationError, ConflictError, LeaseLostError, StoreUnavailableError
+from payonce._errors import (
+    ConfigurationError,
+    ConflictError,
+    LeaseLostError,
+    StoreMissingError,
+    StoreUnavailableError,
+)
 from payonce._model import (
     Checkpoint,
     Claimed,
@@ -465,18 +471,26 @@ class Flows:
             ) from exc
         return int(horizon)
 
-    def _open_flow(self, allow_unsafe_durability: bool) -> Flow[None]:
-        """Check durability, then apply missing migrations; run in one transaction."""
+    def _open_flow(self, allow_unsafe_durability: bool, create: bool) -> Flow[None]:
+        """Check durability, then apply missing migrations (with ``create``; without, refuse a
+        database that needs any); run in one transaction."""
         ((server, fsync, commit, isolation),) = yield Query(DURABILITY)
         _check_durability(str(server), fsync, commit, allow_unsafe_durability)
         _check_isolation(str(server), isolation)
         # Concurrent starters queue here; each re-reads the applied versions under the lock.
         yield Query(LOCK_MIGRATIONS, (MIGRATION_LOCK,))
         ((has_table,),) = yield Query(HAS_MIGRATION_TABLE)
-        if not has_table:
+        if not has_table and create:
             yield from _migrating(Query(MIGRATION_TABLE), 1)
-        rows = yield Query(APPLIED)
+        rows = (yield Query(APPLIED)) if has_table else []
         applied = {int(version) for (version,) in rows}
+        if not create and not applied:
+            raise StoreMissingError(
+                "this PostgreSQL database has no payonce tables, and the store was opened with "
+                "create=False (as every payonce command but migrate and demo): check the "
+                "database in the URL, or create the store with `payonce migrate --store URL`.",
+                option="conninfo",
+            )
         known = MIGRATIONS[-1][0]
         if applied and max(applied) > known:
             raise ConfigurationError(
@@ -487,6 +501,13 @@ class Flows:
             )
         for number, script in MIGRATIONS:
             if number not in applied:
+                if not create:
+                    raise ConfigurationError(
+                        f"this PostgreSQL database needs payonce schema migration {number}, and "
+                        "the store was opened with create=False, which changes no schema: run "
+                        "`payonce migrate --store URL` first.",
+                        option="conninfo",
+                    )
                 yield from _migrating(Query(script), number)
                 yield Query(RECORD_MIGRATION, (number,))
 

@@ -474,8 +474,12 @@ class RedisStore(RedisCore):
             allocation before its script.
         allow_unsafe_durability: run against a Redis whose ``maxmemory-policy`` is not
             ``noeviction``, or whose configuration cannot be read, with a logged warning.
+        create: False opens only a prefix payonce has used already, writing nothing: a prefix
+            with no payonce keys is refused with ``StoreMissingError`` (for read-only tools
+            pointed at a URL or prefix that may be mistyped).
 
     Raises:
+        StoreMissingError: with ``create=False``, nothing under the prefix.
         ConfigurationError: a bad option or URL (an unknown query option, a port or database
             that is not a number, a cluster URL for a server not in cluster mode), credentials
             Redis refuses, a Redis that may evict records (unless allowed), or a prefix created
@@ -491,6 +495,7 @@ class RedisStore(RedisCore):
         buckets: int = 16,
         read_first: bool | None = None,
         allow_unsafe_durability: bool = False,
+        create: bool = True,
     ) -> None:
         url = client_or_url if isinstance(client_or_url, str) else None
         client = _connected(url) if url is not None else client_or_url
@@ -509,7 +514,7 @@ class RedisStore(RedisCore):
         self._scripts = {name: client.register_script(src) for name, src in _SCRIPTS.items()}
         try:
             self._check_durability(allow_unsafe_durability)
-            self._run(self._meta(buckets), "open")
+            self._run(self._meta(buckets, create), "open")
         except BaseException:
             self.close()
             raise
@@ -785,6 +790,7 @@ class AsyncRedisStore(RedisCore):
         buckets: int = 16,
         read_first: bool | None = None,
         allow_unsafe_durability: bool = False,
+        create: bool = True,
     ) -> None:
         url = client_or_url if isinstance(client_or_url, str) else None
         client = _client_from_url(url, asynchronous=True) if url is not None else client_or_url
@@ -801,6 +807,7 @@ class AsyncRedisStore(RedisCore):
         self._where = _describe(client, url)
         self._closed = False
         self._allow_unsafe = allow_unsafe_durability
+        self._create = create
         self._bucket_count = buckets
         self._ready = False
         self._scripts = {name: client.register_script(src) for name, src in _SCRIPTS.items()}
@@ -840,7 +847,7 @@ class AsyncRedisStore(RedisCore):
         except (rexc.RedisError, rexc.RedisClusterException) as exc:
             refused = _config_refusal(exc)
         _durability(replies, allow_unsafe=self._allow_unsafe, where=self._where, refused=refused)
-        await self._drive(self._meta(self._bucket_count), "open")
+        await self._drive(self._meta(self._bucket_count, self._create), "open")
 
     async def _perform(self, effect: Effect, operation: str) -> Any:
         if self._closed:

@@ -38,6 +38,7 @@ from payonce._errors import (
     ConfigurationError,
     ConflictError,
     LeaseLostError,
+    StoreMissingError,
     StoreUnavailableError,
 )
 from payonce._keys import canonical_flat, canonical_json
@@ -732,8 +733,22 @@ class RedisCore:
 
     # -- start-up ------------------------------------------------------------------------------
 
-    def _meta(self, buckets: int) -> Op[None]:
-        reply = yield Script("meta", [self._meta_key], [_LAYOUT, str(buckets)])
+    def _meta(self, buckets: int, create: bool) -> Op[None]:
+        """Record the layout and bucket count under the prefix on first use (``create``; else
+        refuse a prefix nothing was recorded under), and check them."""
+        if create:
+            reply = yield Script("meta", [self._meta_key], [_LAYOUT, str(buckets)])
+        else:
+            reply = yield Command("hmget", (self._meta_key, "version", "buckets"))
+            if reply[0] is None:
+                raise StoreMissingError(
+                    f"there are no payonce keys under the Redis prefix {self._prefix!r}, and the "
+                    "store was opened with create=False (as every payonce command but migrate "
+                    "and demo): check the URL, its database number and the prefix "
+                    "(open_store's ?prefix=, payonce by default), or create the store with "
+                    "`payonce migrate --store URL`.",
+                    option="prefix",
+                )
         version, stored = (text(v) for v in reply)
         if version != _LAYOUT:
             raise ConfigurationError(
