@@ -7,11 +7,11 @@
   between each allocation and its script. What is left after the bound is an outage
   (``StoreUnavailableError``: retry the same intent), never a permanent store error.
 * Resharding: while a bucket's slot is MIGRATING, the read scripts that visit record keys they
-  cannot declare are refused: "non local key" on the source once records moved, TRYAGAIN from the
-  script on the target once index keys moved ahead of their records (Redis moves a slot's keys
-  in batches, newest first). Never an answer without the records: a ``newest`` missing one would
-  let a new generation claim a key whose payment exists. That is an outage too, and the same
-  reads answer once the migration ends.
+  cannot declare are refused ("non local key") on the source once records moved: an outage too.
+  Once index keys moved ahead of their records (Redis moves a slot's keys in batches, newest
+  first) they run on the importing master and find the records missing: ``newest`` refuses
+  (missing one would let a new generation claim a key whose payment exists), the scan, the heads
+  and the purge skip them. The same reads answer in full once the migration ends.
 """
 
 from __future__ import annotations
@@ -224,12 +224,9 @@ def _records_of_a_workload(store: RedisStore) -> None:
     )
 
 
-@pytest.mark.parametrize(
-    ("moved", "refusal"),
-    [("records", "non local key"), ("indexes", "TRYAGAIN|TTL exhausted")],
-)
+@pytest.mark.parametrize("moved", ["records", "indexes"])
 def test_a_read_of_a_bucket_whose_slot_is_migrating_is_an_outage_until_it_ends(
-    cluster: Cluster, cluster_client: RedisCluster, prefix: str, moved: str, refusal: str
+    cluster: Cluster, cluster_client: RedisCluster, prefix: str, moved: str
 ) -> None:
     # The slot of the only bucket is put in migration by hand, as redis-cli --cluster reshard
     # does it, and some of the bucket's keys are moved (its records, or every other key: the
@@ -273,14 +270,25 @@ def test_a_read_of_a_bucket_whose_slot_is_migrating_is_an_outage_until_it_ends(
             source.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
             source.execute_command("MIGRATE", HOST, other.port, "", 0, 5000, "KEYS", *keys)
 
-            for name, read in reads.items():
-                with pytest.raises(StoreUnavailableError, match=refusal) as caught:
-                    read()
-                assert "retry the same intent" in str(caught.value), name
-            with pytest.raises(StoreUnavailableError, match=refusal):
-                store.purge(now=late, retention=timedelta(days=3), limit=10)
-            with pytest.raises(StoreUnavailableError, match=refusal):
-                asyncio.run(async_scan())
+            if moved == "records":
+                for name, read in reads.items():
+                    with pytest.raises(StoreUnavailableError, match="non local key") as caught:
+                        read()
+                    assert "retry the same intent" in str(caught.value), name
+                with pytest.raises(StoreUnavailableError, match="non local key"):
+                    store.purge(now=late, retention=timedelta(days=3), limit=10)
+                with pytest.raises(StoreUnavailableError, match="non local key"):
+                    asyncio.run(async_scan())
+            else:
+                # The index keys went first: the reads run on the importing master, where the
+                # records are not. newest refuses (a generation it missed could be claimed
+                # again); the scan, the heads and the purge skip them, for a later pass.
+                with pytest.raises(StoreUnavailableError, match="being migrated") as caught:
+                    store.newest("tenant-a", "fam")
+                assert "retry the same intent" in str(caught.value)
+                assert store.scan(now=late, limit=10) == []
+                assert store.heads(after=None, limit=10) == []
+                assert store.purge(now=late, retention=timedelta(days=3), limit=10) == 0
             # A single record's read declares its key: redis-py follows the ASK redirect.
             record = store.get("tenant-a", "k1_done")
             assert record is not None

@@ -95,9 +95,9 @@ _UNAVAILABLE_REPLIES: Final = frozenset(
 # not declare (PURGE_CANDIDATES, SCAN, HEADS, NEWEST) is refused this way while its bucket's slot
 # is being migrated (resharding) and the record already moved; the redirect Redis gives a
 # declared key (ASK, TRYAGAIN) it cannot give here. (Redirected to the importing master, where
-# the record has not arrived yet, the script answers TRYAGAIN itself: see _redis_lua.) It passes
-# when the migration ends: payonce's undeclared keys always share their bucket's hash tag, so it
-# never means a misconfiguration.
+# the record has not arrived yet, the script finds no record: NEWEST refuses, the others skip
+# it; see _redis_lua.) It passes when the migration ends: payonce's undeclared keys always share
+# their bucket's hash tag, so it never means a misconfiguration.
 _UNAVAILABLE_TEXTS: Final = ("Script attempted to access a non local key in a cluster node",)
 # An error reply's code, as redis-py words it: the reply itself, or, for a pipeline, annotated
 # ("Command # 2 (EVALSHA …) of pipeline caused error: BUSY …"; some async cluster pipelines

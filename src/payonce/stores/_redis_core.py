@@ -38,6 +38,7 @@ from payonce._errors import (
     ConfigurationError,
     ConflictError,
     LeaseLostError,
+    StoreError,
     StoreMissingError,
     StoreUnavailableError,
 )
@@ -589,10 +590,30 @@ class RedisCore:
             Script("newest", [b.fam + fam], [b.rec]) for b in self._buckets
         ]
         replies = yield Fanout(calls)
+        if any(isinstance(reply, bytes | str) for reply in replies):  # NEWEST's 'missing'
+            raise self._indexed_record_missing()
         found = [r for reply in replies for r in map(_record, reply) if r is not None]
         # Generations are unique per family; a tie goes to the oldest, as in SQLiteStore.
         found.sort(key=lambda r: (-r.generation, r.created_at, r.key))
         return found[0] if found else None
+
+    def _indexed_record_missing(self) -> StoreError:
+        """A family's index names a record that is not there (see ``NEWEST``)."""
+        if self._cluster:
+            return StoreUnavailableError(
+                "a record of this family's newest generation is not on the node that answered: "
+                "its bucket's slot is being migrated (resharding). Nothing was claimed; retry "
+                "the same intent when the migration ends.",
+                operation="newest",
+            )
+        return StoreError(
+            f"a record of this family's newest generation is indexed under prefix "
+            f"{self._prefix!r} but its key is gone: it was deleted outside payonce. Nothing was "
+            "claimed. Restore the record from a backup (the gateway holds the payment under its "
+            "provider key), or remove its entry from the family's index, before claiming in "
+            "this family again.",
+            operation="newest",
+        )
 
     def _scan(self, now: datetime, limit: int) -> Op[list[Record]]:
         args = [str(to_micros(now)), str(limit)]
