@@ -8,13 +8,14 @@ flow on a ``Store``, ``averify_ledger`` and ``aseal_checkpoint`` await it on an 
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeAlias, TypeVar
 
 from payonce._chain import GENESIS, checkpoint_digest, checkpoint_hash, entry_hash, make_checkpoint
-from payonce._errors import ConfigurationError, LedgerCorruptedError
+from payonce._errors import ConfigurationError, LedgerCorruptedError, StoreError
 from payonce._model import Checkpoint, Entry
 from payonce._protocols import AsyncStore, Store, has_ledger_horizon
 
@@ -28,6 +29,12 @@ __all__ = [
 
 _BATCH = 5000
 _T = TypeVar("_T")
+_log = logging.getLogger("payonce.ledger")
+_NO_HORIZON = (
+    "payonce could not read the ledger's horizon (the role may only read, or the server is a "
+    "standby): verifying up to the newest entry instead, which is exact only while nothing "
+    "writes to the ledger"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,24 +50,34 @@ _Flow: TypeAlias = Generator[_StoreCall, Any, _T]
 
 def _drive(store: Store, flow: _Flow[_T]) -> _T:
     answer: Any = None
+    error: StoreError | None = None
     while True:
         try:
-            call = flow.send(answer)
+            call = flow.send(answer) if error is None else flow.throw(error)
         except StopIteration as stop:
             result: _T = stop.value
             return result
-        answer = getattr(store, call.name)(**call.kwargs)
+        answer, error = None, None
+        try:
+            answer = getattr(store, call.name)(**call.kwargs)
+        except StoreError as exc:  # handed to the flow, which raises what it does not handle
+            error = exc
 
 
 async def _adrive(store: AsyncStore, flow: _Flow[_T]) -> _T:
     answer: Any = None
+    error: StoreError | None = None
     while True:
         try:
-            call = flow.send(answer)
+            call = flow.send(answer) if error is None else flow.throw(error)
         except StopIteration as stop:
             result: _T = stop.value
             return result
-        answer = await getattr(store, call.name)(**call.kwargs)
+        answer, error = None, None
+        try:
+            answer = await getattr(store, call.name)(**call.kwargs)
+        except StoreError as exc:  # handed to the flow, which raises what it does not handle
+            error = exc
 
 
 def _sync_store(store: Store, function: str) -> Store:
@@ -178,7 +195,11 @@ def verify_ledger(store: Store, *, anchor: str | None = None) -> LedgerReport:
     (PostgreSQL, Redis), whose sequence numbers can become visible out of order, it reads the
     entries at or below the horizon, so an entry still to commit is never taken for a deleted
     one. A record whose newest entry lies past what was read (written meanwhile) is checked
-    against the ledger read on from there.
+    against the ledger read on from there: its head must be an entry of its key read then (the
+    newest, or one written while verification ran; the next verification reads that one in its
+    first pass and holds the record to its key's newest entry). A role that may not take the
+    horizon (an auditor that may only read, a standby) reads to the newest entry instead, which
+    is exact while nothing writes.
 
     Args:
         store: the store to verify.
@@ -271,12 +292,20 @@ class _Walk:
 
 
 def _top(horizon: bool, checkpoints: list[Checkpoint]) -> _Flow[int | None]:
-    """Where reading stops: the store's horizon, None (the end) for a store without one. A
-    sealed range is final already, so never below its end."""
+    """Where reading stops: the store's horizon, None (the end) for a store without one or
+    that refuses it. A sealed range is final already, so never below its end."""
     if not horizon:
         return None
-    # A store may answer None for "no horizon" (ThreadedAsyncStore around a store without one).
-    answer = yield _StoreCall("ledger_horizon")
+    try:
+        # A store may answer None for "no horizon" (ThreadedAsyncStore around one without).
+        answer = yield _StoreCall("ledger_horizon")
+    except StoreError:
+        # The horizon takes a lock (PostgreSQL) or raises a watermark (Redis Cluster): a role
+        # that may only read (an auditor), a standby or a read-only replica is refused it and
+        # reads to the end instead, exact on a ledger no one writes meanwhile. An outage
+        # shows again at the next read.
+        _log.info(_NO_HORIZON)
+        return None
     if answer is None:
         return None
     return max(int(answer), checkpoints[-1].last_seq if checkpoints else 0)

@@ -412,8 +412,16 @@ def test_cluster_seq_counter_that_went_back_never_reorders_the_ledger(
     store = RedisStore(f"redis+cluster://127.0.0.1:{cluster.ports[0]}", prefix=cluster_prefix)
     try:
         _ledger_workload(store)
+        unsealed = NewRecord("tenant-a", "k1_unsealed", "fp", "{}", "po1_u", "charge", 1, "usd")
+        now = datetime(2026, 5, 1, tzinfo=UTC)
+        assert store.claim(unsealed, now=now, lease_for=timedelta(seconds=30)).lease is not None
         before = list(store.entries(after=0, limit=1000))
         cluster_client.set(f"{cluster_prefix}:seq", 1)
+        # Verified before any write: the buckets are ahead of the counter, and the horizon
+        # (the highest seq anywhere) still covers every entry; it raises the counter to it.
+        assert verify_ledger(store).entries == len(before)
+        assert int(cluster_client.get(f"{cluster_prefix}:seq")) == max(e.seq for e in before)
+        cluster_client.set(f"{cluster_prefix}:seq", 1)  # lost again, for the writes below
 
         clock = ManualClock(datetime(2026, 6, 1, tzinfo=UTC))
         guard = Guard(store, secret=SECRET, scope="tenant-a", clock=clock)

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from payonce import ConfigurationError, Status, seal_checkpoint, verify_ledger
+from payonce import ConfigurationError, Status, StoreError, seal_checkpoint, verify_ledger
 from payonce.stores._postgres import PostgresStore
 from payonce.testing._contract_support import _new
 from tests.faults import pg_worker
@@ -122,6 +122,27 @@ def test_the_service_role_runs_every_operation_with_select_and_insert_on_the_led
         report = verify_ledger(store)
         # claimed, taken over, succeeded; claimed, marked unknown; claimed, released; purged
         assert report.entries == 8
+    finally:
+        store.close()
+
+
+def test_an_auditor_role_that_may_only_read_verifies_the_ledger(roles: Roles) -> None:
+    # Without EXECUTE on payonce_ledger_horizon() (or on a standby, where its lock is refused)
+    # verification reads to the newest entry instead of failing.
+    _migrate_and_grant(roles)
+    _claim_and_seal(roles.conninfo(roles.app), "audited")
+    with psycopg.connect(roles.conninfo(roles.owner), autocommit=True) as owner:
+        owner.execute(f"REVOKE INSERT, UPDATE, DELETE ON payonce_records FROM {roles.app}")
+        owner.execute(f"REVOKE INSERT ON payonce_ledger, payonce_checkpoints FROM {roles.app}")
+        owner.execute(
+            f"REVOKE EXECUTE ON FUNCTION payonce_claim, payonce_ledger_horizon FROM {roles.app}"
+        )
+    store = PostgresStore(roles.conninfo(roles.app), create=False)
+    try:
+        with pytest.raises(StoreError, match="permission denied"):
+            store.ledger_horizon()
+        report = verify_ledger(store)
+        assert (report.entries, report.records, report.checkpoints) == (1, 1, 1)
     finally:
         store.close()
 

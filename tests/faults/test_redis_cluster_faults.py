@@ -315,15 +315,18 @@ def test_a_read_of_a_bucket_whose_slot_is_migrating_is_an_outage_until_it_ends(
 
 
 class _HeldStore(RedisStore):
-    """A writer whose first ``seq`` allocation is held before its script, until ``go``."""
+    """A writer whose first ``seq`` allocation once ``hold`` is set is held before its script,
+    until ``go``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.allocated, self.go = threading.Event(), threading.Event()
+        self.hold = True
         super().__init__(*args, **kwargs)
 
     def _perform(self, effect: Effect, operation: str) -> Any:
         reply = super()._perform(effect, operation)
-        if isinstance(effect, Script) and effect.name == "seq" and not self.allocated.is_set():
+        seq = isinstance(effect, Script) and effect.name == "seq"
+        if seq and self.hold and not self.allocated.is_set():
             self.allocated.set()
             assert self.go.wait(30), "the test never let the held write go on"
         return reply
@@ -369,6 +372,59 @@ def test_verify_beside_a_write_whose_seq_is_in_flight_finds_nothing_missing(
             report = verify_ledger(busy)  # type: ignore[arg-type]
         assert (report.entries, report.records) == (3, 2)
         assert verify_ledger(checker).entries == 3
+    finally:
+        writer.go.set()
+        for store in stores:
+            store.close()
+
+
+def test_an_audit_continued_from_its_cursor_never_skips_a_success_that_was_in_flight(
+    cluster: Cluster, prefix: str
+) -> None:
+    # A guarded call's complete holds seq s while another bucket's write lands s + 1 and an
+    # audit runs. Without a horizon that audit's cursor passes s, the complete then lands at s,
+    # and every audit continued from the cursor skips that success.
+    from payonce import Guard, Intent, Reconciler  # noqa: PLC0415
+    from payonce.gateways.simulated import SimulatedGateway  # noqa: PLC0415
+    from payonce.testing import ManualClock  # noqa: PLC0415
+
+    stores = [
+        kind(_url(cluster), prefix=prefix, buckets=2)
+        for kind in (_HeldStore, RedisStore, RedisStore)
+    ]
+    writer, rival, checker = stores
+    assert isinstance(writer, _HeldStore)
+    writer.hold = False
+    clock = ManualClock(T0)
+    guard = Guard(writer, secret=b"s" * 32, scope="tenant-a", clock=clock)
+    intent = Intent("charge", 500, "usd", customer="cus_1", reference="audited")
+    key = guard.key_for(intent)
+    bucket = writer._bucket(_ident("tenant-a", key))
+    other = next(
+        f"k1_other_{n}"
+        for n in range(64)
+        if writer._bucket(_ident("tenant-a", f"k1_other_{n}")) != bucket
+    )
+
+    def charge(attempt: Any) -> dict[str, str]:
+        writer.hold = True  # the complete's seq is held
+        return {"id": "ch_audited"}
+
+    def seen(report: Any) -> int:
+        return int(report.checked + len(report.unverified) + report.skipped)
+
+    reconciler = Reconciler(checker, SimulatedGateway(clock=clock), clock=clock)
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            future = pool.submit(guard.run, intent, charge)
+            assert writer.allocated.wait(30)
+            assert rival.claim(_new(other), now=T0, lease_for=LEASE).lease is not None
+            first = reconciler.audit()
+            writer.go.set()
+            assert future.result(timeout=30).value == {"id": "ch_audited"}
+        assert seen(first) == 0  # the success was not written yet
+        again = reconciler.audit(after=first.cursor)
+        assert seen(again) == 1  # read from the cursor on
     finally:
         writer.go.set()
         for store in stores:

@@ -662,15 +662,21 @@ class RedisCore:
         """The highest seq at or below which every entry is final (see ``Store``).
 
         On one server a seq is drawn by the script that writes its entry, so every seq the
-        counter has reached is final. On Cluster it is drawn a round trip before: the counter
-        is read, then every bucket's watermark is raised to it, after which the scripts refuse
-        a seq at or below it (the writer draws another, as after a seal); whatever seq at or
-        below it was written before, is written.
+        counter has reached is final. On Cluster it is drawn a round trip before: the horizon is
+        the counter or the highest seq of any bucket, whichever is higher (after a failover that
+        lost increments the buckets can be ahead of the counter); the counter is raised to it,
+        then every bucket's watermark, after which the scripts refuse a seq at or below it (the
+        writer draws another, as after a seal). Whatever seq at or below it was written before
+        is written.
         """
-        top = int((yield Command("get", (self._seq_key,))) or 0)
-        if self._cluster:
-            mark = {_SEALED: top}
-            yield Fanout([Command("zadd", (b.log, mark), {"gt": True}) for b in self._buckets])
+        if not self._cluster:
+            return int((yield Command("get", (self._seq_key,))) or 0)
+        tops = [Command("zrange", (b.log, -1, -1), {"withscores": True}) for b in self._buckets]
+        counter, *logs = yield Fanout([Command("get", (self._seq_key,)), *tops])
+        top = max([int(counter or 0), *(int(score) for log in logs for _, score in log)])
+        yield from self._seq(0, top)  # raises the counter to ``top``; allocates nothing
+        mark = {_SEALED: top}
+        yield Fanout([Command("zadd", (b.log, mark), {"gt": True}) for b in self._buckets])
         return top
 
     def _append_checkpoint(self, checkpoint: Checkpoint) -> Op[None]:
