@@ -332,24 +332,38 @@ class _HeldStore(RedisStore):
         return reply
 
 
+@pytest.fixture
+def held(cluster: Cluster, prefix: str) -> Iterator[tuple[_HeldStore, RedisStore, RedisStore]]:
+    """A held writer, another writer and a reader, on one prefix of two buckets."""
+    writer = _HeldStore(_url(cluster), prefix=prefix, buckets=2)
+    rival = RedisStore(_url(cluster), prefix=prefix, buckets=2)
+    checker = RedisStore(_url(cluster), prefix=prefix, buckets=2)
+    try:
+        yield writer, rival, checker
+    finally:
+        writer.go.set()
+        for store in (writer, rival, checker):
+            store.close()
+
+
+def _in_another_bucket(store: RedisStore, key: str) -> str:
+    """A key of scope tenant-a whose bucket is not ``key``'s."""
+    bucket = store._bucket(_ident("tenant-a", key))
+    return next(
+        f"k1_other_{n}"
+        for n in range(64)
+        if store._bucket(_ident("tenant-a", f"k1_other_{n}")) != bucket
+    )
+
+
 def test_verify_beside_a_write_whose_seq_is_in_flight_finds_nothing_missing(
-    cluster: Cluster, prefix: str
+    held: tuple[_HeldStore, RedisStore, RedisStore],
 ) -> None:
     # The writer's claim holds seq s; another bucket's write lands s + 1; the claim and its
     # complete land while verification reads. Read past s + 1 without a horizon, the claim (at
     # s) would never be read and the complete would seem to chain to nothing.
-    stores = [
-        kind(_url(cluster), prefix=prefix, buckets=2)
-        for kind in (_HeldStore, RedisStore, RedisStore)
-    ]
-    writer, rival, checker = stores
-    assert isinstance(writer, _HeldStore)
-    bucket = writer._bucket(_ident("tenant-a", "k1_held"))
-    other = next(
-        f"k1_other_{n}"
-        for n in range(64)
-        if writer._bucket(_ident("tenant-a", f"k1_other_{n}")) != bucket
-    )
+    writer, rival, checker = held
+    other = _in_another_bucket(writer, "k1_held")
 
     def write() -> None:
         claimed = writer.claim(_new("k1_held"), now=T0, lease_for=LEASE)
@@ -363,23 +377,18 @@ def test_verify_beside_a_write_whose_seq_is_in_flight_finds_nothing_missing(
         writer.go.set()
         future.result(timeout=30)
 
-    try:
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            future = pool.submit(write)
-            assert writer.allocated.wait(30)
-            assert rival.claim(_new(other), now=T0, lease_for=LEASE).lease is not None
-            busy = _Busy(checker, "entries", after=let_the_write_land)
-            report = verify_ledger(busy)  # type: ignore[arg-type]
-        assert (report.entries, report.records) == (3, 2)
-        assert verify_ledger(checker).entries == 3
-    finally:
-        writer.go.set()
-        for store in stores:
-            store.close()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(write)
+        assert writer.allocated.wait(30)
+        assert rival.claim(_new(other), now=T0, lease_for=LEASE).lease is not None
+        busy = _Busy(checker, "entries", after=let_the_write_land)
+        report = verify_ledger(busy)  # type: ignore[arg-type]
+    assert (report.entries, report.records) == (3, 2)
+    assert verify_ledger(checker).entries == 3
 
 
 def test_an_audit_continued_from_its_cursor_never_skips_a_success_that_was_in_flight(
-    cluster: Cluster, prefix: str
+    held: tuple[_HeldStore, RedisStore, RedisStore],
 ) -> None:
     # A guarded call's complete holds seq s while another bucket's write lands s + 1 and an
     # audit runs. Without a horizon that audit's cursor passes s, the complete then lands at s,
@@ -388,23 +397,12 @@ def test_an_audit_continued_from_its_cursor_never_skips_a_success_that_was_in_fl
     from payonce.gateways.simulated import SimulatedGateway  # noqa: PLC0415
     from payonce.testing import ManualClock  # noqa: PLC0415
 
-    stores = [
-        kind(_url(cluster), prefix=prefix, buckets=2)
-        for kind in (_HeldStore, RedisStore, RedisStore)
-    ]
-    writer, rival, checker = stores
-    assert isinstance(writer, _HeldStore)
+    writer, rival, checker = held
     writer.hold = False
     clock = ManualClock(T0)
     guard = Guard(writer, secret=b"s" * 32, scope="tenant-a", clock=clock)
     intent = Intent("charge", 500, "usd", customer="cus_1", reference="audited")
-    key = guard.key_for(intent)
-    bucket = writer._bucket(_ident("tenant-a", key))
-    other = next(
-        f"k1_other_{n}"
-        for n in range(64)
-        if writer._bucket(_ident("tenant-a", f"k1_other_{n}")) != bucket
-    )
+    other = _in_another_bucket(writer, guard.key_for(intent))
 
     def charge(attempt: Any) -> dict[str, str]:
         writer.hold = True  # the complete's seq is held
@@ -414,18 +412,13 @@ def test_an_audit_continued_from_its_cursor_never_skips_a_success_that_was_in_fl
         return int(report.checked + len(report.unverified) + report.skipped)
 
     reconciler = Reconciler(checker, SimulatedGateway(clock=clock), clock=clock)
-    try:
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            future = pool.submit(guard.run, intent, charge)
-            assert writer.allocated.wait(30)
-            assert rival.claim(_new(other), now=T0, lease_for=LEASE).lease is not None
-            first = reconciler.audit()
-            writer.go.set()
-            assert future.result(timeout=30).value == {"id": "ch_audited"}
-        assert seen(first) == 0  # the success was not written yet
-        again = reconciler.audit(after=first.cursor)
-        assert seen(again) == 1  # read from the cursor on
-    finally:
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(guard.run, intent, charge)
+        assert writer.allocated.wait(30)
+        assert rival.claim(_new(other), now=T0, lease_for=LEASE).lease is not None
+        first = reconciler.audit()
         writer.go.set()
-        for store in stores:
-            store.close()
+        assert future.result(timeout=30).value == {"id": "ch_audited"}
+    assert seen(first) == 0  # the success was not written yet
+    again = reconciler.audit(after=first.cursor)
+    assert seen(again) == 1  # read from the cursor on
