@@ -15,7 +15,12 @@ from datetime import datetime
 from typing import Any, TypeAlias, TypeVar
 
 from payonce._chain import GENESIS, checkpoint_digest, checkpoint_hash, entry_hash, make_checkpoint
-from payonce._errors import ConfigurationError, LedgerCorruptedError, StoreError
+from payonce._errors import (
+    ConfigurationError,
+    LedgerCorruptedError,
+    StoreError,
+    StoreUnavailableError,
+)
 from payonce._model import Checkpoint, Entry
 from payonce._protocols import AsyncStore, Store, has_ledger_horizon
 
@@ -31,9 +36,9 @@ _BATCH = 5000
 _T = TypeVar("_T")
 _log = logging.getLogger("payonce.ledger")
 _NO_HORIZON = (
-    "payonce could not read the ledger's horizon (the role may only read, or the server is a "
-    "standby): verifying up to the newest entry instead, which is exact only while nothing "
-    "writes to the ledger"
+    "payonce was refused the ledger's horizon (the role may only read the ledger): verifying "
+    "up to the newest entry instead, which is exact only while nothing writes to the ledger; "
+    "verify as a role allowed the horizon for an exact verification beside writers"
 )
 
 
@@ -198,8 +203,8 @@ def verify_ledger(store: Store, *, anchor: str | None = None) -> LedgerReport:
     against the ledger read on from there: its head must be an entry of its key read then (the
     newest, or one written while verification ran; the next verification reads that one in its
     first pass and holds the record to its key's newest entry). A role that may not take the
-    horizon (an auditor that may only read, a standby) reads to the newest entry instead, which
-    is exact while nothing writes.
+    horizon (an auditor that may only read) reads to the newest entry instead, with a logged
+    warning: exact while nothing writes.
 
     Args:
         store: the store to verify.
@@ -299,12 +304,13 @@ def _top(horizon: bool, checkpoints: list[Checkpoint]) -> _Flow[int | None]:
     try:
         # A store may answer None for "no horizon" (ThreadedAsyncStore around one without).
         answer = yield _StoreCall("ledger_horizon")
+    except StoreUnavailableError:
+        raise  # an outage or a timeout, perhaps behind busy writers: verify again later
     except StoreError:
-        # The horizon takes a lock (PostgreSQL) or raises a watermark (Redis Cluster): a role
-        # that may only read (an auditor), a standby or a read-only replica is refused it and
-        # reads to the end instead, exact on a ledger no one writes meanwhile. An outage
-        # shows again at the next read.
-        _log.info(_NO_HORIZON)
+        # Refused for good: the horizon takes a lock (PostgreSQL) or raises a watermark (Redis
+        # Cluster), which a role that may only read (an auditor) may not do. It reads to the
+        # end instead, exact on a ledger no one writes meanwhile.
+        _log.warning(_NO_HORIZON)
         return None
     if answer is None:
         return None

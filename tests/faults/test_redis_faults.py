@@ -551,3 +551,44 @@ def test_newest_refuses_a_family_whose_indexed_record_was_deleted_the_scans_skip
     finally:
         client.close()
         store.close()
+
+
+def test_orphaned_index_entries_take_no_place_from_live_records_in_a_page(
+    local_prefix: str,
+) -> None:
+    # The client merges every bucket's first ``limit`` rows: a bucket that answered fewer while
+    # it had more (its page spent on orphans) would let the merge's cursor pass its next live
+    # records, and the purge's candidates would stay the orphans for good. Bucket A holds the
+    # three smallest keys, the first two orphaned (and the oldest finished).
+    from payonce.stores._redis_core import _ident  # noqa: PLC0415
+
+    store = RedisStore(LOCAL_URL, prefix=local_prefix, buckets=2)
+    client = redis.Redis.from_url(LOCAL_URL)
+    try:
+        names = [f"k1_{n:03d}" for n in range(200)]
+        bucket_a = store._bucket(_ident("tenant-a", names[0]))
+        in_a = [n for n in names if store._bucket(_ident("tenant-a", n)) == bucket_a]
+        in_b = [n for n in names if n > in_a[2] and n not in in_a][:4]
+        keys = sorted([*in_a[:3], *in_b])
+        for age, key in enumerate(keys):
+            new = NewRecord("tenant-a", key, "fp", "{}", "po1_" + key, "charge", 1, "usd")
+            lease = store.claim(new, now=_T, lease_for=LEASE).lease
+            assert lease is not None
+            store.complete("tenant-a", key, token=lease.token, status=Status.SUCCEEDED,
+                           outcome="{}", now=_T + timedelta(seconds=age))  # fmt: skip
+        for key in in_a[:2]:
+            client.unlink(next(client.scan_iter(match=f"*{local_prefix}*rec:*{key}")))
+        live = keys[2:]
+
+        seen, after = [], None
+        while rows := store.heads(after=after, limit=2):
+            seen += [key for _, key, _ in rows]
+            after = (rows[-1][0], rows[-1][1])
+        assert seen == live
+        purged, late = 0, _T + timedelta(days=9)
+        while done := store.purge(now=late, retention=timedelta(days=1), limit=2):
+            purged += done
+        assert purged == len(live)
+    finally:
+        client.close()
+        store.close()

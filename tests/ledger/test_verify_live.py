@@ -10,9 +10,12 @@ tests/faults/test_redis_cluster_faults.py.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import pytest
 
 from payonce import Status, Store, verify_ledger
 from payonce._model import NewRecord
@@ -93,3 +96,35 @@ def test_a_record_that_moved_on_again_after_its_head_was_read_verifies(store: St
     busy = _Busy(store, "heads", before=mark_unknown, after=take_over)
     report = verify_ledger(busy)  # type: ignore[arg-type]
     assert (report.entries, report.records) == (3, 1)
+
+
+def test_a_horizon_lost_to_an_outage_fails_the_verification(store: Store) -> None:
+    # Only a refusal for good (a role that may only read) reads on without the horizon; an
+    # outage or a timeout, perhaps behind busy writers, fails: verify again later.
+    from payonce import StoreUnavailableError  # noqa: PLC0415
+
+    _claimed(store, "k1_x")
+
+    class _Down(_Busy):
+        def ledger_horizon(self) -> int:
+            raise StoreUnavailableError("the store timed out; retry", operation="ledger_horizon")
+
+    with pytest.raises(StoreUnavailableError, match="timed out"):
+        verify_ledger(_Down(store, "entries"))  # type: ignore[arg-type]
+
+
+def test_a_horizon_refused_for_good_reads_to_the_end_with_a_warning(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    from payonce import StoreError  # noqa: PLC0415
+
+    _claimed(store, "k1_x")
+
+    class _ReadOnly(_Busy):
+        def ledger_horizon(self) -> int:
+            raise StoreError("permission denied for function payonce_ledger_horizon")
+
+    with caplog.at_level(logging.WARNING, logger="payonce.ledger"):
+        report = verify_ledger(_ReadOnly(store, "entries"))  # type: ignore[arg-type]
+    assert (report.entries, report.records) == (1, 1)
+    assert any("refused the ledger's horizon" in r.getMessage() for r in caplog.records)

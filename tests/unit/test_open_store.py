@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -304,6 +305,18 @@ def test_create_false_refuses_a_missing_store_and_creates_nothing(
     with pytest.raises(StoreMissingError, match="payonce migrate"):
         open_store(f"sqlite:///{tmp_path}/typo.db", create=False)
     assert not (tmp_path / "typo.db").exists()
+    # A file that is not a payonce store (empty, or another application's) is left as it is.
+    (tmp_path / "empty.db").touch()
+    with sqlite3.connect(tmp_path / "other.db") as other:
+        other.execute("CREATE TABLE users (id INTEGER)")
+    for name in ("empty.db", "other.db"):
+        before = (tmp_path / name).read_bytes()
+        with pytest.raises(StoreMissingError, match="no SQLite file with payonce's tables"):
+            open_store(f"sqlite:///{tmp_path}/{name}", create=False)
+        assert (tmp_path / name).read_bytes() == before
+    for url in ("memory://", "sqlite:///:memory:"):
+        with pytest.raises(StoreMissingError, match=r"new and empty|no SQLite file"):
+            open_store(url, create=False)
 
     prefix = f"payonce-nothing-{uuid4().hex[:12]}"
     with pytest.raises(StoreMissingError, match="no payonce keys under the Redis prefix"):

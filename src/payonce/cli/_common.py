@@ -160,7 +160,13 @@ def open_for_reading(url: str) -> Store:
         StoreMissingError: no store at the URL (exit 3).
         ConfigurationError, StoreError: from ``open_store``.
     """
-    return open_store(url, create=False)
+    try:
+        return open_store(url, create=False)
+    except StoreMissingError as exc:
+        raise StoreMissingError(
+            f"{exc.message} Pass --store URL, or set PAYONCE_STORE, to an existing store.",
+            option=getattr(exc, "option", "store"),
+        ) from None
 
 
 def all_entries(store: Store) -> Iterator[Entry]:

@@ -734,8 +734,9 @@ class RedisStore(RedisCore):
 
     def ledger_horizon(self) -> int:
         """The highest seq at or below which every entry is final (see ``Store``): on one
-        server the ledger counter; on Cluster the counter, after every bucket's watermark was
-        raised to it (a write holding a seq at or below it then draws another).
+        server the ledger counter; on Cluster the counter or the highest seq of any bucket,
+        whichever is higher, after the counter and every bucket's watermark were raised to it
+        (a write holding a seq at or below it then draws another).
 
         Raises:
             StoreUnavailableError: Redis could not be reached.

@@ -591,27 +591,32 @@ class RedisCore:
         ]
         replies = yield Fanout(calls)
         if any(isinstance(reply, bytes | str) for reply in replies):  # NEWEST's 'missing'
-            raise self._indexed_record_missing()
+            raise self._indexed_record_missing(scope, family)
         found = [r for reply in replies for r in map(_record, reply) if r is not None]
         # Generations are unique per family; a tie goes to the oldest, as in SQLiteStore.
         found.sort(key=lambda r: (-r.generation, r.created_at, r.key))
         return found[0] if found else None
 
-    def _indexed_record_missing(self) -> StoreError:
+    def _indexed_record_missing(self, scope: str, family: str) -> StoreError:
         """A family's index names a record that is not there (see ``NEWEST``)."""
+        where = f"family {family!r} of scope {scope!r} under prefix {self._prefix!r}"
+        repair = (
+            "restore the record from a backup (the gateway holds the payment under its provider "
+            "key), or remove its ident from the family's index (the sorted set "
+            f"'{{{self._prefix}:<bucket>}}:fam:' followed by the family's ident), before "
+            "claiming in this family again"
+        )
         if self._cluster:
             return StoreUnavailableError(
-                "a record of this family's newest generation is not on the node that answered: "
-                "its bucket's slot is being migrated (resharding). Nothing was claimed; retry "
-                "the same intent when the migration ends.",
+                f"a record of the newest generation of {where} is not on the node that "
+                "answered. Nothing was claimed. Its bucket's slot is being migrated "
+                "(resharding): retry the same intent when the migration ends. If no migration "
+                f"is running, its key was deleted outside payonce: {repair}.",
                 operation="newest",
             )
         return StoreError(
-            f"a record of this family's newest generation is indexed under prefix "
-            f"{self._prefix!r} but its key is gone: it was deleted outside payonce. Nothing was "
-            "claimed. Restore the record from a backup (the gateway holds the payment under its "
-            "provider key), or remove its entry from the family's index, before claiming in "
-            "this family again.",
+            f"a record of the newest generation of {where} is indexed but its key is gone: it "
+            f"was deleted outside payonce. Nothing was claimed. Repair it: {repair}.",
             operation="newest",
         )
 
@@ -674,7 +679,8 @@ class RedisCore:
         tops = [Command("zrange", (b.log, -1, -1), {"withscores": True}) for b in self._buckets]
         counter, *logs = yield Fanout([Command("get", (self._seq_key,)), *tops])
         top = max([int(counter or 0), *(int(score) for log in logs for _, score in log)])
-        yield from self._seq(0, top)  # raises the counter to ``top``; allocates nothing
+        if top > int(counter or 0):
+            yield from self._seq(0, top)  # raises the counter to ``top``; allocates nothing
         mark = {_SEALED: top}
         yield Fanout([Command("zadd", (b.log, mark), {"gt": True}) for b in self._buckets])
         return top

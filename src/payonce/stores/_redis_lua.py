@@ -207,11 +207,22 @@ local out = {}
 -- Scores are doubles, exact to the microsecond until 2255; after that both the scores and
 -- the cutoff round the same monotonic way, so no due record is missed, and the exact
 -- updated_at drops any record that only rounded into the range.
-local idents = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-for _, ident in ipairs(idents) do
-  local rec = ARGV[3] .. ident
-  local updated = redis.call('HGET', rec, 'updated_at')
-  if updated and le(updated, ARGV[1]) then out[#out + 1] = redis.call('HGETALL', rec) end
+-- An index entry whose record is not here is skipped (see NEWEST), and reading goes on past
+-- it: the entries skipped must not take the places of due records.
+local limit = tonumber(ARGV[2])
+local start = 0
+while #out < limit do
+  local idents = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', start, 100)
+  if #idents == 0 then break end
+  for _, ident in ipairs(idents) do
+    local rec = ARGV[3] .. ident
+    local updated = redis.call('HGET', rec, 'updated_at')
+    if updated and le(updated, ARGV[1]) then
+      out[#out + 1] = redis.call('HGETALL', rec)
+      if #out >= limit then break end
+    end
+  end
+  start = start + 100
 end
 return out
 """
@@ -247,17 +258,27 @@ return out
 # (scope, key, ledger_head) of up to ``limit`` records of a bucket after ``after`` (an ident).
 # KEYS: live. ARGV: after ('' = from the start), limit, record key prefix.
 HEADS: Final = """
+-- An index entry whose record is not here is skipped (see NEWEST), and reading goes on past
+-- it: the client merges every bucket's first ``limit`` rows, so a bucket must not answer fewer
+-- while it has more.
 local low = '-'
 if ARGV[1] ~= '' then low = '(' .. ARGV[1] end
-local idents = redis.call('ZRANGEBYLEX', KEYS[1], low, '+', 'LIMIT', 0, tonumber(ARGV[2]))
+local limit = tonumber(ARGV[2])
 local out = {}
-for _, ident in ipairs(idents) do
-  local cur = redis.call('HMGET', ARGV[3] .. ident, 'scope', 'key', 'ledger_head')
-  if cur[1] then
-    out[#out + 1] = cur[1]
-    out[#out + 1] = cur[2]
-    out[#out + 1] = cur[3]
+local start = 0
+while #out < 3 * limit do
+  local idents = redis.call('ZRANGEBYLEX', KEYS[1], low, '+', 'LIMIT', start, 100)
+  if #idents == 0 then break end
+  for _, ident in ipairs(idents) do
+    local cur = redis.call('HMGET', ARGV[3] .. ident, 'scope', 'key', 'ledger_head')
+    if cur[1] then
+      out[#out + 1] = cur[1]
+      out[#out + 1] = cur[2]
+      out[#out + 1] = cur[3]
+      if #out >= 3 * limit then break end
+    end
   end
+  start = start + 100
 end
 return out
 """
