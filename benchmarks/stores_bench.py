@@ -427,7 +427,8 @@ class PgBackend:
         return f"PostgreSQL {version} (synchronous_commit {commit}, fsync on), loopback TCP"
 
     def grow(self, total: int) -> None:
-        """COPY finished records and two ledger rows each into payonce's tables, ANALYZE."""
+        """COPY finished records and two ledger rows each into payonce's tables, VACUUM ANALYZE,
+        CHECKPOINT."""
         if total <= self.rows:
             return
         with self.psycopg.connect(self.conninfo) as conn, conn.cursor() as cur:
@@ -500,6 +501,9 @@ class PgBackend:
         with self.psycopg.connect(self.conninfo, autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE payonce_records")
             conn.execute("VACUUM ANALYZE payonce_ledger")
+            # The bulk load's dirty pages are written now, not by the checkpointer while the
+            # next measurement runs (it would slow both sides' commits, and the next backend's).
+            conn.execute("CHECKPOINT")
         self.rows = total
 
     def close(self) -> None:
@@ -1414,7 +1418,8 @@ def render(report: Report, command: str) -> str:
         "`payonce_bench_<random>` created by `PostgresStore`, dropped at the end; Redis: a prefix "
         "`payonce-bench-<random>` on db 0, its keys unlinked at the end). Records are "
         "pre-populated in payonce's own layout with real keys (so payonce replays them): "
-        "PostgreSQL by `COPY` of records and two ledger rows each, then `VACUUM ANALYZE`; Redis "
+        "PostgreSQL by `COPY` of records and two ledger rows each, then `VACUUM ANALYZE` and a "
+        "`CHECKPOINT` (the bulk load is written before anything is measured); Redis "
         "by pipelined `HSET`/`ZADD` of record hash, chain head, two ledger entries, live and done "
         "indexes.",
         "- payonce: `Guard(PostgresStore(conninfo, max_size=10) | RedisStore(url, prefix=…), "
