@@ -6,13 +6,21 @@ import asyncio
 import logging
 import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
 import pytest
 
-from payonce import ConfigurationError, MemoryStore, SQLiteStore, StoreError, open_store
+from payonce import (
+    ConfigurationError,
+    MemoryStore,
+    SQLiteStore,
+    StoreError,
+    StoreUnavailableError,
+    open_store,
+)
 
 PASSWORD = "S3CRETpw"  # noqa: S105 - a test value: no error, repr or log line may show it
 
@@ -317,6 +325,25 @@ def test_create_false_refuses_a_missing_store_and_creates_nothing(
     for url in ("memory://", "sqlite:///:memory:"):
         with pytest.raises(StoreMissingError, match=r"new and empty|no SQLite file"):
             open_store(url, create=False)
+    # Another application's file, locked: waited for as a write would be (here not at all),
+    # and never given payonce's tables.
+    with closing(sqlite3.connect(tmp_path / "other.db", isolation_level=None)) as holder:
+        holder.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(StoreUnavailableError, match="locked"):
+            open_store(f"sqlite:///{tmp_path}/other.db?busy_timeout=0", create=False)
+        holder.execute("ROLLBACK")
+    with closing(sqlite3.connect(tmp_path / "other.db")) as other:
+        tables = other.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    assert tables == [("users",)]
+    # A payonce file one migration behind is not migrated by a store that may not create.
+    open_store(f"sqlite:///{tmp_path}/old.db").close()
+    with closing(sqlite3.connect(tmp_path / "old.db")) as old, old:
+        old.execute(
+            "DELETE FROM payonce_migrations"
+            " WHERE version = (SELECT max(version) FROM payonce_migrations)"
+        )
+    with pytest.raises(ConfigurationError, match="needs payonce schema migration"):
+        open_store(f"sqlite:///{tmp_path}/old.db", create=False)
 
     prefix = f"payonce-nothing-{uuid4().hex[:12]}"
     with pytest.raises(StoreMissingError, match="no payonce keys under the Redis prefix"):

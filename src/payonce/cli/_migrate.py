@@ -1,5 +1,7 @@
 """``payonce migrate``: create the store's schema or bring it up to date."""
 
+import contextlib
+import sqlite3
 from typing import Any
 
 from payonce.cli._common import (
@@ -11,7 +13,7 @@ from payonce.cli._common import (
     sqlite_path,
 )
 from payonce.stores import open_store
-from payonce.stores._open import _POSTGRES_OPTIONS, _take_options, sqlite_version
+from payonce.stores._open import _POSTGRES_OPTIONS, _take_options
 
 __all__ = ["migrate"]
 
@@ -93,7 +95,28 @@ def _sqlite_version(url: str) -> int | None:
     path = sqlite_path(url)
     if path is None:
         return None  # :memory: starts empty each time
-    return sqlite_version(path)
+    if not path.exists():
+        return 0
+    try:
+        # Read-only: a version check must never create or change the file.
+        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+    except sqlite3.Error:
+        return None
+    try:
+        with contextlib.closing(conn.cursor()) as cur:
+            cur.execute(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' "
+                "AND name = 'payonce_migrations'"
+            )
+            if cur.fetchone()[0] == 0:
+                return 0
+            cur.execute("SELECT max(version) FROM payonce_migrations")
+            (version,) = cur.fetchone()
+            return int(version or 0)
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
 
 
 def _postgres_version(url: str) -> int | None:

@@ -6,19 +6,15 @@ still loads no third-party module.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import math
-import sqlite3
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, Final
 from urllib.parse import parse_qs, unquote_plus, urlsplit
 
 from payonce._errors import ConfigurationError, StoreMissingError
 from payonce._protocols import Store
 from payonce.stores._memory import MemoryStore
-from payonce.stores._sqlite import MIGRATIONS as SQLITE_MIGRATIONS
 from payonce.stores._sqlite import SQLiteStore
 
 __all__ = ["open_store"]
@@ -123,58 +119,7 @@ def _open_sqlite(url: str, create: bool) -> SQLiteStore:
             options, "busy_timeout", "30 (seconds)", float, most=_LONGEST_WAIT, zero=True
         )
         kwargs["busy_timeout"] = timedelta(seconds=seconds)
-    if not create:
-        _check_sqlite_exists(path)
-    return SQLiteStore(path, **kwargs)
-
-
-def _check_sqlite_exists(path: str) -> None:
-    """Refuse, without creating or changing the file, a SQLite store that is not there or needs
-    a migration (``create=False``)."""
-    version = 0 if path == ":memory:" else sqlite_version(Path(path))
-    if version == 0:
-        raise StoreMissingError(
-            f"there is no store at {path} (no SQLite file with payonce's tables there), and it "
-            "was opened with create=False (as every payonce command but migrate and demo): "
-            "check the path (sqlite:///relative.db, sqlite:////absolute.db), or create the "
-            "store with `payonce migrate --store URL`.",
-            option="url",
-        )
-    known = SQLITE_MIGRATIONS[-1][0]
-    if version is not None and version < known:
-        raise ConfigurationError(
-            f"the SQLite store at {path} needs payonce schema migration {version + 1}, and it "
-            "was opened with create=False, which changes no schema: run `payonce migrate "
-            "--store URL` first.",
-            option="url",
-        )
-
-
-def sqlite_version(path: Path) -> int | None:
-    """The payonce schema version of the SQLite file at ``path``, read without creating or
-    changing it: 0 when there is no file or no payonce table, None when it cannot be read (not
-    a SQLite file, no permission: opening it says why)."""
-    if not path.exists():
-        return 0
-    try:
-        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
-    except sqlite3.Error:
-        return None
-    try:
-        with contextlib.closing(conn.cursor()) as cur:
-            cur.execute(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table' "
-                "AND name = 'payonce_migrations'"
-            )
-            if cur.fetchone()[0] == 0:
-                return 0
-            cur.execute("SELECT max(version) FROM payonce_migrations")
-            (version,) = cur.fetchone()
-            return int(version or 0)
-    except sqlite3.Error:
-        return None
-    finally:
-        conn.close()
+    return SQLiteStore(path, create=create, **kwargs)
 
 
 def _take_options(url: str, names: frozenset[str]) -> tuple[str, dict[str, str]]:

@@ -31,6 +31,7 @@ from payonce._errors import (
     ConfigurationError,
     ConflictError,
     LeaseLostError,
+    StoreError,
     StoreMissingError,
     StoreUnavailableError,
 )
@@ -460,6 +461,14 @@ class Flows:
         yield Query(SET_LOCK_TIMEOUT, (f"{millis}ms",))
         try:
             ((horizon,),) = yield Query(SELECT_HORIZON)
+        except psycopg.errors.ReadOnlySqlTransaction as exc:
+            # A hot standby refuses the lock: not an outage to wait out (verify_ledger then
+            # reads to the newest entry instead; a seal or an audit fails with this).
+            raise StoreError(
+                "the ledger's horizon cannot be taken on this PostgreSQL server: it is a hot "
+                "standby (in recovery). Seal, audit and verify against the primary.",
+                operation="ledger_horizon",
+            ) from exc
         except psycopg.errors.LockNotAvailable as exc:
             raise ConflictError(
                 "the PostgreSQL ledger stayed busy with writers for "

@@ -208,14 +208,21 @@ local out = {}
 -- the cutoff round the same monotonic way, so no due record is missed, and the exact
 -- updated_at drops any record that only rounded into the range.
 -- An index entry whose record is not here is skipped (see NEWEST), and reading goes on past
--- it: the entries skipped must not take the places of due records.
+-- it: the entries skipped must not take the places of due records. Paged by rank (ZRANGE does
+-- not walk the entries before its start, as ZRANGEBYSCORE ... LIMIT offset would).
 local limit = tonumber(ARGV[2])
+local cutoff = tonumber(ARGV[1])
 local start = 0
-while #out < limit do
-  local idents = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', start, 100)
-  if #idents == 0 then break end
-  for _, ident in ipairs(idents) do
-    local rec = ARGV[3] .. ident
+local more = true
+while more and #out < limit do
+  local page = redis.call('ZRANGE', KEYS[1], start, start + 99, 'WITHSCORES')
+  if #page == 0 then break end
+  for i = 1, #page, 2 do
+    if tonumber(page[i + 1]) > cutoff then
+      more = false
+      break
+    end
+    local rec = ARGV[3] .. page[i]
     local updated = redis.call('HGET', rec, 'updated_at')
     if updated and le(updated, ARGV[1]) then
       out[#out + 1] = redis.call('HGETALL', rec)
@@ -265,9 +272,9 @@ local low = '-'
 if ARGV[1] ~= '' then low = '(' .. ARGV[1] end
 local limit = tonumber(ARGV[2])
 local out = {}
-local start = 0
 while #out < 3 * limit do
-  local idents = redis.call('ZRANGEBYLEX', KEYS[1], low, '+', 'LIMIT', start, 100)
+  -- Paged by moving the lower bound past the last ident read, never by offset (which walks).
+  local idents = redis.call('ZRANGEBYLEX', KEYS[1], low, '+', 'LIMIT', 0, 100)
   if #idents == 0 then break end
   for _, ident in ipairs(idents) do
     local cur = redis.call('HMGET', ARGV[3] .. ident, 'scope', 'key', 'ledger_head')
@@ -278,7 +285,7 @@ while #out < 3 * limit do
       if #out >= 3 * limit then break end
     end
   end
-  start = start + 100
+  low = '(' .. idents[#idents]
 end
 return out
 """

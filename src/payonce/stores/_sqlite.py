@@ -16,7 +16,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import closing, contextmanager, suppress
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from payonce._errors import (
     ConflictError,
     LeaseLostError,
     StoreError,
+    StoreMissingError,
     StoreUnavailableError,
 )
 from payonce._model import (
@@ -111,8 +112,13 @@ class SQLiteStore:
         busy_timeout: how long a writer queues for the write lock before failing with
             ``StoreUnavailableError``.
         faults: a fault injector called with named points (``"mid_record"``), for crash tests.
+        create: False opens only a file payonce has set up already, changing nothing: no file,
+            ``":memory:"`` or a database without payonce's tables is refused with
+            ``StoreMissingError`` before anything is written (not even the WAL journal mode), a
+            schema that needs a migration with ``ConfigurationError`` (run ``payonce migrate``).
 
     Raises:
+        StoreMissingError: with ``create=False``, no payonce store at ``path``.
         ConfigurationError: a bad option, a missing directory, or a database whose schema is
             newer than this version of payonce.
         StoreUnavailableError: the database could not be opened or migrated.
@@ -133,6 +139,7 @@ class SQLiteStore:
         synchronous: str = "FULL",
         busy_timeout: timedelta = timedelta(seconds=30),
         faults: Callable[[str], None] | None = None,
+        create: bool = True,
     ) -> None:
         self._path = os.fspath(path)
         mode = synchronous.upper() if isinstance(synchronous, str) else ""
@@ -159,6 +166,8 @@ class SQLiteStore:
             )
         self._synchronous = mode
         self._busy_timeout = busy_timeout
+        if not create:
+            self._check_exists()
         self._faults = faults
         self._closed = False
         # Each connection to ":memory:" is a separate database, so an in-memory store shares one
@@ -175,13 +184,30 @@ class SQLiteStore:
         self._held_lock = threading.Lock()
         try:
             with self._write("open") as conn:
-                _migrate(conn)
+                _migrate(conn, create=create)
         except BaseException:
             self.close()
             raise
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self._path!r}, synchronous={self._synchronous!r})"
+
+    def _check_exists(self) -> None:
+        """``create=False``: refuse, before any connection of the store changes the file (its
+        journal mode), a path with no payonce tables; waits for a locked file as a write does."""
+        if self._in_memory or not Path(self._path).is_file():
+            raise _missing(self._path)
+        try:
+            wait = self._busy_timeout.total_seconds()
+            with closing(sqlite3.connect(self._path, timeout=wait)) as conn:
+                (found,) = conn.execute(
+                    "SELECT count(*) FROM sqlite_master WHERE type = 'table' "
+                    "AND name = 'payonce_migrations'"
+                ).fetchone()
+        except sqlite3.Error as exc:
+            raise _translate(exc, "open") from exc
+        if not found:
+            raise _missing(self._path)
 
     # -- connections and transactions ----------------------------------------------------------
 
@@ -637,6 +663,16 @@ def _closed_error(operation: str) -> StoreUnavailableError:
     return StoreUnavailableError(
         "this SQLiteStore was closed; create a new one to keep using the database",
         operation=operation,
+    )
+
+
+def _missing(path: str) -> StoreMissingError:
+    return StoreMissingError(
+        f"there is no store at {path} (no SQLite file with payonce's tables there), and it was "
+        "opened with create=False (as every payonce command but migrate and demo): check the "
+        "path (sqlite:///relative.db, sqlite:////absolute.db), or create the store with "
+        "`payonce migrate --store URL`.",
+        option="path",
     )
 
 

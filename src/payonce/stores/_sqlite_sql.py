@@ -160,18 +160,28 @@ _CLAIM_HEAD: Final = (
 _NEXT_SEQ_ONLY: Final = f"SELECT {_NEXT_SEQ}"
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
-    """Apply the missing migrations; ``conn`` holds the write lock (BEGIN IMMEDIATE).
+def _migrate(conn: sqlite3.Connection, *, create: bool = True) -> None:
+    """Apply the missing migrations (with ``create``; without, refuse a database that needs
+    any); ``conn`` holds the write lock (BEGIN IMMEDIATE).
 
     Processes opening the same new file at once queue on that lock, and each re-reads the applied
     versions under it, so every migration runs exactly once.
     """
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS payonce_migrations "
-        "(version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)"
-    )
+    if create:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS payonce_migrations "
+            "(version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)"
+        )
     applied = {version for (version,) in conn.execute("SELECT version FROM payonce_migrations")}
     known = MIGRATIONS[-1][0]
+    missing = [version for version, _ in MIGRATIONS if version not in applied]
+    if missing and not create:
+        raise ConfigurationError(
+            f"this SQLite database needs payonce schema migration {missing[0]}, and the store "
+            "was opened with create=False, which changes no schema: run `payonce migrate "
+            "--store URL` first.",
+            option="path",
+        )
     if applied and max(applied) > known:
         raise ConfigurationError(
             f"this SQLite database has schema version {max(applied)} but this payonce knows only "
