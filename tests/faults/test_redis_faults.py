@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -526,6 +526,18 @@ def test_credentials_refused_under_a_running_store_are_not_an_outage() -> None:
         assert "Redis refused the store's credentials" in str(translated)
 
 
+@contextmanager
+def _store_and_client(prefix: str, *, buckets: int) -> Iterator[tuple[RedisStore, Any]]:
+    """A store on the local Redis, and a plain client to change its keys behind its back."""
+    store = RedisStore(LOCAL_URL, prefix=prefix, buckets=buckets)
+    client = redis.Redis.from_url(LOCAL_URL)
+    try:
+        yield store, client
+    finally:
+        client.close()
+        store.close()
+
+
 def test_newest_refuses_a_family_whose_indexed_record_was_deleted_the_scans_skip_it(
     local_prefix: str,
 ) -> None:
@@ -536,9 +548,7 @@ def test_newest_refuses_a_family_whose_indexed_record_was_deleted_the_scans_skip
     # the orphan, so one of them does not stop every bucket.
     from payonce import StoreError  # noqa: PLC0415
 
-    store = RedisStore(LOCAL_URL, prefix=local_prefix, buckets=1)
-    client = redis.Redis.from_url(LOCAL_URL)
-    try:
+    with _store_and_client(local_prefix, buckets=1) as (store, client):
         new = NewRecord("tenant-a", "k1", "fp", "{}", "po1_k1", "charge", 100, "usd", "fam", 0)
         assert store.claim(new, now=_T, lease_for=LEASE).lease is not None
         (record_key,) = [k for k in client.scan_iter(match=f"*{local_prefix}*") if b":rec:" in k]
@@ -548,9 +558,6 @@ def test_newest_refuses_a_family_whose_indexed_record_was_deleted_the_scans_skip
         assert not isinstance(caught.value, StoreUnavailableError)
         assert store.scan(now=_T + timedelta(days=1), limit=10) == []
         assert store.heads(after=None, limit=10) == []
-    finally:
-        client.close()
-        store.close()
 
 
 def test_orphaned_index_entries_take_no_place_from_live_records_in_a_page(
@@ -562,9 +569,7 @@ def test_orphaned_index_entries_take_no_place_from_live_records_in_a_page(
     # three smallest keys, the first two orphaned (and the oldest finished).
     from payonce.stores._redis_core import _ident  # noqa: PLC0415
 
-    store = RedisStore(LOCAL_URL, prefix=local_prefix, buckets=2)
-    client = redis.Redis.from_url(LOCAL_URL)
-    try:
+    with _store_and_client(local_prefix, buckets=2) as (store, client):
         names = [f"k1_{n:03d}" for n in range(200)]
         bucket_a = store._bucket(_ident("tenant-a", names[0]))
         in_a = [n for n in names if store._bucket(_ident("tenant-a", n)) == bucket_a]
@@ -589,6 +594,3 @@ def test_orphaned_index_entries_take_no_place_from_live_records_in_a_page(
         while done := store.purge(now=late, retention=timedelta(days=1), limit=2):
             purged += done
         assert purged == len(live)
-    finally:
-        client.close()
-        store.close()
