@@ -527,19 +527,16 @@ def test_credentials_refused_under_a_running_store_are_not_an_outage() -> None:
 
 
 @contextmanager
-def _store_and_client(prefix: str, *, buckets: int) -> Iterator[tuple[RedisStore, Any]]:
-    """A store on the local Redis, and a plain client to change its keys behind its back."""
+def _local_store(prefix: str, *, buckets: int) -> Iterator[RedisStore]:
     store = RedisStore(LOCAL_URL, prefix=prefix, buckets=buckets)
-    client = redis.Redis.from_url(LOCAL_URL)
     try:
-        yield store, client
+        yield store
     finally:
-        client.close()
         store.close()
 
 
 def test_newest_refuses_a_family_whose_indexed_record_was_deleted_the_scans_skip_it(
-    local_prefix: str,
+    local_prefix: str, local_redis: Any
 ) -> None:
     # On one server only a record key deleted outside payonce gets here (on Cluster, a slot in
     # migration: tests/faults/test_redis_cluster_faults.py). A ``newest`` that skipped the record
@@ -548,7 +545,8 @@ def test_newest_refuses_a_family_whose_indexed_record_was_deleted_the_scans_skip
     # the orphan, so one of them does not stop every bucket.
     from payonce import StoreError  # noqa: PLC0415
 
-    with _store_and_client(local_prefix, buckets=1) as (store, client):
+    client = local_redis  # changes the store's keys behind its back
+    with _local_store(local_prefix, buckets=1) as store:
         new = NewRecord("tenant-a", "k1", "fp", "{}", "po1_k1", "charge", 100, "usd", "fam", 0)
         assert store.claim(new, now=_T, lease_for=LEASE).lease is not None
         (record_key,) = [k for k in client.scan_iter(match=f"*{local_prefix}*") if b":rec:" in k]
@@ -561,7 +559,7 @@ def test_newest_refuses_a_family_whose_indexed_record_was_deleted_the_scans_skip
 
 
 def test_orphaned_index_entries_take_no_place_from_live_records_in_a_page(
-    local_prefix: str,
+    local_prefix: str, local_redis: Any
 ) -> None:
     # The client merges every bucket's first ``limit`` rows: a bucket that answered fewer while
     # it had more (its page spent on orphans) would let the merge's cursor pass its next live
@@ -569,7 +567,8 @@ def test_orphaned_index_entries_take_no_place_from_live_records_in_a_page(
     # three smallest keys, the first two orphaned (and the oldest finished).
     from payonce.stores._redis_core import _ident  # noqa: PLC0415
 
-    with _store_and_client(local_prefix, buckets=2) as (store, client):
+    client = local_redis  # changes the store's keys behind its back
+    with _local_store(local_prefix, buckets=2) as store:
         names = [f"k1_{n:03d}" for n in range(200)]
         bucket_a = store._bucket(_ident("tenant-a", names[0]))
         in_a = [n for n in names if store._bucket(_ident("tenant-a", n)) == bucket_a]
