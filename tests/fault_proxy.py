@@ -204,6 +204,11 @@ class FaultProxy:
         with self._lock:
             self._plan.extend(modes)
 
+    def set_default(self, mode: Mode) -> None:
+        """Give connections accepted from now on, beyond the plan, ``mode``."""
+        with self._lock:
+            self._default = mode
+
     def connection(self, number: int, *, timeout: float) -> Connection:
         """The log of the ``number``-th accepted connection, waiting up to ``timeout`` seconds
         for it to arrive.

@@ -34,10 +34,11 @@ from payonce import (
     StoreUnavailableError,
     seal_checkpoint,
 )
-from payonce.stores import _postgres
+from payonce.stores import _postgres, _postgres_async
 from payonce.stores._postgres import MIGRATIONS, PostgresStore
 from payonce.stores._postgres_async import AsyncPostgresStore
 from payonce.testing import ManualClock
+from tests.fault_proxy import FaultProxy, Mode
 from tests.faults import pg_worker, worker
 from tests.faults.history import Ack, check_history
 from tests.faults.pg_worker import Outage
@@ -160,6 +161,101 @@ def test_a_malformed_connection_string_is_refused_before_connecting(conninfo: ob
             store(conninfo)  # type: ignore[arg-type]
         assert caught.value.option == "conninfo_or_pool"
         assert "hunter2" not in str(caught.value)
+
+
+def _refused_options(database: str) -> list[tuple[str, str]]:
+    """(conninfo, what libpq says) for option values libpq refuses before any traffic; the
+    password is also the refused value, so the error must not show it."""
+    secret = "hunter2"  # noqa: S105 - a dummy: the loopback server trusts the role
+    return [
+        (make_conninfo(database, sslmode=secret, password=secret), "invalid sslmode value"),
+        (make_conninfo(database, port=secret, password=secret), 'option "port"'),
+        (make_conninfo(database, target_session_attrs="any-of-them"), "target_session_attrs"),
+    ]
+
+
+def test_an_option_libpq_refuses_is_bad_input_not_an_outage(database: str) -> None:
+    # libpq checks these values only as a connection starts, and a pool retries them until its
+    # timeout as if the server were down: the store asks libpq after its first wait instead.
+    for conninfo, says in _refused_options(database):
+        with pytest.raises(ConfigurationError) as caught:
+            PostgresStore(conninfo, timeout=timedelta(seconds=20))
+        message = str(caught.value)
+        assert says in message, message
+        assert "hunter2" not in message
+        assert caught.value.option == "conninfo_or_pool"
+
+
+def test_an_option_libpq_refuses_is_bad_input_to_the_async_store(database: str) -> None:
+    async def open_each() -> list[ConfigurationError]:
+        refused = []
+        for conninfo, _ in _refused_options(database):
+            store = AsyncPostgresStore(conninfo, timeout=timedelta(seconds=20))
+            with pytest.raises(ConfigurationError) as caught:
+                await store.open()
+            await store.close()
+            refused.append(caught.value)
+        return refused
+
+    errors = asyncio.run(open_each())
+    for (_, says), error in zip(_refused_options(database), errors, strict=True):
+        assert says in str(error), error
+        assert "hunter2" not in str(error)
+
+
+def _server_up_after_first_wait(
+    monkeypatch: pytest.MonkeyPatch, module: Any, proxy: FaultProxy
+) -> list[str]:
+    """Every connection through ``proxy`` is reset until the store, past its first wait, asks
+    libpq about its options; from then on the proxy relays (a server that came up late)."""
+    asked: list[str] = []
+    check = module._refused_option
+
+    def checked(conninfo: str) -> ConfigurationError | None:
+        asked.append(conninfo)
+        refused = check(conninfo)
+        proxy.set_default(Mode.PASS)
+        return refused
+
+    monkeypatch.setattr(module, "_refused_option", checked)
+    return asked
+
+
+def test_a_server_up_after_the_first_wait_is_still_waited_for(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with FaultProxy(("127.0.0.1", 5432), default=Mode.RESET) as proxy:
+        asked = _server_up_after_first_wait(monkeypatch, _postgres, proxy)
+        store = PostgresStore(
+            make_conninfo(database, host="127.0.0.1", port=proxy.port),
+            timeout=timedelta(seconds=20),
+        )
+        try:
+            assert store.get("tenant-a", "k1_absent") is None
+        finally:
+            store.close()
+    assert len(asked) == 1
+    assert proxy.log[0].mode is Mode.RESET
+
+
+def test_a_server_up_after_the_first_wait_is_still_waited_for_by_the_async_store(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def open_and_read(store: AsyncPostgresStore) -> None:
+        try:
+            assert await store.get("tenant-a", "k1_absent") is None
+        finally:
+            await store.close()
+
+    with FaultProxy(("127.0.0.1", 5432), default=Mode.RESET) as proxy:
+        asked = _server_up_after_first_wait(monkeypatch, _postgres_async, proxy)
+        store = AsyncPostgresStore(
+            make_conninfo(database, host="127.0.0.1", port=proxy.port),
+            timeout=timedelta(seconds=20),
+        )
+        asyncio.run(open_and_read(store))
+    assert len(asked) == 1
+    assert proxy.log[0].mode is Mode.RESET
 
 
 # -- schema ----------------------------------------------------------------------------------------

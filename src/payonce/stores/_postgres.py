@@ -184,6 +184,41 @@ def _libpq_says(exc: psycopg.Error) -> str:
     return " ".join(str(exc).split())
 
 
+def _refused_option(conninfo: str) -> ConfigurationError | None:
+    """The error for an option value libpq refuses (``sslmode=bogus``, ``port=abc``), or None.
+
+    libpq checks values only when a connection starts, before any traffic, and a pool retries
+    such a string until its timeout as if the server were down. This asks libpq directly: a
+    connection it refuses at once is bad input; any other is abandoned before its start-up
+    packet (the server logs nothing for it).
+    """
+    pgconn = psycopg.pq.PGconn.connect_start(conninfo.encode())
+    try:
+        if pgconn.status != psycopg.pq.ConnStatus.BAD:
+            return None
+        says = " ".join(pgconn.get_error_message().split())
+    finally:
+        pgconn.finish()
+    password = conninfo_to_dict(conninfo).get("password")
+    if password:  # libpq quotes the values it refuses; a password there is not shown
+        says = says.replace(f'"{password}"', '"***"')
+    return ConfigurationError(
+        f"the PostgreSQL connection string has an option libpq refuses: {says}. Correct that "
+        "option (libpq's documentation lists each option's values) and open the store again; "
+        "nothing was connected to or written.",
+        option="conninfo_or_pool",
+    )
+
+
+def _opens(pool: psycopg_pool.ConnectionPool[Any], within: timedelta) -> bool:
+    """Whether ``pool`` opened within ``within``; a pool that did not has closed itself."""
+    try:
+        pool.open(wait=True, timeout=within.total_seconds())
+    except psycopg_pool.PoolTimeout:
+        return False
+    return True
+
+
 def _connect_reason(conninfo: str) -> str:
     """Why the pool could not open: it only reports a timeout, so one direct connection asks
     libpq for the reason (refused, unknown database or role, authentication failed)."""
@@ -284,6 +319,10 @@ _KEEPALIVES: Final = {
     "tcp_user_timeout": "30000",  # milliseconds
 }
 _PROBE_SECONDS: Final = 2  # libpq's smallest connect_timeout
+# How long a store first waits for the pool it builds to open; past it the store asks libpq
+# whether the connection string is bad input (``_refused_option``) before it waits out the rest
+# of its timeout for a server that may be starting.
+_FIRST_WAIT: Final = timedelta(seconds=1)
 
 
 # -- the sync store --------------------------------------------------------------------------------
@@ -315,7 +354,8 @@ class PostgresStore(Flows):
 
     Raises:
         StoreMissingError: with ``create=False``, a database without payonce's tables.
-        ConfigurationError: bad options, unsafe durability settings, a schema newer than this
+        ConfigurationError: bad options, a connection string with an option value libpq
+            refuses (after about a second), unsafe durability settings, a schema newer than this
             version of payonce, a pool passed in that is not open, or one whose connections are
             not in autocommit or run stricter than READ COMMITTED.
         StoreUnavailableError: the server could not be reached in ``timeout``.
@@ -353,23 +393,12 @@ class PostgresStore(Flows):
             conninfo = self._pool.conninfo if isinstance(self._pool.conninfo, str) else ""
         else:
             conninfo = _checked_conninfo(conninfo_or_pool, "ConnectionPool")
-            self._pool = psycopg_pool.ConnectionPool(
-                _with_keepalives(conninfo),
-                min_size=min_size, max_size=max_size, open=False,
-                kwargs=_KWARGS, configure=_configure, timeout=timeout.total_seconds(),
-                name="payonce",
-            )  # fmt: skip
+            self._pool = self._new_pool(conninfo, min_size, max_size, timeout)
             self._owned = True
         self._target = _masked(conninfo)
         try:
             if self._owned:
-                try:
-                    self._pool.open(wait=True, timeout=timeout.total_seconds())
-                except psycopg_pool.PoolTimeout:
-                    reason = _connect_reason(conninfo)
-                    raise _unreachable(self._target, timeout, reason) from None
-                except psycopg.Error as exc:
-                    raise _translate(exc, "open") from exc
+                self._open_owned(conninfo, min_size, max_size, timeout)
             self._run(
                 "open", lambda: self._open_flow(allow_unsafe_durability, create), transaction=True
             )
@@ -379,6 +408,36 @@ class PostgresStore(Flows):
 
     def __repr__(self) -> str:
         return f"PostgresStore({self._target!r})"
+
+    @staticmethod
+    def _new_pool(
+        conninfo: str, min_size: int, max_size: int, timeout: timedelta
+    ) -> psycopg_pool.ConnectionPool[Any]:
+        return psycopg_pool.ConnectionPool(
+            _with_keepalives(conninfo),
+            min_size=min_size, max_size=max_size, open=False,
+            kwargs=_KWARGS, configure=_configure, timeout=timeout.total_seconds(),
+            name="payonce",
+        )  # fmt: skip
+
+    def _open_owned(self, conninfo: str, min_size: int, max_size: int, timeout: timedelta) -> None:
+        """Open the pool this store built: bad input to libpq fails after ``_FIRST_WAIT``, an
+        unreachable server after ``timeout`` (a pool that times out closes itself, so the rest
+        of the wait is a new pool's)."""
+        first = min(timeout, _FIRST_WAIT)
+        try:
+            if _opens(self._pool, first):
+                return
+            refused = _refused_option(conninfo)
+            if refused is not None:
+                raise refused
+            if timeout > first:
+                self._pool = self._new_pool(conninfo, min_size, max_size, timeout)
+                if _opens(self._pool, timeout - first):
+                    return
+        except psycopg.Error as exc:
+            raise _translate(exc, "open") from exc
+        raise _unreachable(self._target, timeout, _connect_reason(conninfo))
 
     def _run(
         self,

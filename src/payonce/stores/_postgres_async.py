@@ -23,6 +23,7 @@ from payonce.stores._postgres import (
     _ATTEMPTS,
     _CURSOR,
     _DEAD,
+    _FIRST_WAIT,
     _HORIZON_WAIT,
     _KWARGS,
     _LANDED,
@@ -38,6 +39,7 @@ from payonce.stores._postgres import (
     _log,
     _masked,
     _not_autocommit,
+    _refused_option,
     _retryable,
     _returned,
     _translate,
@@ -64,6 +66,15 @@ async def _connect_reason(conninfo: str) -> str:
     return "it answered only after the pool had given up"
 
 
+async def _opens(pool: psycopg_pool.AsyncConnectionPool[Any], within: timedelta) -> bool:
+    """The async twin of ``_postgres._opens``."""
+    try:
+        await pool.open(wait=True, timeout=within.total_seconds())
+    except psycopg_pool.PoolTimeout:
+        return False
+    return True
+
+
 class AsyncPostgresStore(Flows):
     """The native-async twin of ``PostgresStore`` on ``psycopg_pool.AsyncConnectionPool``.
 
@@ -80,10 +91,10 @@ class AsyncPostgresStore(Flows):
     Raises:
         StoreMissingError: (at ``open``) with ``create=False``, a database without payonce's
             tables.
-        ConfigurationError: bad options (at construction); unsafe durability settings, a newer
-            schema, or a pool that is not open, not in autocommit or runs stricter than READ
-            COMMITTED (at ``open``; a refused ``open`` closes the connections of the pool the
-            store built).
+        ConfigurationError: bad options (at construction); an option value libpq refuses,
+            unsafe durability settings, a newer schema, or a pool that is not open, not in
+            autocommit or runs stricter than READ COMMITTED (at ``open``; a refused ``open``
+            closes the connections of the pool the store built).
     """
 
     gapless_ledger = False
@@ -141,8 +152,9 @@ class AsyncPostgresStore(Flows):
         """Open the pool, check durability and migrate, once; later calls return at once.
 
         Raises:
-            ConfigurationError: unsafe durability settings, a newer schema, or a pool passed in
-                that is not open (``await pool.open()`` first).
+            ConfigurationError: an option value libpq refuses, unsafe durability settings, a
+                newer schema, or a pool passed in that is not open (``await pool.open()``
+                first).
             StoreUnavailableError: the server could not be reached in ``timeout``.
         """
         if self._opened:
@@ -156,13 +168,7 @@ class AsyncPostgresStore(Flows):
                 raise _unopened("AsyncConnectionPool", "await pool.open(), or async with pool")
             try:
                 if self._owned:
-                    try:
-                        await self._pool.open(wait=True, timeout=self._timeout.total_seconds())
-                    except psycopg_pool.PoolTimeout:
-                        reason = await _connect_reason(self._conninfo)
-                        raise _unreachable(self._target, self._timeout, reason) from None
-                    except psycopg.Error as exc:
-                        raise _translate(exc, "open") from exc
+                    await self._open_owned()
                 opening = functools.partial(self._open_flow, self._allow_unsafe, self._create)
                 await self._run_opened("open", opening, transaction=True)
             except BaseException:
@@ -175,6 +181,25 @@ class AsyncPostgresStore(Flows):
                 raise
             self._opened = True
         return self
+
+    async def _open_owned(self) -> None:
+        """The async twin of ``PostgresStore._open_owned``."""
+        first = min(self._timeout, _FIRST_WAIT)
+        try:
+            if await _opens(self._pool, first):
+                return
+            # libpq's check may resolve the host name: off the event loop.
+            refused = await asyncio.to_thread(_refused_option, self._conninfo)
+            if refused is not None:
+                raise refused
+            if self._timeout > first:
+                self._pool = self._new_pool(self._conninfo)
+                if await _opens(self._pool, self._timeout - first):
+                    return
+        except psycopg.Error as exc:
+            raise _translate(exc, "open") from exc
+        reason = await _connect_reason(self._conninfo)
+        raise _unreachable(self._target, self._timeout, reason)
 
     async def _run(
         self,
