@@ -1333,14 +1333,14 @@ def analysis(report: Report) -> list[str]:
             f"{1e6 / r.ops(1):,.0f} µs of the same statements or scripts issued by hand."
         )
     for r in report.results:
-        if r.against != "baseline" or r.path != "fresh" or r.clients == 1:
+        if r.against != "baseline" or r.clients == 1:
             continue
         mine, theirs = r.median(0, _cpu), r.median(1, _cpu)
         busy = r.median(0, lambda s: s.cpu_ns / s.elapsed_ns if s.elapsed_ns else math.nan)
         line = (
-            f"{r.backend} fresh, {r.clients} clients: this process spent {mine:,.0f} µs of CPU per "
-            f"payonce call and {theirs:,.0f} µs per hand-written one ({mine / theirs:.2f}x); "
-            f"payonce's clients kept it {busy:.0%} busy."
+            f"{r.backend} {r.path}, {r.clients} clients: this process spent {mine:,.0f} µs of "
+            f"CPU per payonce call and {theirs:,.0f} µs per hand-written one "
+            f"({mine / theirs:.2f}x); payonce's clients kept it {busy:.0%} busy."
         )
         if busy >= _GIL_BOUND:
             line += (
