@@ -272,6 +272,31 @@ def test_a_cluster_url_for_a_server_not_in_cluster_mode_says_so() -> None:
         assert not isinstance(refused, StoreError)
 
 
+@pytest.mark.parametrize("allow_unsafe", [False, True])
+def test_a_database_number_the_server_lacks_is_named_not_taken_for_a_config_refusal(
+    allow_unsafe: bool,
+) -> None:
+    # Redis answers SELECT 99 with an error as the first connection starts: that is the URL's
+    # database, not a CONFIG GET refusal that allow_unsafe_durability would let past.
+    sync, asynchronous = _redis_stores()
+    url = "redis://127.0.0.1:6379/99"
+    with pytest.raises(ConfigurationError) as caught:
+        sync(url, allow_unsafe_durability=allow_unsafe)
+    store = asynchronous(url, allow_unsafe_durability=allow_unsafe)
+
+    async def connect() -> None:
+        try:
+            await store.connect()
+        finally:
+            await store.close()
+
+    with pytest.raises(ConfigurationError) as acaught:
+        asyncio.run(connect())
+    for refused in (caught.value, acaught.value):
+        assert "no database with the number" in str(refused)
+        assert refused.option == "db"
+
+
 def test_a_refused_async_connect_closes_the_client_it_built(local_redis: Any) -> None:
     from tests.redis_cluster import delete_prefix  # noqa: PLC0415
 

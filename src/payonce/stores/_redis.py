@@ -195,10 +195,18 @@ def _credentials_error(exc: BaseException) -> ConfigurationError:
 
 
 def _opening(exc: Exception) -> Exception:
-    """An error while opening a store as its caller sees it: credentials to fix, a cluster URL
-    for a server that is not one, or as ``_translate`` has it."""
+    """An error while opening a store as its caller sees it: credentials or a database number to
+    fix, a cluster URL for a server that is not one, or as ``_translate`` has it."""
     if _refused_credentials(exc):
         return _credentials_error(exc)
+    if isinstance(exc, rexc.ResponseError) and _NO_SUCH_DATABASE in str(exc):
+        # SELECT, as a connection starts, of a database number the server does not have.
+        return ConfigurationError(
+            "Redis has no database with the number the store was given (the path of the URL, "
+            "redis://host:6379/0, or the client's db): use a number below the server's "
+            "'databases' setting (16 by default).",
+            option="db",
+        )
     if isinstance(exc, rexc.RedisClusterException) and _NOT_A_CLUSTER in str(exc):
         return ConfigurationError(
             "the store URL asks for Redis Cluster (redis+cluster://, or a RedisCluster client) "
@@ -212,6 +220,8 @@ def _opening(exc: Exception) -> Exception:
 # What redis-py says when the node a cluster client starts from answers CLUSTER SLOTS with an
 # error (sync and async clients, as the cause or within "Redis Cluster cannot be connected").
 _NOT_A_CLUSTER: Final = "Cluster mode is not enabled"
+# What Redis answers SELECT of a database number it does not have.
+_NO_SUCH_DATABASE: Final = "DB index is out of range"
 
 
 def _connected(url: str) -> Any:
