@@ -260,9 +260,17 @@ class _Walk:
             if top is not None:
                 batch = [e for e in batch if e.seq <= top]
             if not batch:
-                return
+                break
             for entry in batch:
                 self._check(entry)
+        if self.gapless and top is not None and self.last_seq < top:
+            # Every seq up to the horizon was written, and none is ever taken back.
+            raise LedgerCorruptedError(
+                seq=self.last_seq + 1,
+                key=None,
+                reason=f"the entry is missing (the store has numbered entries up to {top}); "
+                "entries were deleted",
+            )
 
     def _check(self, entry: Entry) -> None:
         ident = (entry.scope, entry.key)

@@ -53,7 +53,8 @@ class Store(Protocol):
     longer carries it. Driver errors never escape: they become ``StoreUnavailableError``.
 
     Optional class attributes: ``gapless_ledger = True`` when ledger sequence numbers have no
-    gaps (``verify_ledger`` then treats a gap as a deleted entry); ``read_before_claim = True``
+    gaps (``verify_ledger`` then treats a gap as a deleted entry, and entries missing below
+    ``ledger_horizon`` too); ``read_before_claim = True``
     when a point read is much cheaper than a claim: the guard then reads ``replay_view`` first
     and claims only an absent key, so a replay never touches the write path and reads only what
     it returns.

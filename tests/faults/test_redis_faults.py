@@ -593,3 +593,71 @@ def test_orphaned_index_entries_take_no_place_from_live_records_in_a_page(
         while done := store.purge(now=late, retention=timedelta(days=1), limit=2):
             purged += done
         assert purged == len(live)
+
+
+def test_a_claim_refuses_a_key_whose_indexed_record_was_deleted(
+    local_prefix: str, local_redis: Any
+) -> None:
+    # A paid record deleted outside payonce (an operator's DEL, an eviction allowed by
+    # allow_unsafe_durability) while its indexes stay: a new lease would call the gateway for
+    # the same payment again. The claim refuses, writing nothing, as ``newest`` does.
+    from payonce import StoreError  # noqa: PLC0415
+
+    client = local_redis  # changes the store's keys behind its back
+    with _local_store(local_prefix, buckets=1) as store:
+        new = NewRecord("tenant-a", "k1", "fp", "{}", "po1_k1", "charge", 100, "usd")
+        lease = store.claim(new, now=_T, lease_for=LEASE).lease
+        assert lease is not None
+        store.complete("tenant-a", "k1", token=lease.token, status=Status.SUCCEEDED,
+                       outcome="{}", now=_T)  # fmt: skip
+        (record_key,) = [k for k in client.scan_iter(match=f"*{local_prefix}*") if b":rec:" in k]
+        client.unlink(record_key)
+        later = _T + timedelta(days=2)
+        with pytest.raises(StoreError, match="deleted outside payonce") as caught:
+            store.claim(new, now=later, lease_for=LEASE)
+        assert not isinstance(caught.value, StoreUnavailableError)
+        assert store.get("tenant-a", "k1") is None
+        assert [e.event.value for e in store.entries(after=0, limit=10)] == [
+            "claimed",
+            "succeeded",
+        ]
+
+
+def _two_released_keys(store: RedisStore) -> None:
+    """k1 and then k2 claimed and released (no record left of either): seqs 1 to 4."""
+    for key in ("k1", "k2"):
+        new = NewRecord("tenant-a", key, "fp", "{}", "po1_" + key, "charge", 100, "usd")
+        lease = store.claim(new, now=_T, lease_for=LEASE).lease
+        assert lease is not None
+        store.release("tenant-a", key, token=lease.token, reason="not sent", now=_T)
+
+
+@pytest.mark.parametrize(("deleted", "first_missing"), [((1, 2), 1), ((4, 4), 4), ((3, 4), 3)])
+def test_verify_catches_deleted_entries_of_keys_without_a_record_on_one_server(
+    local_prefix: str, local_redis: Any, deleted: tuple[int, int], first_missing: int
+) -> None:
+    # No record head can reveal these (the keys were released), and before a seal no checkpoint
+    # can. On one server the script writing an entry draws its seq, so seqs have no gaps and the
+    # counter is the horizon: a hole, and a missing tail below the counter, are deletions.
+    from payonce import LedgerCorruptedError, verify_ledger  # noqa: PLC0415
+
+    client = local_redis  # changes the store's keys behind its back
+    with _local_store(local_prefix, buckets=1) as store:
+        assert store.gapless_ledger is True
+        _two_released_keys(store)
+        assert verify_ledger(store).entries == 4
+        (log,) = [k for k in client.scan_iter(match=f"*{local_prefix}*") if k.endswith(b":log")]
+        client.zremrangebyscore(log, *deleted)
+        with pytest.raises(LedgerCorruptedError) as caught:
+            verify_ledger(store)
+        assert caught.value.seq == first_missing
+        assert "entries were deleted" in str(caught.value)
+
+
+def test_the_cluster_layout_keeps_its_ledger_gaps_allowed() -> None:
+    # On Cluster a seq is drawn a round trip before its script, whose compare-and-set may miss.
+    from payonce.stores._redis_core import RedisCore  # noqa: PLC0415
+
+    core = RedisCore(prefix="payonce", buckets=4, cluster=True, read_first=None)
+    assert core.gapless_ledger is False
+    assert RedisCore(prefix="payonce", buckets=4, cluster=False, read_first=None).gapless_ledger

@@ -10,7 +10,8 @@ Sequence numbers: on a single server the script increments one counter, so ``seq
 commit order. Redis Cluster cannot increment a counter in another slot inside the script: the
 client allocates the ``seq`` one round trip earlier, so an allocation whose script then misses
 leaves a gap, and entries of different buckets may become visible slightly out of ``seq`` order
-(within a bucket, hence within a key, the order always holds). Hence ``gapless_ledger = False``.
+(within a bucket, hence within a key, the order always holds). Hence ``gapless_ledger`` is True
+on a single server and False on Cluster.
 
 This module holds the two I/O drivers, the start-up checks and the error translation; the
 operations themselves are in ``_redis_core``.

@@ -88,6 +88,9 @@ CLAIM: Final = (
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return {'exists', redis.call('HGETALL', KEYS[1])}
 end
+-- Indexed but gone: deleted outside payonce (or evicted). Its payment may exist, and a new
+-- lease would call the gateway again; the client refuses (see ``NEWEST``).
+if redis.call('ZSCORE', KEYS[4], ARGV[1]) then return {'orphan'} end
 local head = redis.call('HGET', KEYS[2], ARGV[1])
 local head_hash = ''
 if head then head_hash = string.match(head, '^([^:]*):') end
