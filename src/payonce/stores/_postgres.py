@@ -692,13 +692,13 @@ class PostgresStore(Flows):
         One short transaction locks ``payonce_ledger`` in SHARE mode: it waits for the
         transactions writing to the ledger at this moment (at most 5 s; writers arriving
         meanwhile queue behind it), holds new writers back for one ``max(seq)`` lookup, and
-        commits. The role needs UPDATE, DELETE or TRUNCATE on ``payonce_ledger`` (or to own it)
-        for that lock.
+        commits. The lock is taken inside ``payonce_ledger_horizon()``, a SECURITY DEFINER
+        function of the tables' owner: the role needs only EXECUTE on it.
 
         Raises:
             ConflictError: the ledger stayed busy with writers for 5 s; nothing was sealed, so
                 seal again later.
-            StoreError: the role may not lock ``payonce_ledger`` in SHARE mode.
+            StoreError: the role may not execute ``payonce_ledger_horizon()``.
             StoreUnavailableError: the database could not be reached or did not answer.
         """
         return self._run(
