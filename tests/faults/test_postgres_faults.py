@@ -117,6 +117,10 @@ def _unusable(database: str) -> list[tuple[str, str]]:
         (make_conninfo(database, host="127.0.0.1", port=free_port()), "Connection refused"),
         (make_conninfo(database, dbname="payonce_no_such_database"), "does not exist"),
         (make_conninfo(database, user="payonce_no_such_role"), "does not exist"),
+        # libpq fails these at once, as it does a refused option value: still outages (a
+        # server not yet listening on its socket, a name the DNS does not resolve yet).
+        (make_conninfo(database, host="/nonexistent-payonce-sockets"), "No such file"),
+        (make_conninfo(database, host="payonce-no-such-host.invalid"), "resolve host"),
     ]
 
 
@@ -167,9 +171,11 @@ def _refused_options(database: str) -> list[tuple[str, str]]:
     """(conninfo, what libpq says) for option values libpq refuses before any traffic; the
     password is also the refused value, so the error must not show it."""
     secret = "hunter2"  # noqa: S105 - a dummy: the loopback server trusts the role
+    spaced = "hunter2  \tspaced"  # libpq's message is folded onto one line: masked before
     return [
         (make_conninfo(database, sslmode=secret, password=secret), "invalid sslmode value"),
         (make_conninfo(database, port=secret, password=secret), 'option "port"'),
+        (make_conninfo(database, sslmode=spaced, password=spaced), "invalid sslmode value"),
         (make_conninfo(database, target_session_attrs="any-of-them"), "target_session_attrs"),
     ]
 
@@ -236,6 +242,27 @@ def test_a_server_up_after_the_first_wait_is_still_waited_for(
             store.close()
     assert len(asked) == 1
     assert proxy.log[0].mode is Mode.RESET
+
+
+def test_a_first_connection_is_kept_while_the_pool_fills(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The store needs one connection to open; the pool fills up to min_size behind it. A pool
+    # restarted after a first wait would throw the working connection away and wait again.
+    with FaultProxy(("127.0.0.1", 5432), default=Mode.RESET) as proxy:
+        proxy.plan(Mode.PASS)
+        asked = _server_up_after_first_wait(monkeypatch, _postgres, proxy)
+        store = PostgresStore(
+            make_conninfo(database, host="127.0.0.1", port=proxy.port),
+            min_size=2,
+            timeout=timedelta(seconds=20),
+        )
+        try:
+            assert store.get("tenant-a", "k1_absent") is None
+        finally:
+            store.close()
+    assert asked == []
+    assert proxy.log[0].mode is Mode.PASS
 
 
 def test_a_server_up_after_the_first_wait_is_still_waited_for_by_the_async_store(

@@ -188,35 +188,29 @@ def _refused_option(conninfo: str) -> ConfigurationError | None:
     """The error for an option value libpq refuses (``sslmode=bogus``, ``port=abc``), or None.
 
     libpq checks values only when a connection starts, before any traffic, and a pool retries
-    such a string until its timeout as if the server were down. This asks libpq directly: a
-    connection it refuses at once is bad input; any other is abandoned before its start-up
-    packet (the server logs nothing for it).
+    such a string until its timeout as if the server were down. This asks libpq directly. Only
+    its refusal of a value (its message begins "invalid") is bad input: a connection it fails at
+    once for a missing socket or a name that does not resolve yet is an outage to wait out. Any
+    other is abandoned before its start-up packet (the server logs nothing for it).
     """
     pgconn = psycopg.pq.PGconn.connect_start(conninfo.encode())
     try:
         if pgconn.status != psycopg.pq.ConnStatus.BAD:
             return None
-        says = " ".join(pgconn.get_error_message().split())
+        says = pgconn.get_error_message()
     finally:
         pgconn.finish()
+    if not says.lstrip().startswith("invalid "):
+        return None
     password = conninfo_to_dict(conninfo).get("password")
     if password:  # libpq quotes the values it refuses; a password there is not shown
         says = says.replace(f'"{password}"', '"***"')
     return ConfigurationError(
-        f"the PostgreSQL connection string has an option libpq refuses: {says}. Correct that "
-        "option (libpq's documentation lists each option's values) and open the store again; "
-        "nothing was connected to or written.",
+        f"the PostgreSQL connection string has an option libpq refuses: {' '.join(says.split())}"
+        ". Correct that option (libpq's documentation lists each option's values) and open the "
+        "store again; nothing was connected to or written.",
         option="conninfo_or_pool",
     )
-
-
-def _opens(pool: psycopg_pool.ConnectionPool[Any], within: timedelta) -> bool:
-    """Whether ``pool`` opened within ``within``; a pool that did not has closed itself."""
-    try:
-        pool.open(wait=True, timeout=within.total_seconds())
-    except psycopg_pool.PoolTimeout:
-        return False
-    return True
 
 
 def _connect_reason(conninfo: str) -> str:
@@ -319,8 +313,8 @@ _KEEPALIVES: Final = {
     "tcp_user_timeout": "30000",  # milliseconds
 }
 _PROBE_SECONDS: Final = 2  # libpq's smallest connect_timeout
-# How long a store first waits for the pool it builds to open; past it the store asks libpq
-# whether the connection string is bad input (``_refused_option``) before it waits out the rest
+# How long a store waits for the first connection of the pool it builds before it asks libpq
+# whether the connection string is bad input (``_refused_option``); it then waits out the rest
 # of its timeout for a server that may be starting.
 _FIRST_WAIT: Final = timedelta(seconds=1)
 
@@ -393,12 +387,17 @@ class PostgresStore(Flows):
             conninfo = self._pool.conninfo if isinstance(self._pool.conninfo, str) else ""
         else:
             conninfo = _checked_conninfo(conninfo_or_pool, "ConnectionPool")
-            self._pool = self._new_pool(conninfo, min_size, max_size, timeout)
+            self._pool = psycopg_pool.ConnectionPool(
+                _with_keepalives(conninfo),
+                min_size=min_size, max_size=max_size, open=False,
+                kwargs=_KWARGS, configure=_configure, timeout=timeout.total_seconds(),
+                name="payonce",
+            )  # fmt: skip
             self._owned = True
         self._target = _masked(conninfo)
         try:
             if self._owned:
-                self._open_owned(conninfo, min_size, max_size, timeout)
+                self._open_owned(conninfo, timeout)
             self._run(
                 "open", lambda: self._open_flow(allow_unsafe_durability, create), transaction=True
             )
@@ -409,32 +408,33 @@ class PostgresStore(Flows):
     def __repr__(self) -> str:
         return f"PostgresStore({self._target!r})"
 
-    @staticmethod
-    def _new_pool(
-        conninfo: str, min_size: int, max_size: int, timeout: timedelta
-    ) -> psycopg_pool.ConnectionPool[Any]:
-        return psycopg_pool.ConnectionPool(
-            _with_keepalives(conninfo),
-            min_size=min_size, max_size=max_size, open=False,
-            kwargs=_KWARGS, configure=_configure, timeout=timeout.total_seconds(),
-            name="payonce",
-        )  # fmt: skip
+    def _open_owned(self, conninfo: str, timeout: timedelta) -> None:
+        """Open the pool this store built and wait up to ``timeout`` for a first connection; a
+        string libpq refuses fails after ``_FIRST_WAIT`` instead (see ``_refused_option``).
 
-    def _open_owned(self, conninfo: str, min_size: int, max_size: int, timeout: timedelta) -> None:
-        """Open the pool this store built: bad input to libpq fails after ``_FIRST_WAIT``, an
-        unreachable server after ``timeout`` (a pool that times out closes itself, so the rest
-        of the wait is a new pool's)."""
-        first = min(timeout, _FIRST_WAIT)
+        It waits with ``getconn``, which leaves the pool open on a timeout and keeps what it
+        connected meanwhile; ``open(wait=True)`` would close it.
+        """
         try:
-            if _opens(self._pool, first):
+            self._pool.open(wait=False)
+            deadline = time.monotonic() + timeout.total_seconds()
+            asked = False
+            while True:
+                left = deadline - time.monotonic()
+                wait = left if asked else min(left, _FIRST_WAIT.total_seconds())
+                try:
+                    conn = self._pool.getconn(timeout=max(wait, 0.0))
+                except psycopg_pool.PoolTimeout:
+                    if not asked:
+                        asked = True
+                        refused = _refused_option(conninfo)
+                        if refused is not None:
+                            raise refused from None
+                    if time.monotonic() < deadline:
+                        continue
+                    break
+                self._pool.putconn(conn)
                 return
-            refused = _refused_option(conninfo)
-            if refused is not None:
-                raise refused
-            if timeout > first:
-                self._pool = self._new_pool(conninfo, min_size, max_size, timeout)
-                if _opens(self._pool, timeout - first):
-                    return
         except psycopg.Error as exc:
             raise _translate(exc, "open") from exc
         raise _unreachable(self._target, timeout, _connect_reason(conninfo))

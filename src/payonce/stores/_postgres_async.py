@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Self, TypeVar, cast
@@ -64,15 +65,6 @@ async def _connect_reason(conninfo: str) -> str:
         return _libpq_says(exc)
     await conn.close()
     return "it answered only after the pool had given up"
-
-
-async def _opens(pool: psycopg_pool.AsyncConnectionPool[Any], within: timedelta) -> bool:
-    """The async twin of ``_postgres._opens``."""
-    try:
-        await pool.open(wait=True, timeout=within.total_seconds())
-    except psycopg_pool.PoolTimeout:
-        return False
-    return True
 
 
 class AsyncPostgresStore(Flows):
@@ -184,18 +176,27 @@ class AsyncPostgresStore(Flows):
 
     async def _open_owned(self) -> None:
         """The async twin of ``PostgresStore._open_owned``."""
-        first = min(self._timeout, _FIRST_WAIT)
         try:
-            if await _opens(self._pool, first):
+            await self._pool.open(wait=False)
+            deadline = time.monotonic() + self._timeout.total_seconds()
+            asked = False
+            while True:
+                left = deadline - time.monotonic()
+                wait = left if asked else min(left, _FIRST_WAIT.total_seconds())
+                try:
+                    conn = await self._pool.getconn(timeout=max(wait, 0.0))
+                except psycopg_pool.PoolTimeout:
+                    if not asked:
+                        asked = True
+                        # libpq's check may resolve the host name: off the event loop.
+                        refused = await asyncio.to_thread(_refused_option, self._conninfo)
+                        if refused is not None:
+                            raise refused from None
+                    if time.monotonic() < deadline:
+                        continue
+                    break
+                await self._pool.putconn(conn)
                 return
-            # libpq's check may resolve the host name: off the event loop.
-            refused = await asyncio.to_thread(_refused_option, self._conninfo)
-            if refused is not None:
-                raise refused
-            if self._timeout > first:
-                self._pool = self._new_pool(self._conninfo)
-                if await _opens(self._pool, self._timeout - first):
-                    return
         except psycopg.Error as exc:
             raise _translate(exc, "open") from exc
         reason = await _connect_reason(self._conninfo)
