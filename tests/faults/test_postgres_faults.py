@@ -139,19 +139,29 @@ def test_an_unusable_server_is_refused_with_libpq_s_reason(database: str) -> Non
         assert "hunter2" not in message
 
 
-def test_an_unusable_server_is_refused_by_the_async_store_with_its_reason(database: str) -> None:
+def _async_open_errors(
+    conninfos: list[tuple[str, str]], timeout: timedelta, expected: type[Exception]
+) -> list[str]:
+    """The message of the ``expected`` error each conninfo's ``AsyncPostgresStore.open()``
+    raises (its store then closed)."""
+
     async def open_each() -> list[str]:
         messages = []
-        for conninfo, _ in _unusable(database):
-            store = AsyncPostgresStore(conninfo, timeout=timedelta(seconds=0.5))
-            with pytest.raises(StoreUnavailableError) as caught:
+        for conninfo, _ in conninfos:
+            store = AsyncPostgresStore(conninfo, timeout=timeout)
+            with pytest.raises(expected) as caught:
                 await store.open()
             await store.close()
             messages.append(str(caught.value))
         return messages
 
-    messages = asyncio.run(open_each())
-    for (_, says), message in zip(_unusable(database), messages, strict=True):
+    return asyncio.run(open_each())
+
+
+def test_an_unusable_server_is_refused_by_the_async_store_with_its_reason(database: str) -> None:
+    unusable = _unusable(database)
+    messages = _async_open_errors(unusable, timedelta(seconds=0.5), StoreUnavailableError)
+    for (_, says), message in zip(unusable, messages, strict=True):
         assert says in message, message
         assert "could not connect to PostgreSQL (host=" in message
 
@@ -193,20 +203,11 @@ def test_an_option_libpq_refuses_is_bad_input_not_an_outage(database: str) -> No
 
 
 def test_an_option_libpq_refuses_is_bad_input_to_the_async_store(database: str) -> None:
-    async def open_each() -> list[ConfigurationError]:
-        refused = []
-        for conninfo, _ in _refused_options(database):
-            store = AsyncPostgresStore(conninfo, timeout=timedelta(seconds=20))
-            with pytest.raises(ConfigurationError) as caught:
-                await store.open()
-            await store.close()
-            refused.append(caught.value)
-        return refused
-
-    errors = asyncio.run(open_each())
-    for (_, says), error in zip(_refused_options(database), errors, strict=True):
-        assert says in str(error), error
-        assert "hunter2" not in str(error)
+    refused = _refused_options(database)
+    messages = _async_open_errors(refused, timedelta(seconds=20), ConfigurationError)
+    for (_, says), message in zip(refused, messages, strict=True):
+        assert says in message, message
+        assert "hunter2" not in message
 
 
 def _server_up_after_first_wait(
