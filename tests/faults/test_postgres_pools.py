@@ -343,6 +343,29 @@ def test_the_store_s_connections_end_a_silent_peer_and_the_caller_s_values_win(
         own.close()
 
 
+def test_the_store_s_connection_attempts_end_at_a_hung_server_and_the_caller_s_value_wins(
+    database: str,
+) -> None:
+    # A server that accepts and never answers would hold a pool worker's connection attempt
+    # forever (and a store that gave up opening would leave that thread behind).
+    async def async_timeout(conninfo: str) -> str | None:
+        store = await AsyncPostgresStore(conninfo).open()
+        try:
+            async with store._pool.connection() as conn:
+                return conn.info.get_parameters().get("connect_timeout")
+        finally:
+            await store.close()
+
+    for conninfo, wanted in [(database, "10"), (make_conninfo(database, connect_timeout=3), "3")]:
+        store = PostgresStore(conninfo)
+        try:
+            with store._pool.connection() as conn:
+                assert conn.info.get_parameters().get("connect_timeout") == wanted
+        finally:
+            store.close()
+        assert asyncio.run(async_timeout(conninfo)) == wanted
+
+
 def test_the_async_store_s_connections_end_a_silent_peer_and_the_caller_s_values_win(
     database: str,
 ) -> None:

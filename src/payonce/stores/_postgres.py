@@ -31,9 +31,12 @@ of times with jittered backoff; a flow is only ever database work, never the gat
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import random
 import select
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -150,11 +153,11 @@ def _checked_conninfo(conninfo: object, pool_type: str) -> str:
     return conninfo
 
 
-def _with_keepalives(conninfo: str) -> str:
-    """``conninfo`` with the TCP keepalive and user timeout settings (``_KEEPALIVES``) it does
-    not set itself, for the pools the stores build."""
+def _with_pool_defaults(conninfo: str) -> str:
+    """``conninfo`` with the connect timeout, TCP keepalive and user timeout settings
+    (``_POOL_DEFAULTS``) it does not set itself, for the pools the stores build."""
     given = conninfo_to_dict(conninfo)
-    missing = {name: value for name, value in _KEEPALIVES.items() if name not in given}
+    missing = {name: value for name, value in _POOL_DEFAULTS.items() if name not in given}
     if psycopg.pq.version() < 120000:  # tcp_user_timeout is libpq 12's; older ones refuse it
         missing.pop("tcp_user_timeout", None)
     return make_conninfo(conninfo, **missing) if missing else conninfo
@@ -287,12 +290,19 @@ def _validate(min_size: int, max_size: int, timeout: timedelta) -> None:
         )
 
 
-async def _configure_async(conn: psycopg.AsyncConnection[Any]) -> None:
+async def _configure_async(
+    conn: psycopg.AsyncConnection[Any], connected: asyncio.Event | None = None
+) -> None:
     await conn.execute(_SESSION)
+    if connected is not None:
+        connected.set()
 
 
-def _configure(conn: psycopg.Connection[Any]) -> None:
+def _configure(conn: psycopg.Connection[Any], connected: threading.Event | None = None) -> None:
+    """Set up a new pooled connection; ``connected`` is set once one is (see ``_open_owned``)."""
     conn.execute(_SESSION)
+    if connected is not None:
+        connected.set()
 
 
 # The claim relies on each statement of payonce_claim taking a new snapshot, which is READ
@@ -304,8 +314,11 @@ _KWARGS: Final = {"autocommit": True}
 # it, a partitioned host) blocks the claim or complete on it for the kernel's ~15 minutes of
 # retransmissions. Keepalive probes end a wait for an answer after about 10 + 3 * 5 = 25 s of
 # silence, tcp_user_timeout a send left unacknowledged for 30 s (on Linux it governs the probes
-# too: both about 30 s, measured as docs/stores-postgres.md says).
-_KEEPALIVES: Final = {
+# too: both about 30 s, measured as docs/stores-postgres.md says). connect_timeout bounds a
+# connection attempt to a server that accepts and never answers (hung): without it the pool's
+# worker thread waits forever, and a store that gave up opening leaves it behind.
+_POOL_DEFAULTS: Final = {
+    "connect_timeout": "10",  # seconds
     "keepalives": "1",
     "keepalives_idle": "10",
     "keepalives_interval": "5",
@@ -387,17 +400,18 @@ class PostgresStore(Flows):
             conninfo = self._pool.conninfo if isinstance(self._pool.conninfo, str) else ""
         else:
             conninfo = _checked_conninfo(conninfo_or_pool, "ConnectionPool")
+            connected = threading.Event()
             self._pool = psycopg_pool.ConnectionPool(
-                _with_keepalives(conninfo),
-                min_size=min_size, max_size=max_size, open=False,
-                kwargs=_KWARGS, configure=_configure, timeout=timeout.total_seconds(),
-                name="payonce",
+                _with_pool_defaults(conninfo),
+                min_size=min_size, max_size=max_size, open=False, kwargs=_KWARGS,
+                configure=functools.partial(_configure, connected=connected),
+                timeout=timeout.total_seconds(), name="payonce",
             )  # fmt: skip
             self._owned = True
         self._target = _masked(conninfo)
         try:
             if self._owned:
-                self._open_owned(conninfo, timeout)
+                self._open_owned(conninfo, timeout, connected if min_size else None)
             self._run(
                 "open", lambda: self._open_flow(allow_unsafe_durability, create), transaction=True
             )
@@ -408,32 +422,30 @@ class PostgresStore(Flows):
     def __repr__(self) -> str:
         return f"PostgresStore({self._target!r})"
 
-    def _open_owned(self, conninfo: str, timeout: timedelta) -> None:
-        """Open the pool this store built and wait up to ``timeout`` for a first connection; a
-        string libpq refuses fails after ``_FIRST_WAIT`` instead (see ``_refused_option``).
+    def _open_owned(
+        self, conninfo: str, timeout: timedelta, connected: threading.Event | None
+    ) -> None:
+        """Open the pool this store built, waiting up to ``timeout`` for its ``min_size``
+        connections; a string libpq refuses fails after ``_FIRST_WAIT`` instead.
 
-        It waits with ``getconn``, which leaves the pool open on a timeout and keeps what it
-        connected meanwhile; ``open(wait=True)`` would close it.
+        ``connected`` is set when the pool has set up a first connection (None with min_size 0:
+        nothing to wait for). Still unset after ``_FIRST_WAIT``, the store asks libpq about the
+        string (``_refused_option``). Waiting on it rather than on the pool keeps the pool open:
+        ``open(wait=True)`` and ``wait`` close a pool that times out.
         """
+        deadline = time.monotonic() + timeout.total_seconds()
         try:
             self._pool.open(wait=False)
-            deadline = time.monotonic() + timeout.total_seconds()
-            asked = False
-            while True:
-                left = deadline - time.monotonic()
-                wait = left if asked else min(left, _FIRST_WAIT.total_seconds())
-                try:
-                    conn = self._pool.getconn(timeout=max(wait, 0.0))
-                except psycopg_pool.PoolTimeout:
-                    if not asked:
-                        asked = True
-                        refused = _refused_option(conninfo)
-                        if refused is not None:
-                            raise refused from None
-                    if time.monotonic() < deadline:
-                        continue
-                    break
-                self._pool.putconn(conn)
+            first = min(timeout, _FIRST_WAIT).total_seconds()
+            if connected is not None and not connected.wait(first):
+                refused = _refused_option(conninfo)
+                if refused is not None:
+                    raise refused
+            try:
+                self._pool.wait(timeout=max(deadline - time.monotonic(), 0.0))
+            except psycopg_pool.PoolTimeout:
+                pass
+            else:
                 return
         except psycopg.Error as exc:
             raise _translate(exc, "open") from exc

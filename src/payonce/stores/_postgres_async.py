@@ -47,7 +47,7 @@ from payonce.stores._postgres import (
     _unopened,
     _unreachable,
     _validate,
-    _with_keepalives,
+    _with_pool_defaults,
 )
 from payonce.stores._postgres_sql import Flow, Flows, Query
 from payonce.stores._read_first import ReadFirst
@@ -132,12 +132,14 @@ class AsyncPostgresStore(Flows):
         return f"AsyncPostgresStore({self._target!r})"
 
     def _new_pool(self, conninfo: str) -> psycopg_pool.AsyncConnectionPool[Any]:
+        """A pool, and the event its first connection sets (see ``_open_owned``)."""
         min_size, max_size = self._sizes
+        self._connected = asyncio.Event()
         return psycopg_pool.AsyncConnectionPool(
-            _with_keepalives(conninfo),
-            min_size=min_size, max_size=max_size, open=False,
-            kwargs=_KWARGS, configure=_configure_async, timeout=self._timeout.total_seconds(),
-            name="payonce",
+            _with_pool_defaults(conninfo),
+            min_size=min_size, max_size=max_size, open=False, kwargs=_KWARGS,
+            configure=functools.partial(_configure_async, connected=self._connected),
+            timeout=self._timeout.total_seconds(), name="payonce",
         )  # fmt: skip
 
     async def open(self) -> Self:
@@ -176,26 +178,23 @@ class AsyncPostgresStore(Flows):
 
     async def _open_owned(self) -> None:
         """The async twin of ``PostgresStore._open_owned``."""
+        deadline = time.monotonic() + self._timeout.total_seconds()
         try:
             await self._pool.open(wait=False)
-            deadline = time.monotonic() + self._timeout.total_seconds()
-            asked = False
-            while True:
-                left = deadline - time.monotonic()
-                wait = left if asked else min(left, _FIRST_WAIT.total_seconds())
+            if self._sizes[0]:
+                first = min(self._timeout, _FIRST_WAIT).total_seconds()
                 try:
-                    conn = await self._pool.getconn(timeout=max(wait, 0.0))
-                except psycopg_pool.PoolTimeout:
-                    if not asked:
-                        asked = True
-                        # libpq's check may resolve the host name: off the event loop.
-                        refused = await asyncio.to_thread(_refused_option, self._conninfo)
-                        if refused is not None:
-                            raise refused from None
-                    if time.monotonic() < deadline:
-                        continue
-                    break
-                await self._pool.putconn(conn)
+                    await asyncio.wait_for(self._connected.wait(), first)
+                except TimeoutError:
+                    # libpq's check may resolve the host name: off the event loop.
+                    refused = await asyncio.to_thread(_refused_option, self._conninfo)
+                    if refused is not None:
+                        raise refused from None
+            try:
+                await self._pool.wait(timeout=max(deadline - time.monotonic(), 0.0))
+            except psycopg_pool.PoolTimeout:
+                pass
+            else:
                 return
         except psycopg.Error as exc:
             raise _translate(exc, "open") from exc
