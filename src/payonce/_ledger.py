@@ -243,6 +243,7 @@ class _Walk:
     def __init__(self, checkpoints: list[Checkpoint], *, gapless: bool) -> None:
         self.ranges = _RangeCheck(checkpoints)
         self.gapless = gapless
+        self.gaps = gapless  # whether this read judges gaps (see ``read``)
         self.chain_heads: dict[tuple[str, str], str] = {}
         self.count, self.last_seq = 0, 0
         # Hashes of entries read after the records' heads were (catching up): a head among
@@ -250,8 +251,14 @@ class _Walk:
         self.later: dict[tuple[str, str], set[str]] = {}
         self.catching_up = False
 
-    def read(self, top: int | None) -> _Flow[None]:
-        """Read and check the entries after ``last_seq``, up to ``top`` (None: to the end)."""
+    def read(self, top: int | None, *, refused: bool = False) -> _Flow[None]:
+        """Read and check the entries after ``last_seq``, up to ``top`` (None: to the end).
+
+        ``refused``: the store refused its horizon, so this reads to the end without judging
+        gaps. A store with a horizon (a single Redis server) is read across buckets without one
+        snapshot, so past the horizon a later entry may be read before an earlier one commits.
+        """
+        self.gaps = self.gapless and not refused
         while True:
             limit = _BATCH if top is None else min(_BATCH, top - self.last_seq)
             if limit <= 0:
@@ -263,7 +270,7 @@ class _Walk:
                 break
             for entry in batch:
                 self._check(entry)
-        if self.gapless and top is not None and self.last_seq < top:
+        if self.gaps and top is not None and self.last_seq < top:
             # Every seq up to the horizon was written, and none is ever taken back.
             raise LedgerCorruptedError(
                 seq=self.last_seq + 1,
@@ -274,7 +281,7 @@ class _Walk:
 
     def _check(self, entry: Entry) -> None:
         ident = (entry.scope, entry.key)
-        if self.gapless and entry.seq > self.last_seq + 1:
+        if self.gaps and entry.seq > self.last_seq + 1:
             raise LedgerCorruptedError(
                 seq=self.last_seq + 1,
                 key=None,
@@ -304,11 +311,12 @@ class _Walk:
         return self.chain_heads.get(ident) == head or head in self.later.get(ident, ())
 
 
-def _top(horizon: bool, checkpoints: list[Checkpoint]) -> _Flow[int | None]:
+def _top(horizon: bool, checkpoints: list[Checkpoint]) -> _Flow[tuple[int | None, bool]]:
     """Where reading stops: the store's horizon, None (the end) for a store without one or
-    that refuses it. A sealed range is final already, so never below its end."""
+    that refuses it; and whether it refused. A sealed range is final already, so never below
+    its end."""
     if not horizon:
-        return None
+        return None, False
     try:
         # A store may answer None for "no horizon" (ThreadedAsyncStore around one without).
         answer = yield _StoreCall("ledger_horizon")
@@ -319,17 +327,18 @@ def _top(horizon: bool, checkpoints: list[Checkpoint]) -> _Flow[int | None]:
         # Cluster), which a role that may only read (an auditor) may not do. It reads to the
         # end instead, exact on a ledger no one writes meanwhile.
         _log.warning(_NO_HORIZON)
-        return None
+        return None, True
     if answer is None:
-        return None
-    return max(int(answer), checkpoints[-1].last_seq if checkpoints else 0)
+        return None, False
+    return max(int(answer), checkpoints[-1].last_seq if checkpoints else 0), False
 
 
 def _verify_flow(anchor: str | None, *, gapless: bool, horizon: bool) -> _Flow[LedgerReport]:
     checkpoints = list((yield _StoreCall("checkpoints")))
     _verify_checkpoints(checkpoints, anchor)
     walk = _Walk(checkpoints, gapless=gapless)
-    yield from walk.read((yield from _top(horizon, checkpoints)))
+    top, refused = yield from _top(horizon, checkpoints)
+    yield from walk.read(top, refused=refused)
     walk.ranges.finish()
     records, moved = yield from _verify_heads(walk.chain_heads)
     if moved:
@@ -337,7 +346,8 @@ def _verify_flow(anchor: str | None, *, gapless: bool, horizon: bool) -> _Flow[L
         # committed with its entry before the heads were read, so the ledger read on, up to a
         # horizon read now, holds it; a head it does not hold was deleted or rewritten.
         walk.catching_up = True
-        yield from walk.read((yield from _top(horizon, checkpoints)))
+        top, refused = yield from _top(horizon, checkpoints)
+        yield from walk.read(top, refused=refused)
         for ident, head in moved.items():
             if not walk.explains(ident, head):
                 raise LedgerCorruptedError(
