@@ -167,7 +167,13 @@ def test_an_unusable_server_is_refused_by_the_async_store_with_its_reason(databa
 
 
 @pytest.mark.parametrize(
-    "conninfo", ["host=127.0.0.1 dbname", "postgresql://u:hunter2@host/db?no_such_option=1", 42]
+    "conninfo",
+    [
+        "host=127.0.0.1 dbname",
+        "postgresql://u:hunter2@host/db?no_such_option=1",
+        "postgresql://u:hunter2@host/db?connect_timeout=soon",  # psycopg reads it, not libpq
+        42,
+    ],
 )
 def test_a_malformed_connection_string_is_refused_before_connecting(conninfo: object) -> None:
     for store in (PostgresStore, AsyncPostgresStore):
@@ -187,6 +193,8 @@ def _refused_options(database: str) -> list[tuple[str, str]]:
         (make_conninfo(database, port=secret, password=secret), 'option "port"'),
         (make_conninfo(database, sslmode=spaced, password=spaced), "invalid sslmode value"),
         (make_conninfo(database, target_session_attrs="any-of-them"), "target_session_attrs"),
+        # Checked as libpq sets up the socket, in a message that begins with the server's name.
+        (make_conninfo(database, keepalives_idle="often"), 'option "keepalives_idle"'),
     ]
 
 

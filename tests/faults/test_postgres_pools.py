@@ -344,10 +344,11 @@ def test_the_store_s_connections_end_a_silent_peer_and_the_caller_s_values_win(
 
 
 def test_the_store_s_connection_attempts_end_at_a_hung_server_and_the_caller_s_value_wins(
-    database: str,
+    database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A server that accepts and never answers would hold a pool worker's connection attempt
-    # forever (and a store that gave up opening would leave that thread behind).
+    # A server that accepts and never answers would hold a pool worker's connection attempt for
+    # psycopg's default of 130 s (past a store that gave up opening). PGCONNECT_TIMEOUT, the
+    # deployment's own default, is left to libpq.
     async def async_timeout(conninfo: str) -> str | None:
         store = await AsyncPostgresStore(conninfo).open()
         try:
@@ -356,7 +357,10 @@ def test_the_store_s_connection_attempts_end_at_a_hung_server_and_the_caller_s_v
         finally:
             await store.close()
 
-    for conninfo, wanted in [(database, "10"), (make_conninfo(database, connect_timeout=3), "3")]:
+    cases = [(database, "10"), (make_conninfo(database, connect_timeout=3), "3"), (database, "25")]
+    for conninfo, wanted in cases:
+        if wanted == "25":
+            monkeypatch.setenv("PGCONNECT_TIMEOUT", "25")
         store = PostgresStore(conninfo)
         try:
             with store._pool.connection() as conn:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import random
 import select
 import threading
@@ -48,7 +49,7 @@ from payonce._model import Checkpoint, Claimed, Entry, NewRecord, Record, Replay
 try:
     import psycopg
     import psycopg_pool
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo, timeout_from_conninfo
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ConfigurationError(
         "the PostgreSQL store needs psycopg 3 and psycopg-pool: install them with "
@@ -142,12 +143,13 @@ def _checked_conninfo(conninfo: object, pool_type: str) -> str:
             option="conninfo_or_pool",
         )
     try:
-        conninfo_to_dict(conninfo)
+        timeout_from_conninfo(conninfo_to_dict(conninfo))  # psycopg reads connect_timeout itself
     except psycopg.Error as exc:
         # Only the error's type: its text may quote the string, password included.
         raise ConfigurationError(
             f"the PostgreSQL connection string is not one libpq accepts "
-            f"({type(exc).__name__}): check its spelling, quoting and parameter names.",
+            f"({type(exc).__name__}): check its spelling, quoting and parameter names, and that "
+            "connect_timeout is a number of seconds.",
             option="conninfo_or_pool",
         ) from None
     return conninfo
@@ -158,6 +160,8 @@ def _with_pool_defaults(conninfo: str) -> str:
     (``_POOL_DEFAULTS``) it does not set itself, for the pools the stores build."""
     given = conninfo_to_dict(conninfo)
     missing = {name: value for name, value in _POOL_DEFAULTS.items() if name not in given}
+    if os.environ.get("PGCONNECT_TIMEOUT"):  # libpq's own default, set by the deployment
+        missing.pop("connect_timeout", None)
     if psycopg.pq.version() < 120000:  # tcp_user_timeout is libpq 12's; older ones refuse it
         missing.pop("tcp_user_timeout", None)
     return make_conninfo(conninfo, **missing) if missing else conninfo
@@ -192,9 +196,9 @@ def _refused_option(conninfo: str) -> ConfigurationError | None:
 
     libpq checks values only when a connection starts, before any traffic, and a pool retries
     such a string until its timeout as if the server were down. This asks libpq directly. Only
-    its refusal of a value (its message begins "invalid") is bad input: a connection it fails at
-    once for a missing socket or a name that does not resolve yet is an outage to wait out. Any
-    other is abandoned before its start-up packet (the server logs nothing for it).
+    its refusal of a value is bad input: a connection it fails at once for a missing socket or a
+    name that does not resolve yet is an outage to wait out. Any other is abandoned before its
+    start-up packet (the server logs nothing for it).
     """
     pgconn = psycopg.pq.PGconn.connect_start(conninfo.encode())
     try:
@@ -203,7 +207,9 @@ def _refused_option(conninfo: str) -> ConfigurationError | None:
         says = pgconn.get_error_message()
     finally:
         pgconn.finish()
-    if not says.lstrip().startswith("invalid "):
+    # A value libpq checks as it parses the options ("invalid sslmode value"), or as it sets up
+    # a socket ('… failed: invalid integer value "x" for connection option "keepalives_idle"').
+    if not (says.lstrip().startswith("invalid ") or 'for connection option "' in says):
         return None
     password = conninfo_to_dict(conninfo).get("password")
     if password:  # libpq quotes the values it refuses; a password there is not shown
@@ -315,8 +321,9 @@ _KWARGS: Final = {"autocommit": True}
 # retransmissions. Keepalive probes end a wait for an answer after about 10 + 3 * 5 = 25 s of
 # silence, tcp_user_timeout a send left unacknowledged for 30 s (on Linux it governs the probes
 # too: both about 30 s, measured as docs/stores-postgres.md says). connect_timeout bounds a
-# connection attempt to a server that accepts and never answers (hung): without it the pool's
-# worker thread waits forever, and a store that gave up opening leaves it behind.
+# connection attempt to a server that accepts and never answers (hung): without it (and without
+# PGCONNECT_TIMEOUT) psycopg holds the pool's worker thread for its default of 130 s, past a
+# store that gave up opening.
 _POOL_DEFAULTS: Final = {
     "connect_timeout": "10",  # seconds
     "keepalives": "1",
@@ -429,7 +436,8 @@ class PostgresStore(Flows):
         connections; a string libpq refuses fails after ``_FIRST_WAIT`` instead.
 
         ``connected`` is set when the pool has set up a first connection (None with min_size 0:
-        nothing to wait for). Still unset after ``_FIRST_WAIT``, the store asks libpq about the
+        nothing to wait for, and no early check: a bad value then fails the first call after
+        the pool's timeout). Still unset after ``_FIRST_WAIT``, the store asks libpq about the
         string (``_refused_option``). Waiting on it rather than on the pool keeps the pool open:
         ``open(wait=True)`` and ``wait`` close a pool that times out.
         """
