@@ -32,6 +32,7 @@ of times with jittered backoff; a flow is only ever database work, never the gat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -449,11 +450,8 @@ class PostgresStore(Flows):
                 refused = _refused_option(conninfo)
                 if refused is not None:
                     raise refused
-            try:
+            with contextlib.suppress(psycopg_pool.PoolTimeout):  # it closed the pool
                 self._pool.wait(timeout=max(deadline - time.monotonic(), 0.0))
-            except psycopg_pool.PoolTimeout:
-                pass
-            else:
                 return
         except psycopg.Error as exc:
             raise _translate(exc, "open") from exc

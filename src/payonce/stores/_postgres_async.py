@@ -190,11 +190,8 @@ class AsyncPostgresStore(Flows):
                     refused = await asyncio.to_thread(_refused_option, self._conninfo)
                     if refused is not None:
                         raise refused from None
-            try:
+            with contextlib.suppress(psycopg_pool.PoolTimeout):  # it closed the pool
                 await self._pool.wait(timeout=max(deadline - time.monotonic(), 0.0))
-            except psycopg_pool.PoolTimeout:
-                pass
-            else:
                 return
         except psycopg.Error as exc:
             raise _translate(exc, "open") from exc
