@@ -243,7 +243,6 @@ class _Walk:
     def __init__(self, checkpoints: list[Checkpoint], *, gapless: bool) -> None:
         self.ranges = _RangeCheck(checkpoints)
         self.gapless = gapless
-        self.gaps = gapless  # whether this read judges gaps (see ``read``)
         self.chain_heads: dict[tuple[str, str], str] = {}
         self.count, self.last_seq = 0, 0
         # Hashes of entries read after the records' heads were (catching up): a head among
@@ -258,7 +257,7 @@ class _Walk:
         gaps. A store with a horizon (a single Redis server) is read across buckets without one
         snapshot, so past the horizon a later entry may be read before an earlier one commits.
         """
-        self.gaps = self.gapless and not refused
+        gaps = self.gapless and not refused
         while True:
             limit = _BATCH if top is None else min(_BATCH, top - self.last_seq)
             if limit <= 0:
@@ -269,8 +268,8 @@ class _Walk:
             if not batch:
                 break
             for entry in batch:
-                self._check(entry)
-        if self.gaps and top is not None and self.last_seq < top:
+                self._check(entry, gaps=gaps)
+        if gaps and top is not None and self.last_seq < top:
             # Every seq up to the horizon was written, and none is ever taken back.
             raise LedgerCorruptedError(
                 seq=self.last_seq + 1,
@@ -279,9 +278,9 @@ class _Walk:
                 "entries were deleted",
             )
 
-    def _check(self, entry: Entry) -> None:
+    def _check(self, entry: Entry, *, gaps: bool) -> None:
         ident = (entry.scope, entry.key)
-        if self.gaps and entry.seq > self.last_seq + 1:
+        if gaps and entry.seq > self.last_seq + 1:
             raise LedgerCorruptedError(
                 seq=self.last_seq + 1,
                 key=None,
