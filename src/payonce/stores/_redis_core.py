@@ -315,6 +315,12 @@ def _check_options(prefix: str, buckets: int) -> None:
         )
 
 
+# How to repair a record deleted outside payonce while its index entries stayed.
+_RESTORE: Final = (
+    "restore the record from a backup (the gateway holds the payment under its provider key)"
+)
+
+
 class RedisCore:
     """Layout, caching and every operation as a generator of effects; no I/O."""
 
@@ -605,11 +611,10 @@ class RedisCore:
         return StoreError(
             f"the record of key {key!r} of scope {scope!r} under prefix {self._prefix!r} is "
             "indexed but its Redis key is gone: it was deleted outside payonce (or evicted), "
-            "and its payment may exist. Nothing was claimed and nothing was called. Restore the "
-            "record from a backup (the gateway holds the payment under its provider key) before "
-            "retrying this intent; only if it was never paid, remove its ident from its "
-            f"bucket's indexes ('{{{self._prefix}:<bucket>}}:' live, open, done and its "
-            "family's fam: sorted sets).",
+            "and its payment may exist. Nothing was claimed and nothing was called. Repair it: "
+            f"{_RESTORE} before retrying this intent; only if it was never paid, remove its "
+            f"ident from its bucket's indexes ('{{{self._prefix}:<bucket>}}:' live, open, done "
+            "and its family's fam: sorted sets).",
             operation="claim",
         )
 
@@ -617,8 +622,7 @@ class RedisCore:
         """A family's index names a record that is not there (see ``NEWEST``)."""
         where = f"family {family!r} of scope {scope!r} under prefix {self._prefix!r}"
         repair = (
-            "restore the record from a backup (the gateway holds the payment under its provider "
-            "key), or remove its ident from the family's index (the sorted set "
+            f"{_RESTORE}, or remove its ident from the family's index (the sorted set "
             f"'{{{self._prefix}:<bucket>}}:fam:' followed by the family's ident), before "
             "claiming in this family again"
         )
