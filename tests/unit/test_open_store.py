@@ -7,6 +7,7 @@ import logging
 import sqlite3
 import time
 from contextlib import closing
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -189,6 +190,54 @@ def test_a_malformed_url_is_refused_without_quoting_it(
     assert caught.value.option == (option or url.rpartition("?")[2].partition("=")[0])
     assert PASSWORD not in str(caught.value)
     assert PASSWORD not in repr(caught.value.to_dict())
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        # libpq ends the host part at the first '/': the password's first piece becomes a port,
+        # or (digits) a valid port with the rest read as the database name.
+        ("postgresql://app:Sec/RETpw@127.0.0.1/test", "port that is not a number"),
+        ("postgresql://app:1234/5678@127.0.0.1/test", "names a database holding an '@'"),
+        # and the password at the first '@': its second piece becomes the host
+        ("postgresql://app:Sec@RETpw@127.0.0.1/test", "'@' in a host name"),
+        ("host=127.0.0.1 port=5432,Sec/RETpw dbname=test", "port that is not a number"),
+    ],
+    ids=["slash", "digits and slash", "at", "keyword port list"],
+)
+def test_a_postgres_password_cut_by_an_unescaped_character_is_refused_unquoted(
+    url: str, says: str
+) -> None:
+    # Before, the pieces went to the pool, which retried them as an unreachable server until
+    # its timeout and then named them (a host, a port, a database) in a StoreUnavailableError.
+    from payonce.stores import AsyncPostgresStore, PostgresStore  # noqa: PLC0415 - the extra
+
+    pieces = ("Sec", "RETpw", "1234", "5678")
+    for store in (PostgresStore, AsyncPostgresStore):
+        with pytest.raises(ConfigurationError, match=says) as caught:
+            store(url, timeout=timedelta(seconds=2))
+        assert caught.value.option == "conninfo_or_pool"
+        assert "%2F" in str(caught.value)
+        assert "%40" in str(caught.value)
+        assert not any(piece in str(caught.value) for piece in pieces), str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "conninfo",
+    [
+        "postgresql://app:Sec%2FRET%40pw@127.0.0.1:5432/test",
+        "postgresql://127.0.0.1/test?application_name=app@payments",
+        "host=/var/run/postgresql port='' dbname=test",
+        "host=127.0.0.1,127.0.0.2 port=5432,+5433 dbname=test",
+    ],
+    ids=["escaped", "at in the query", "socket directory", "host and port lists"],
+)
+def test_a_postgres_string_libpq_reads_as_meant_passes_the_check(conninfo: str) -> None:
+    from psycopg.conninfo import conninfo_to_dict  # noqa: PLC0415 - the extra
+
+    from payonce.stores._postgres import _misread_url  # noqa: PLC0415
+
+    assert _misread_url(conninfo, conninfo_to_dict(conninfo)) is None
 
 
 # -- Redis URLs: checked before any command, shown without secrets --------------------------------

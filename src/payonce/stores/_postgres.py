@@ -37,6 +37,7 @@ import functools
 import logging
 import os
 import random
+import re
 import select
 import threading
 import time
@@ -144,7 +145,8 @@ def _checked_conninfo(conninfo: object, pool_type: str) -> str:
             option="conninfo_or_pool",
         )
     try:
-        timeout_from_conninfo(conninfo_to_dict(conninfo))  # psycopg reads connect_timeout itself
+        params = conninfo_to_dict(conninfo)
+        timeout_from_conninfo(params)  # psycopg reads connect_timeout itself
     except psycopg.Error as exc:
         # Only the error's type: its text may quote the string, password included.
         raise ConfigurationError(
@@ -153,7 +155,44 @@ def _checked_conninfo(conninfo: object, pool_type: str) -> str:
             "connect_timeout is a number of seconds.",
             option="conninfo_or_pool",
         ) from None
+    misread = _misread_url(conninfo, params)
+    if misread is not None:
+        # No value is quoted: each of these is most likely a piece of the password.
+        raise ConfigurationError(
+            f"the PostgreSQL connection string {misread}. In a URL, percent-encode a '/' in "
+            "the password as %2F and an '@' as %40: libpq ends the password at the first '@' "
+            "and the host part at the first '/'. Nothing was connected to.",
+            option="conninfo_or_pool",
+        )
     return conninfo
+
+
+_PORT: Final = re.compile(r"\s*[+-]?[0-9]+\s*")
+
+
+def _misread_url(conninfo: str, params: dict[str, Any]) -> str | None:
+    """What in ``conninfo`` no server can answer to, as libpq reads it, or None.
+
+    A password holding an unescaped '/' or '@' makes libpq read its pieces as a port, a host or
+    a database name. The pool would retry such a string as an unreachable server until its
+    timeout, and every message about it would show those pieces.
+    """
+    ports = str(params.get("port") or "").split(",")
+    if any(port.strip() and not _PORT.fullmatch(port) for port in ports):
+        return "has a port that is not a number"
+    # libpq reads a host beginning with '/' as a socket directory and '@' as an abstract socket.
+    hosts = str(params.get("host") or "").split(",")
+    if any("@" in host and not host.startswith(("/", "@")) for host in hosts):
+        return "has an '@' in a host name"
+    scheme, sep, rest = conninfo.partition("://")
+    if sep and scheme in ("postgresql", "postgres"):
+        authority, slash, path = rest.partition("/")
+        if slash and "@" not in authority and "@" in path.partition("?")[0]:
+            return (
+                "names a database holding an '@' and no user (if the database name really "
+                "holds one, write it %40)"
+            )
+    return None
 
 
 def _with_pool_defaults(conninfo: str) -> str:

@@ -355,14 +355,16 @@ def _check_url(url: str, *, cluster: bool, asynchronous: bool) -> None:
     except ValueError:
         raise ConfigurationError(
             "the port of the Redis URL is not a number from 0 to 65535: write "
-            "redis://host:6379/0 (and percent-encode a ':' in a password as %3A)",
+            "redis://host:6379/0, and percent-encode a ':' in a password as %3A and a '/' as "
+            "%2F",
             option="url",
         ) from None
     database = unquote(parts.path).replace("/", "") if parts.scheme != "unix" else ""
     if database and not (database.isascii() and database.isdigit()):
         raise ConfigurationError(
             "the path of a Redis URL is the database number, e.g. redis://host:6379/0; this "
-            "one is not a number (redis-py would use database 0)",
+            "one is not a number (redis-py would use database 0). A '/' in a password must be "
+            "percent-encoded as %2F.",
             option="db",
         )
     query = parse_qs(parts.query, keep_blank_values=True)
