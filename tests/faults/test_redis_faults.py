@@ -179,6 +179,22 @@ def outage(tmp_path: Path) -> Iterator[Outage]:
             setup.close()
 
 
+def test_an_outage_during_a_read_says_that_nothing_changed(outage: Outage) -> None:
+    # A write cut off may have landed; a read cannot have changed anything, and its error must
+    # not send the caller looking for an effect.
+    outage.admin.client_pause(PAUSE_MS, all=True)  # CLIENT PAUSE ... ALL: reads wait too
+    try:
+        with pytest.raises(StoreUnavailableError) as caught:
+            outage.store.replay_view(worker.SCOPE, "k1_" + "0" * 64)
+    finally:
+        outage.unpause()
+    message = str(caught.value)
+    assert caught.value.to_dict()["operation"] == "replay_view"
+    assert "TimeoutError" in message
+    assert "it only reads, so nothing changed" in message
+    assert "may or may not" not in message
+
+
 def _resolve(outage: Outage) -> Any:
     """After the outage: past the lease, the same intent again, resumable; returns the outcome."""
     outage.clock.advance(LEASE + timedelta(seconds=1))
@@ -203,6 +219,7 @@ def test_pause_during_claim_fails_clearly_without_calling_the_provider(outage: O
     assert caught.value.to_dict()["operation"] == "claim"
     assert "Redis was unavailable" in str(caught.value)
     assert "TimeoutError" in str(caught.value)
+    assert "may or may not have taken effect" in str(caught.value)
     key = outage.guard().key_for(outage.intent)
     # The paused claim was dropped with its connection, or applied once the pause ended.
     stranded = outage.store.get(worker.SCOPE, key)

@@ -151,6 +151,12 @@ def _transient(exc: Exception, reply: str) -> bool:
     return code in _UNAVAILABLE_REPLIES or any(words in reply for words in _UNAVAILABLE_TEXTS)
 
 
+# The operations that never write: an outage during one leaves nothing to resolve.
+_READS: Final = frozenset(
+    {"get", "replay_view", "newest", "scan", "entries", "heads", "ledger_horizon", "checkpoints"}
+)
+
+
 def _translate(exc: Exception, operation: str) -> StoreError:
     name = type(exc).__name__
     # Redis's own words first: a pipeline's annotation (the command, cut) would push them
@@ -168,10 +174,14 @@ def _translate(exc: Exception, operation: str) -> StoreError:
             operation=operation,
         )
     if _transient(exc, reply):
+        effect = (
+            "it only reads, so nothing changed: retry once Redis answers again"
+            if operation in _READS
+            else "it may or may not have taken effect: retry the same intent once Redis answers "
+            "again, payonce resolves either case"
+        )
         return StoreUnavailableError(
-            f"Redis was unavailable ({name}: {reply[:200]}); the {operation} may or may not have "
-            "taken effect: retry the same intent once Redis answers again, payonce resolves "
-            "either case",
+            f"Redis was unavailable ({name}: {reply[:200]}); {effect}",
             operation=operation,
         )
     return StoreError(
