@@ -9,6 +9,7 @@ two cannot drift apart (DESIGN §10).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Generator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -32,6 +33,7 @@ from payonce._errors import (
     KeyReuseError,
     LeaseLostError,
     OutcomeUnknownError,
+    PayonceError,
     StoreError,
 )
 from payonce._guard_core import (
@@ -86,6 +88,11 @@ class _Call:
     """Effect: call the guarded function with ``attempt``; the driver sends back its value."""
 
     attempt: Attempt
+
+
+class _NotCalled(BaseException):
+    """Thrown into the flow in place of the guarded call's result when the caller was cancelled
+    before the call started (``AsyncGuard``): this attempt provably sent nothing."""
 
 
 _Effect: TypeAlias = _Op | _Sleep | _Call
@@ -200,6 +207,9 @@ class _Flows(_GuardCore):
                 value = yield _Call(self._attempt(record, lease))
             except Exception as exc:  # noqa: BLE001 - every exception of the call is classified
                 error = exc
+            except _NotCalled:
+                yield from self._not_called_flow(record, lease, maybe_sent=maybe_sent)
+                raise
             except BaseException:
                 # Interrupted or cancelled mid-call: the call may have happened.
                 yield from self._mark_unknown_flow(
@@ -224,9 +234,45 @@ class _Flows(_GuardCore):
                 earlier_attempts=maybe_sent,
             )
             if isinstance(step, Retry):
-                yield _Sleep(mode.retry.delay(calls, step.delay, self._rng))
+                try:
+                    yield _Sleep(mode.retry.delay(calls, step.delay, self._rng))
+                except BaseException:
+                    # Interrupted between attempts (cancelled): record what the last attempt
+                    # left, as if the retries had run out, then let the interruption through.
+                    last = settle(
+                        result.kind,
+                        attempts_left=False,
+                        resumable=self._resumable(record, now, mode),
+                        retry_after=result.retry_after,
+                        earlier_attempts=maybe_sent,
+                    )
+                    assert not isinstance(last, Retry)
+                    with contextlib.suppress(PayonceError):
+                        yield from self._settle_flow(record, lease, result, last)
+                    raise
                 continue
             return (yield from self._settle_flow(record, lease, result, step))
+
+    def _not_called_flow(self, record: Record, lease: Lease, *, maybe_sent: bool) -> _Flow:
+        """The caller was cancelled after the claim and before the call: nothing was sent by
+        this attempt, so the claim is released, unless an earlier attempt may have reached the
+        provider (then the record says UNKNOWN, as it would after that attempt)."""
+        if maybe_sent:
+            yield from self._mark_unknown_flow(
+                record,
+                lease,
+                "cancelled before the call was sent again; an earlier attempt may have moved money",
+            )
+            return
+        try:
+            yield _StoreOp(
+                "release",
+                (self.scope, record.key),
+                {"token": lease.token, "reason": "cancelled", "now": self.clock.now()},
+            )
+        except StoreError as exc:
+            # The claim stays; after its lease it resolves as unknown, never as "free".
+            _log_store_failure("release", record.key, exc)
 
     def _succeed_flow(self, record: Record, lease: Lease, value: Any) -> _Flow:
         try:
@@ -256,6 +302,12 @@ class _Flows(_GuardCore):
             )
         except Exception as exc:  # noqa: BLE001 - a failed lookup settles nothing
             found = GatewayAnswer(OutcomeClass.UNKNOWN, code=type(exc).__name__)
+        except BaseException:
+            # Interrupted (cancelled) mid-lookup: the record says what is known, not CLAIMED.
+            yield from self._mark_unknown_flow(
+                record, lease, "interrupted while asking the provider what became of the call"
+            )
+            raise
         if found is None:
             reason = "the provider has no object for this key yet; the Reconciler decides"
         elif found.kind is OutcomeClass.SUCCESS:

@@ -6,14 +6,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any, Final
 
 from payonce._errors import (
     ConfigurationError,
 )
-from payonce._flow import _Flow, _Flows, _Op, _Sleep
+from payonce._flow import _Call, _Flow, _Flows, _NotCalled, _Op, _Sleep
 from payonce._guard_core import _Mode, _Prepared
 from payonce._intent import Intent
 from payonce._model import (
@@ -26,6 +28,11 @@ from payonce._retry import RetryPolicy
 __all__ = ["AsyncGuard", "Guard"]
 
 _NO_RETRY = RetryPolicy.never()  # run()'s default: frozen, built once rather than per call
+# The store calls that write. Once sent, a write may land whether or not its caller still waits,
+# so AsyncGuard awaits each to its end even when the caller is cancelled meanwhile.
+_WRITES: Final = frozenset({"claim", "takeover", "complete", "mark_unknown", "release"})
+# How long such a write may still take once its caller was cancelled (see _to_the_end).
+_AFTER_CANCEL: Final = timedelta(seconds=10)
 
 
 class Guard(_Flows):
@@ -313,19 +320,37 @@ class AsyncGuard(_Flows):
     async def _drive(self, flow: _Flow, fn: Callable[[Attempt], Any] | None) -> Any:
         result: Any = None
         error: BaseException | None = None
+        # The caller's cancellation while a write ran: raised once the flow has written what it
+        # must (the write's outcome, a release, UNKNOWN), never in place of that.
+        held: list[BaseException] = []
         while True:
             try:
                 effect = flow.send(result) if error is None else flow.throw(error)
             except StopIteration as stop:
+                if held:
+                    raise held[0] from None
                 return stop.value
+            except BaseException:
+                if held:
+                    raise held[0] from None
+                raise
             result, error = None, None
             try:
                 if isinstance(effect, _Sleep):
-                    await self.clock.asleep(effect.duration)
+                    if held:
+                        error = held[0]  # nobody waits any more
+                    else:
+                        await self.clock.asleep(effect.duration)
+                    continue
+                if isinstance(effect, _Call) and held:
+                    error = _NotCalled()  # the flow releases its claim
                     continue
                 if isinstance(effect, _Op):
                     target = self.store if effect.target == "store" else self.gateway
                     result = getattr(target, effect.name)(*effect.args, **(effect.kwargs or {}))
+                    if effect.target == "store" and effect.name in _WRITES:
+                        result = await _to_the_end(result, held)
+                        continue
                 else:
                     assert fn is not None
                     result = fn(effect.attempt)
@@ -334,3 +359,34 @@ class AsyncGuard(_Flows):
                     result = await result
             except BaseException as exc:  # noqa: BLE001 - handed to the flow, which decides
                 error = exc
+
+
+async def _to_the_end(write: Awaitable[Any], held: list[BaseException]) -> Any:
+    """The result of a store write, awaited to its end even if the caller is cancelled meanwhile.
+
+    Cut off, a claim could hold a key that nobody releases, and a complete could leave a call
+    that succeeded without its outcome (psycopg even cancels the statement on the server). So
+    the write runs as a task of its own; a cancellation of the caller goes into ``held`` for the
+    driver, which raises it once the flow is done. A write that has not finished
+    ``_AFTER_CANCEL`` after the caller's cancellation (a lock nobody releases, a server that
+    stopped answering) is cancelled then, and the record resolves after its lease, as any write
+    cut off does: a cancelled caller waits a bounded time.
+    """
+    task = asyncio.ensure_future(write)
+    deadline: float | None = None
+    while True:
+        try:
+            if deadline is None:
+                return await asyncio.shield(task)
+            async with asyncio.timeout_at(deadline):
+                return await asyncio.shield(task)
+        except asyncio.CancelledError as exc:
+            if task.cancelled():
+                raise  # the write itself was cancelled (its loop is closing), not only its caller
+            if not held:
+                held.append(exc)
+            if deadline is None:
+                deadline = asyncio.get_running_loop().time() + _AFTER_CANCEL.total_seconds()
+        except TimeoutError:
+            task.cancel()
+            raise held[0] from None

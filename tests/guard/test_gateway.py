@@ -94,6 +94,36 @@ def test_r9_answer_lost_without_provider_dedup_is_unknown_then_looked_up(
     verify_ledger(store)
 
 
+def test_an_interrupted_lookup_leaves_the_record_unknown_for_the_next_one(
+    store: Store, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, the interruption left the record CLAIMED under the lookup's takeover, so the next
+    # call found a live lease and waited instead of looking the charge up.
+    gateway = _gateway(clock, idempotent=False)
+    gateway.script(["after_send"])
+    guard = _guard(store, clock, gateway)
+    with pytest.raises(OutcomeUnknownError):
+        guard.execute(INTENT)
+    looked_up = gateway.lookup
+
+    def interrupted(*args: object, **kwargs: object) -> object:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gateway, "lookup", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        guard.execute(INTENT)
+    record = store.get(SCOPE, guard.key_for(INTENT))
+    assert record is not None
+    assert record.status is Status.UNKNOWN
+    assert "interrupted while asking the provider" in (record.reason or "")
+    monkeypatch.setattr(gateway, "lookup", looked_up)
+    adopted = guard.execute(INTENT)
+    assert adopted.value["status"] == "succeeded"
+    assert gateway.calls_received == 1
+    assert len(gateway.movements()) == 1
+    verify_ledger(store)
+
+
 def test_r10_not_sent_twice_then_sent_once(store: Store, clock: ManualClock) -> None:
     gateway = _gateway(clock, idempotent=False)
     gateway.script(["before_send", "before_send", None])

@@ -501,6 +501,41 @@ def test_interrupt_mid_call_marks_unknown(guard: Guard, store: Store) -> None:
     assert again.calls == 0
 
 
+class InterruptedClock(ManualClock):
+    """A manual clock whose sleeps are interrupted, as a worker stopped between two attempts."""
+
+    def sleep(self, duration: timedelta) -> None:
+        raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize(
+    ("raises", "left"),
+    [(MyRefusedError("connection refused"), None), (TimeoutError("read timed out"), "UNKNOWN")],
+    ids=["not-executed: released", "unknown: marked"],
+)
+def test_interrupt_between_attempts_records_what_the_last_attempt_left(
+    store: Store, raises: Exception, left: str | None
+) -> None:
+    # Before, the interruption went through the retry's sleep and left the claim CLAIMED until
+    # its lease ran out; a retry of a not-executed call then found it in flight.
+    guard = Guard(
+        store,
+        secret=SECRET,
+        scope=SCOPE,
+        clock=InterruptedClock(),
+        not_executed=(MyRefusedError,),
+        resumable=True,
+    )
+    fn = Recorder(raises=raises)
+    with pytest.raises(KeyboardInterrupt):
+        guard.run(INTENT, fn, retry=RetryPolicy(max_attempts=3))
+    assert fn.calls == 1
+    record = store.get(SCOPE, guard.key_for(INTENT))
+    assert (record and record.status.value) == left
+    events = [e.event.value for e in ledger(store)]
+    assert events == ["claimed", "released" if left is None else "marked_unknown"]
+
+
 # -- waiting and takeover ----------------------------------------------------------------------
 
 

@@ -116,6 +116,7 @@ class AsyncPostgresStore(Flows):
         self._create = create
         self._timeout = timeout
         self._open_lock = asyncio.Lock()
+        self._returning: set[asyncio.Task[None]] = set()  # see _give_back
         self._sizes = (min_size, max_size)
         if isinstance(conninfo_or_pool, psycopg_pool.AsyncConnectionPool):
             self._pool = conninfo_or_pool
@@ -206,7 +207,7 @@ class AsyncPostgresStore(Flows):
         transaction: bool = False,
         timeout: float | None = None,
     ) -> _T:
-        if not self._opened:
+        if not self._opened and not self._closed:  # closed: refused below, by the operation
             await self.open()
         return await self._run_opened(operation, flow, transaction=transaction, timeout=timeout)
 
@@ -234,7 +235,7 @@ class AsyncPostgresStore(Flows):
                         return await _adrive(conn, flow())
                 finally:
                     _returned(conn)
-                    await self._pool.putconn(conn)
+                    await self._give_back(conn)
             except psycopg.Error as exc:
                 if _retryable(exc) and attempt + 1 < _ATTEMPTS:
                     await asyncio.sleep(_backoff(attempt))
@@ -250,10 +251,37 @@ class AsyncPostgresStore(Flows):
             if not _closed_by_server(conn):
                 break
             _log.info(_DEAD)
-            await conn.close()
-            await self._pool.putconn(conn)
+            await self._give_back(conn, close=True)
             conn = await self._pool.getconn(timeout=timeout)
         return conn
+
+    async def _give_back(self, conn: psycopg.AsyncConnection[Any], *, close: bool = False) -> None:
+        """Hand ``conn`` back to the pool (closed first with ``close``), even if the caller is
+        cancelled meanwhile.
+
+        The pool counts a connection it handed out until it comes back: one whose return was
+        cut off by a cancellation (a request's deadline, under load, as ``putconn`` waits for
+        the pool's lock) would be lost for good, and after ``max_size`` of them every call
+        would time out waiting for a connection. So the return runs as a task of its own,
+        which a cancellation of the caller does not stop.
+        """
+
+        async def give_back() -> None:
+            if close:
+                await conn.close()
+            await self._pool.putconn(conn)
+
+        task = asyncio.ensure_future(give_back())
+        self._returning.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(self._given_back)
+        await asyncio.shield(task)
+
+    def _given_back(self, task: asyncio.Task[None]) -> None:
+        self._returning.discard(task)
+        if not task.cancelled():
+            # Read, so that a failure nobody awaited any more (its caller was cancelled) is not
+            # logged as never retrieved; a caller still waiting gets it from the shield.
+            task.exception()
 
     async def _write(
         self,

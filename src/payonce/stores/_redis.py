@@ -834,6 +834,7 @@ class AsyncRedisStore(RedisCore):
         self._create = create
         self._bucket_count = buckets
         self._ready = False
+        self._starting = asyncio.Lock()
         self._scripts = {name: client.register_script(src) for name, src in _SCRIPTS.items()}
 
     def __repr__(self) -> str:
@@ -847,12 +848,18 @@ class AsyncRedisStore(RedisCore):
                 (unless allowed), or a prefix created by another layout or bucket count.
             StoreUnavailableError: Redis could not be reached.
         """
+        async with self._starting:
+            await self._checked_start()
+
+    async def _checked_start(self) -> None:
+        """``_start``; one at a time (under ``_starting``), since a start that fails closes the
+        client's connections, which must not be another task's start in flight."""
         try:
             await self._start()
         except BaseException:
             # As the sync store's constructor does: a refused start leaves no connection of
             # the client the store built open (a later call connects and checks again). Not
-            # once another task's start passed: that task's calls may be in flight.
+            # once an earlier start passed: calls of other tasks may be in flight.
             if self._owned and not self._ready:
                 with contextlib.suppress(rexc.RedisError):
                     await self._client.aclose()
@@ -938,8 +945,11 @@ class AsyncRedisStore(RedisCore):
             return result
 
     async def _run(self, op: Op[_T], operation: str) -> _T:
-        if not self._ready:
-            await self.connect()
+        # A closed store goes straight to _perform, which refuses the operation by its name.
+        if not self._ready and not self._closed:
+            async with self._starting:
+                if not self._ready:  # another task's start may have passed meanwhile
+                    await self._checked_start()
         return await self._drive(op, operation)
 
     async def claim(self, new: NewRecord, *, now: datetime, lease_for: timedelta) -> Claimed:
