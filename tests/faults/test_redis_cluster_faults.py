@@ -28,7 +28,7 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from payonce import Status, StoreUnavailableError, verify_ledger
+from payonce import ConfigurationError, Status, StoreUnavailableError, verify_ledger
 from payonce._model import NewRecord
 from payonce.stores._redis import AsyncRedisStore, RedisStore
 from payonce.stores._redis_core import _ATTEMPTS, _BACKOFF_CAP, Effect, Pause, Script, _ident
@@ -422,3 +422,100 @@ def test_an_audit_continued_from_its_cursor_never_skips_a_success_that_was_in_fl
     assert seen(first) == 0  # the success was not written yet
     again = reconciler.audit(after=first.cursor)
     assert seen(again) == 1  # read from the cursor on
+
+
+# -- a master that hangs; a plain client of a cluster node ---------------------------------------
+
+
+class _FirstPipelineTimesOut(RedisStore):
+    """A store whose first pipeline to one master times out, as on a master that hangs (how a
+    failover usually starts); everything after it reaches the cluster."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.armed = False  # set once the records are written
+        self.timeouts = 0
+        super().__init__(*args, **kwargs)
+
+    def _pipelined(self, client: Any, calls: Any) -> list[Any]:
+        if self.armed and self.timeouts == 0:
+            self.timeouts += 1
+            raise redis.exceptions.TimeoutError("Timeout reading from the master")
+        return super()._pipelined(client, calls)
+
+
+def test_a_read_across_buckets_whose_master_timed_out_goes_through_the_cluster_client(
+    cluster: Cluster, prefix: str
+) -> None:
+    # The fan-out sends each master its share itself, from the client's slot map. Before, a
+    # timeout was raised as it was: nothing asked the client to refresh that map, so after a
+    # failover whose old master hangs, every later scan, newest and ledger read went to the
+    # dead node until the process restarted. Now the calls go through the cluster client,
+    # which refreshes the map (and fails the first call of a master still down, an outage).
+    store = _FirstPipelineTimesOut(_url(cluster), prefix=prefix)
+    try:
+        for i in range(6):
+            assert store.claim(_new(f"k1_hung_{i}"), now=T0, lease_for=LEASE).lease is not None
+        store.armed = True
+        due = store.scan(now=T0 + LEASE + timedelta(seconds=1), limit=100)
+        assert store.timeouts == 1
+        assert sorted(r.key for r in due) == [f"k1_hung_{i}" for i in range(6)]
+    finally:
+        store.close()
+
+
+def test_the_cluster_clients_built_from_a_url_retry_a_call_twice_at_most(
+    cluster: Cluster, prefix: str
+) -> None:
+    # Each attempt may wait a whole socket timeout (5 s) on a master that hangs; redis-py's own
+    # default of ten retries held every claim and complete for about a minute.
+    store = RedisStore(_url(cluster), prefix=prefix)
+    try:
+        assert store._client.retry.get_retries() == 2
+    finally:
+        store.close()
+
+    async def main() -> None:
+        astore = AsyncRedisStore(_url(cluster), prefix=prefix)
+        try:
+            assert astore._client.retry.get_retries() == 2
+        finally:
+            await astore.close()
+
+    asyncio.run(main())
+
+
+def test_a_plain_url_of_a_cluster_node_is_refused_at_open(cluster: Cluster, prefix: str) -> None:
+    # Before, the store opened whenever its meta key's slot was on that node, and every claim
+    # then failed with CROSSSLOT as a store error blaming changed keys.
+    url = f"redis://{HOST}:{cluster.ports[0]}/0"
+    with pytest.raises(ConfigurationError, match="is a Redis Cluster node") as caught:
+        RedisStore(url, prefix=prefix)
+    assert caught.value.option == "url"
+    assert "redis+cluster://" in str(caught.value)
+
+    async def main() -> None:
+        astore = AsyncRedisStore(url, prefix=prefix)
+        try:
+            with pytest.raises(ConfigurationError, match="is a Redis Cluster node"):
+                await astore.connect()
+        finally:
+            await astore.close()
+
+    asyncio.run(main())
+
+
+def test_a_redirect_seen_by_a_plain_client_names_the_cluster_url() -> None:
+    # A plain client whose CONFIG GET is refused cannot read cluster-enabled at open: the
+    # node's MOVED or CROSSSLOT answer then says what to use.
+    from payonce.stores._redis import _opening, _translate  # noqa: PLC0415
+
+    moved = redis.exceptions.MovedError("3999 127.0.0.1:7001")
+    crossslot = redis.exceptions.ClusterCrossSlotError()
+    opening = _opening(moved)
+    assert isinstance(opening, ConfigurationError)
+    assert "redis+cluster://" in str(opening)
+    for error in (moved, crossslot):
+        translated = _translate(error, "claim")
+        assert not isinstance(translated, StoreUnavailableError)
+        assert "nothing was written" in str(translated)
+        assert "redis+cluster://host:port" in str(translated)

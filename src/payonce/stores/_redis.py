@@ -51,8 +51,11 @@ try:
     import redis.asyncio
     import redis.asyncio.cluster
     import redis.asyncio.connection
+    import redis.asyncio.retry
+    import redis.backoff
     import redis.cluster
     import redis.connection
+    import redis.retry
     from redis import exceptions as rexc
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ConfigurationError(
@@ -67,11 +70,19 @@ _T = TypeVar("_T")
 
 _SOCKET_TIMEOUT: Final = 5.0  # seconds; for clients the store builds from a URL
 # What a pipeline to one Cluster master raises when its slot map is stale: a redirect (MOVED is
-# an ASK), a slot in migration, a node gone or no longer serving the slot.
+# an ASK), a slot in migration, a node gone, hung (a failover's usual start) or no longer
+# serving the slot.
 _STALE_MAP: Final = (
     rexc.AskError, rexc.TryAgainError, rexc.ClusterDownError, rexc.ConnectionError,
-    rexc.RedisClusterException,
+    rexc.TimeoutError, rexc.RedisClusterException,
 )  # fmt: skip
+# Attempts of a call by the cluster clients the store builds from a URL, after its first: each
+# may wait a whole socket timeout on a hung master, and redis-py's default is ten. The client
+# refreshes its slot map between attempts, which is what follows a failover.
+_CLUSTER_RETRIES: Final = 2
+# The settings read at open: the durability ones, and whether a plain client was pointed at a
+# Redis Cluster node.
+_SETTINGS: Final = ("maxmemory-policy", "appendonly", "save", "cluster-enabled")
 _SCRIPTS: Final = {name: getattr(lua, name.upper()) for name in SCRIPT_NAMES}
 # Conditions that pass, or that an operator fixes, after which the same intent is retried.
 _UNAVAILABLE: Final = (
@@ -173,6 +184,15 @@ def _translate(exc: Exception, operation: str) -> StoreError:
             "the store was given, then open the store again.",
             operation=operation,
         )
+    if isinstance(exc, rexc.MovedError | rexc.ClusterCrossSlotError):
+        # A plain client of a Redis Cluster node whose CONFIG GET was refused at open.
+        return StoreError(
+            f"the payonce store failed during {operation}: Redis answered {name} "
+            f"({reply[:200]}); nothing was written. If the server is a Redis Cluster node, open "
+            "the store with redis+cluster://host:port or a RedisCluster client: a plain client "
+            "sends every script to one node, which refuses the keys of other nodes' slots.",
+            operation=operation,
+        )
     if _transient(exc, reply):
         effect = (
             "it only reads, so nothing changed: retry once Redis answers again"
@@ -225,12 +245,22 @@ def _opening(exc: Exception) -> Exception:
             "(rediss:// for TLS) for a single server, or point the URL at a cluster node.",
             option="url",
         )
+    if isinstance(exc, rexc.MovedError):
+        # Only a plain client sees MOVED (a cluster client follows it): one whose CONFIG GET
+        # was refused, so that cluster-enabled could not be read.
+        return ConfigurationError(_CLUSTER_NODE, option="url")
     return _translate(exc, "open")
 
 
 # What redis-py says when the node a cluster client starts from answers CLUSTER SLOTS with an
 # error (sync and async clients, as the cause or within "Redis Cluster cannot be connected").
 _NOT_A_CLUSTER: Final = "Cluster mode is not enabled"
+_CLUSTER_NODE: Final = (
+    "the store URL names a single Redis server (redis://, or a plain Redis client) but the "
+    "server is a Redis Cluster node (cluster-enabled yes): use redis+cluster://host:port "
+    "(rediss+cluster:// for TLS) or a RedisCluster client. A plain client sends every script "
+    "to this one node, which refuses the keys of the slots other nodes serve."
+)
 # What Redis answers SELECT of a database number it does not have.
 _NO_SUCH_DATABASE: Final = "DB index is out of range"
 
@@ -255,9 +285,15 @@ def _config_refusal(exc: Exception) -> Exception:
 
 
 def _durability(
-    replies: Sequence[Any], *, allow_unsafe: bool, where: str, refused: Exception | None
+    replies: Sequence[Any],
+    *,
+    allow_unsafe: bool,
+    where: str,
+    refused: Exception | None,
+    cluster: bool,
 ) -> None:
-    """Refuse (or warn about) a Redis that may drop records; see ``RedisStore``."""
+    """Refuse (or warn about) a Redis that may drop records, see ``RedisStore``, and a plain
+    client of a Redis Cluster node."""
     if refused is not None:
         message = (
             f"payonce could not read the configuration of Redis at {where}: CONFIG GET is "
@@ -278,6 +314,8 @@ def _durability(
                 nodes.setdefault(node, {}).update({text(k): text(v) for k, v in settings.items()})
         else:
             nodes.setdefault(where, {}).update({k: text(v) for k, v in decoded.items()})
+    if not cluster and any(node.get("cluster-enabled") == "yes" for node in nodes.values()):
+        raise ConfigurationError(_CLUSTER_NODE, option="url")
     for name, node in sorted(nodes.items()):
         policy = node.get("maxmemory-policy")
         if policy != "noeviction":
@@ -322,11 +360,18 @@ def _client_from_url(url: str, *, asynchronous: bool) -> Any:
         cls = redis.asyncio.cluster.RedisCluster if asynchronous else redis.cluster.RedisCluster
     else:
         cls = redis.asyncio.Redis if asynchronous else redis.Redis
+    options: dict[str, Any] = {}
+    if cluster:
+        retry = redis.asyncio.retry.Retry if asynchronous else redis.retry.Retry
+        options["retry"] = retry(redis.backoff.ExponentialBackoff(), _CLUSTER_RETRIES)
     try:
         # Without a socket timeout a stalled server would hold a claim forever; the URL's own
         # socket_timeout / socket_connect_timeout query parameters take precedence.
         return cls.from_url(
-            plain, socket_timeout=_SOCKET_TIMEOUT, socket_connect_timeout=_SOCKET_TIMEOUT
+            plain,
+            socket_timeout=_SOCKET_TIMEOUT,
+            socket_connect_timeout=_SOCKET_TIMEOUT,
+            **options,
         )
     except (ValueError, TypeError) as exc:
         # What _check_url does not foresee (another redis-py release); only the type is shown,
@@ -551,11 +596,17 @@ class RedisStore(RedisCore):
             kwargs["target_nodes"] = redis.cluster.RedisCluster.PRIMARIES
         replies, refused = [], None
         try:
-            for name in ("maxmemory-policy", "appendonly", "save"):
+            for name in _SETTINGS:
                 replies.append(self._client.config_get(name, **kwargs))
         except (rexc.RedisError, rexc.RedisClusterException) as exc:
             refused = _config_refusal(exc)
-        _durability(replies, allow_unsafe=allow_unsafe, where=self._where, refused=refused)
+        _durability(
+            replies,
+            allow_unsafe=allow_unsafe,
+            where=self._where,
+            refused=refused,
+            cluster=self._cluster,
+        )
 
     def _perform(self, effect: Effect, operation: str) -> Any:
         if self._closed:
@@ -584,10 +635,11 @@ class RedisStore(RedisCore):
         # Each call's keys share its bucket's hash tag, hence one slot and one master; the
         # sync cluster pipeline refuses its script methods (eval, evalsha, load_scripts), so
         # the calls are grouped by master here, a plain pipeline each. A slot map gone stale (a
-        # failover or reshard since) answers MOVED or fails to connect: then the calls go
-        # through the cluster client one by one, which follows redirects and refreshes the map
-        # (a timeout is an outage, raised as it is). The calls are reads, or the idempotent
-        # seal watermark, so sending them again is harmless.
+        # failover or reshard since) answers MOVED, fails to connect or times out on a hung
+        # master: then the calls go through the cluster client one by one, which follows
+        # redirects and refreshes the map (a pipeline sent by hand would keep the stale map for
+        # good); a master that is still down fails the first of them as an outage. The calls
+        # are reads, or the idempotent seal watermark, so sending them again is harmless.
         by_node: dict[str, tuple[Any, list[int]]] = {}
         try:
             for i, call in enumerate(fanout.calls):
@@ -873,11 +925,17 @@ class AsyncRedisStore(RedisCore):
             kwargs["target_nodes"] = redis.asyncio.cluster.RedisCluster.PRIMARIES
         replies, refused = [], None
         try:
-            for name in ("maxmemory-policy", "appendonly", "save"):
+            for name in _SETTINGS:
                 replies.append(await self._client.config_get(name, **kwargs))
         except (rexc.RedisError, rexc.RedisClusterException) as exc:
             refused = _config_refusal(exc)
-        _durability(replies, allow_unsafe=self._allow_unsafe, where=self._where, refused=refused)
+        _durability(
+            replies,
+            allow_unsafe=self._allow_unsafe,
+            where=self._where,
+            refused=refused,
+            cluster=self._cluster,
+        )
         await self._drive(self._meta(self._bucket_count, self._create), "open")
 
     async def _perform(self, effect: Effect, operation: str) -> Any:
