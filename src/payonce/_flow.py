@@ -298,7 +298,10 @@ class _Flows(_GuardCore):
         or leave the record UNKNOWN for the Reconciler."""
         try:
             found = yield _Op(
-                "gateway", "lookup", (prepared.intent, record.provider_key), {"key": record.key}
+                "gateway",
+                "lookup",
+                (prepared.intent, record.provider_key),
+                {"key": record.key, "since": record.created_at},
             )
         except Exception as exc:  # noqa: BLE001 - a failed lookup settles nothing
             found = GatewayAnswer(OutcomeClass.UNKNOWN, code=type(exc).__name__)

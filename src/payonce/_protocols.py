@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Protocol, runtime_checkable
+from typing import Final, Protocol, runtime_checkable
 
 from payonce._intent import Intent
 from payonce._model import (
@@ -23,7 +23,21 @@ from payonce._model import (
     Status,
 )
 
-__all__ = ["AsyncGateway", "AsyncStore", "Clock", "Gateway", "Store", "has_ledger_horizon"]
+__all__ = [
+    "LOOKUP_SKEW",
+    "AsyncGateway",
+    "AsyncStore",
+    "Clock",
+    "Gateway",
+    "Store",
+    "has_ledger_horizon",
+]
+
+# How far before a lookup's ``since`` a gateway still looks: the clock skew allowed between
+# payonce's clock and the provider's creation times. A key is claimed again only after a purge,
+# and a purge only after the retention (at least the provider's idempotency window, 24 h on
+# Stripe), so an earlier life's objects are always far older than this.
+LOOKUP_SKEW: Final = timedelta(minutes=10)
 
 
 @runtime_checkable
@@ -253,10 +267,17 @@ class Gateway(Protocol):
         of the provider: every answer, and every transport failure, is a classified answer."""
         ...
 
-    def lookup(self, intent: Intent, provider_key: str, *, key: str) -> GatewayAnswer | None:
+    def lookup(
+        self, intent: Intent, provider_key: str, *, key: str, since: datetime | None = None
+    ) -> GatewayAnswer | None:
         """Find the movement payonce made for ``key`` (by ``payonce_key`` metadata through the
         provider's list endpoints): its classified answer, or None when the provider has no
-        such object. An answer of class UNKNOWN means the provider could not be asked."""
+        such object. An answer of class UNKNOWN means the provider could not be asked.
+
+        ``since`` is when the record's current life began (its ``created_at``). A key purged
+        after its retention can be claimed again, and its provider objects keep the same
+        ``payonce_key``: an object made before ``since`` (less the provider's clock skew) is an
+        earlier life's and must not be returned. payonce always passes it."""
         ...
 
 
@@ -270,6 +291,8 @@ class AsyncGateway(Protocol):
         """See ``Gateway.execute``."""
         ...
 
-    async def lookup(self, intent: Intent, provider_key: str, *, key: str) -> GatewayAnswer | None:
+    async def lookup(
+        self, intent: Intent, provider_key: str, *, key: str, since: datetime | None = None
+    ) -> GatewayAnswer | None:
         """See ``Gateway.lookup``."""
         ...

@@ -94,6 +94,26 @@ def test_r9_answer_lost_without_provider_dedup_is_unknown_then_looked_up(
     verify_ledger(store)
 
 
+def test_the_guards_lookup_of_a_purged_key_claimed_again_adopts_only_the_new_charge(
+    store: Store, clock: ManualClock
+) -> None:
+    # Both lives of the key carry the same payonce_key at the provider; before, the lookup
+    # adopted the oldest charge of it, the purged life's 5000, for the new 7000 payment.
+    gateway = _gateway(clock, idempotent=False)
+    guard = _guard(store, clock, gateway)
+    guard.execute(INTENT)
+    clock.advance(timedelta(days=31))
+    assert store.purge(now=clock.now(), retention=timedelta(days=30), limit=10) == 1
+    again = Intent("charge", 7000, "usd", payment_method="tok_visa", reference="order-7")
+    gateway.script(["after_send"])
+    with pytest.raises(OutcomeUnknownError):
+        guard.execute(again)
+    adopted = guard.execute(again)  # looks the charge up instead of charging again
+    assert adopted.value["amount"] == 7000
+    assert [m.amount for m in gateway.movements()] == [5000, 7000]
+    verify_ledger(store)
+
+
 def test_an_interrupted_lookup_leaves_the_record_unknown_for_the_next_one(
     store: Store, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -82,8 +82,10 @@ def test_r7_crash_after_the_charge_is_adopted_by_lookup(
 class _GarbledLookup(SimulatedGateway):
     """Answers lookups with an object holding a lone surrogate, which no store can write."""
 
-    def lookup(self, intent: Intent, provider_key: str, *, key: str) -> GatewayAnswer | None:
-        found = super().lookup(intent, provider_key, key=key)
+    def lookup(
+        self, intent: Intent, provider_key: str, *, key: str, since: datetime | None = None
+    ) -> GatewayAnswer | None:
+        found = super().lookup(intent, provider_key, key=key, since=since)
         return None if found is None else replace(found, value={"id": "ch_\ud800"})
 
 
@@ -159,6 +161,51 @@ def test_r7b_after_the_window_the_charge_is_found_by_its_payonce_key(
     assert (report.succeeded, report.resent) == (1, 0)
     assert gateway.calls_received == 1
     assert len(gateway.movements()) == 1
+
+
+def test_a_purged_key_claimed_again_never_adopts_its_earlier_lifes_charge(
+    store: Store, clock: ManualClock
+) -> None:
+    # A key is claimable again once purged, and its provider objects keep the same payonce_key.
+    # Before, the Reconciler's lookup found the purged life's 5000 charge and recorded it as
+    # the new 7000 payment's success: no money moved for it, and audit() matched it.
+    gateway = SimulatedGateway(idempotent=True, clock=clock)
+    earlier = _guard(store, clock, gateway).execute(INTENT)
+    clock.advance(timedelta(days=31))
+    assert store.purge(now=clock.now(), retention=timedelta(days=30), limit=10) == 1
+    again = replace(INTENT, amount=7000)  # the same reference: the same key
+    with pytest.raises(Crash):
+        _guard(store, clock, gateway, faults=_crash_at("after_claim")).execute(again)
+    clock.advance(LEASE)
+    report = Reconciler(store, gateway, clock=clock).run_once()
+    assert (report.succeeded, report.resent) == (1, 1)  # inside the window: sent, once
+    outcome = _guard(store, clock, gateway).execute(again)
+    assert outcome.replayed
+    assert outcome.value["amount"] == 7000
+    assert outcome.value["id"] != earlier.value["id"]
+    assert [m.amount for m in gateway.movements()] == [5000, 7000]
+    assert Reconciler(store, gateway, clock=clock).audit().discrepancies == []
+
+
+def test_the_lookup_of_a_purged_key_claimed_again_sees_only_the_new_life(
+    store: Store, clock: ManualClock
+) -> None:
+    # Past the provider's window only a lookup may decide: it must find the new life's charge,
+    # not the purged one's (the oldest object of that payonce_key).
+    gateway = SimulatedGateway(idempotent=True, clock=clock)
+    _guard(store, clock, gateway).execute(INTENT)
+    clock.advance(timedelta(days=31))
+    store.purge(now=clock.now(), retention=timedelta(days=30), limit=10)
+    again = replace(INTENT, amount=7000)
+    gateway.script(["after_send"])
+    with pytest.raises(OutcomeUnknownError):
+        _guard(store, clock, gateway, retry=RetryPolicy.never()).execute(again)
+    clock.advance(timedelta(hours=25))  # the provider forgot the key
+    report = Reconciler(store, gateway, clock=clock).run_once()
+    assert (report.succeeded, report.resent) == (1, 0)
+    outcome = _guard(store, clock, gateway).execute(again)
+    assert outcome.value["amount"] == 7000
+    assert [m.amount for m in gateway.movements()] == [5000, 7000]
 
 
 def test_a_declined_attempt_found_by_lookup_is_recorded_failed(

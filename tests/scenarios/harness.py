@@ -192,9 +192,11 @@ class Recorded:
         )
         return result
 
-    def lookup(self, intent: Intent, provider_key: str, *, key: str) -> GatewayAnswer | None:
+    def lookup(
+        self, intent: Intent, provider_key: str, *, key: str, since: datetime | None = None
+    ) -> GatewayAnswer | None:
         self.lookups += 1
-        found: GatewayAnswer | None = self.inner.lookup(intent, provider_key, key=key)
+        found: GatewayAnswer | None = self.inner.lookup(intent, provider_key, key=key, since=since)
         return found
 
 

@@ -90,13 +90,13 @@ else:
 
         def execute(self, intent, provider_key, *, key):
             kill("gateway.before_send")
-            self.conn.send(("execute", intent.canonical(), provider_key, key))
+            self.conn.send(("execute", intent.canonical(), provider_key, key, {}))
             answer = self.conn.recv()
             kill("gateway.after_send")
             return answer
 
-        def lookup(self, intent, provider_key, *, key):
-            self.conn.send(("lookup", intent.canonical(), provider_key, key))
+        def lookup(self, intent, provider_key, *, key, since=None):
+            self.conn.send(("lookup", intent.canonical(), provider_key, key, {"since": since}))
             return self.conn.recv()
 
     provider = Remote()
@@ -163,11 +163,11 @@ class ProviderServer:
         with conn:
             while True:
                 try:
-                    method, fields, provider_key, key = conn.recv()
+                    method, fields, provider_key, key, options = conn.recv()
                 except (EOFError, OSError):
                     return  # the worker died
                 intent = Intent.from_dict(fields)
-                answer = getattr(self.gateway, method)(intent, provider_key, key=key)
+                answer = getattr(self.gateway, method)(intent, provider_key, key=key, **options)
                 with suppress(OSError):
                     conn.send(answer)
 

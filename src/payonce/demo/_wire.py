@@ -158,11 +158,13 @@ class Wire:
         context.wire_time += self._sim.running_time() - entered
         return answer
 
-    def lookup(self, intent: Intent, provider_key: str, *, key: str) -> GatewayAnswer | None:
+    def lookup(
+        self, intent: Intent, provider_key: str, *, key: str, since: datetime | None = None
+    ) -> GatewayAnswer | None:
         """Ask the provider for the object of ``key`` (a list call: no faults drawn)."""
         entered = self._sim.running_time()
         self._sim.sleep(timedelta(milliseconds=self._delays.randint(80, 400)))
-        found = self.provider.lookup(intent, provider_key, key=key)
+        found = self.provider.lookup(intent, provider_key, key=key, since=since)
         shown = "not found" if found is None else found.kind.value
         self.timeline.add("lookup", self._context.flow or "reconciler", answer=shown)
         self._context.wire_time += self._sim.running_time() - entered

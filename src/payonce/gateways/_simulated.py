@@ -301,7 +301,9 @@ class _SimulatedBase:
 
     # -- lookup -----------------------------------------------------------------------------
 
-    def _lookup(self, intent: Intent, pk: str, key: str) -> GatewayAnswer | None:
+    def _lookup(
+        self, intent: Intent, pk: str, key: str, since: datetime | None
+    ) -> GatewayAnswer | None:
         with self._lock:
             self._lookups += 1
             scripted, fault = next_fault(self._lookup_queue, self._lookup_by_key, pk)
@@ -311,7 +313,7 @@ class _SimulatedBase:
             if fault is not None:
                 found = answer(OutcomeClass.UNKNOWN, "api_connection_error")
             else:
-                found = self._books.find(intent, key)
+                found = self._books.find(intent, key, since)
             self._record("lookup", pk, key, fault, found, rx=True)
             return found
 
@@ -412,9 +414,13 @@ class SimulatedGateway(_SimulatedBase):
                 raise
         return self._finish(begun)
 
-    def lookup(self, intent: Intent, provider_key: str, *, key: str) -> GatewayAnswer | None:
-        """Find the object payonce created for ``key`` by its metadata, or None."""
-        return self._lookup(intent, provider_key, key)
+    def lookup(
+        self, intent: Intent, provider_key: str, *, key: str, since: datetime | None = None
+    ) -> GatewayAnswer | None:
+        """Find the object payonce created for ``key`` by its metadata, or None; with ``since``,
+        only among objects created from then on (less 10 minutes of clock skew), as Stripe's
+        list endpoints filter them."""
+        return self._lookup(intent, provider_key, key, since)
 
 
 class AsyncSimulatedGateway(_SimulatedBase):
@@ -459,6 +465,8 @@ class AsyncSimulatedGateway(_SimulatedBase):
                 raise
         return self._finish(begun)
 
-    async def lookup(self, intent: Intent, provider_key: str, *, key: str) -> GatewayAnswer | None:
+    async def lookup(
+        self, intent: Intent, provider_key: str, *, key: str, since: datetime | None = None
+    ) -> GatewayAnswer | None:
         """See ``SimulatedGateway.lookup``."""
-        return self._lookup(intent, provider_key, key)
+        return self._lookup(intent, provider_key, key, since)

@@ -17,7 +17,7 @@ from typing import Any, Final
 
 from payonce._intent import Intent
 from payonce._model import GatewayAnswer, OutcomeClass
-from payonce._protocols import Clock
+from payonce._protocols import LOOKUP_SKEW, Clock
 
 __all__ = [
     "VALUE_FIELDS",
@@ -283,9 +283,13 @@ class Books:
         self._on_move(obj, op, amount, p.provider_key, p.key)
         return answer(OutcomeClass.SUCCESS, value=_view(obj)), True
 
-    def find(self, intent: Intent, key: str) -> GatewayAnswer | None:
+    def find(self, intent: Intent, key: str, since: datetime | None = None) -> GatewayAnswer | None:
         """What the calls with ``payonce_key`` ``key`` did: the oldest object that moved money
-        (SUCCESS), else the newest failed attempt (DEFINITE), else None."""
+        (SUCCESS), else the newest failed attempt (DEFINITE), else None. With ``since``, objects
+        created before it (less the skew Stripe's lookup allows) are left out: an earlier life
+        of a key purged since made them. Captures and cancels act on their target and are
+        found by it, as with Stripe, whatever ``since`` says."""
+        oldest = None if since is None else since - LOOKUP_SKEW
         # By metadata, as Stripe's list endpoints do: independent of the idempotency window.
         views: list[tuple[dict[str, Any], str | None]] = []
         if intent.operation == "cancel":
@@ -303,7 +307,9 @@ class Books:
                     views.append((view, cap.decline_code))
         else:
             views = [
-                (_view(o), o.decline_code) for o in self._objects.values() if o.payonce_key == key
+                (_view(o), o.decline_code)
+                for o in self._objects.values()
+                if o.payonce_key == key and (oldest is None or o.created >= oldest)
             ]
         # The oldest object that moved money wins; else the newest failed attempt.
         for view, decline in views:

@@ -9,15 +9,15 @@ retrieve) that finds what that request made. Both refuse an intent Stripe cannot
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Final
 
 from payonce._intent import Intent
+from payonce._protocols import LOOKUP_SKEW
 
 __all__ = ["Query", "StripeCall", "UnmappableError", "lookup_query", "stripe_call"]
 
 _PAGE: Final = 100  # Stripe's largest list page
-_CREATED_SLACK: Final = timedelta(minutes=10)  # clock skew between us and Stripe's ``created``
 
 
 class UnmappableError(ValueError):
@@ -198,5 +198,5 @@ def lookup_query(intent: Intent, since: datetime | None) -> Query:
         filters["customer"] = intent.customer
         filters["status"] = "all"
     if since is not None:
-        filters["created"] = {"gte": int((since - _CREATED_SLACK).timestamp())}
+        filters["created"] = {"gte": int((since - LOOKUP_SKEW).timestamp())}
     return Query(service, {**filters, "limit": _PAGE})
