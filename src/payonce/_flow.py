@@ -9,7 +9,6 @@ two cannot drift apart (DESIGN §10).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Generator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -247,8 +246,12 @@ class _Flows(_GuardCore):
                         earlier_attempts=maybe_sent,
                     )
                     assert not isinstance(last, Retry)
-                    with contextlib.suppress(PayonceError):
+                    try:
                         yield from self._settle_flow(record, lease, result, last)
+                    except PayonceError as settled:  # the error the caller would have got
+                        # Only a failed release is not logged on its way (it stays CLAIMED).
+                        if isinstance(settled.__cause__, StoreError):
+                            _log_store_failure("release", record.key, settled.__cause__)
                     raise
                 continue
             return (yield from self._settle_flow(record, lease, result, step))

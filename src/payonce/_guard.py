@@ -31,7 +31,7 @@ _NO_RETRY = RetryPolicy.never()  # run()'s default: frozen, built once rather th
 # The store calls that write. Once sent, a write may land whether or not its caller still waits,
 # so AsyncGuard awaits each to its end even when the caller is cancelled meanwhile.
 _WRITES: Final = frozenset({"claim", "takeover", "complete", "mark_unknown", "release"})
-# How long such a write may still take once its caller was cancelled (see _to_the_end).
+# How long the writes still take once their caller was cancelled (see _Cancellation).
 _AFTER_CANCEL: Final = timedelta(seconds=10)
 
 
@@ -320,36 +320,33 @@ class AsyncGuard(_Flows):
     async def _drive(self, flow: _Flow, fn: Callable[[Attempt], Any] | None) -> Any:
         result: Any = None
         error: BaseException | None = None
-        # The caller's cancellation while a write ran: raised once the flow has written what it
-        # must (the write's outcome, a release, UNKNOWN), never in place of that.
-        held: list[BaseException] = []
+        cancelled = _Cancellation()
         while True:
             try:
                 effect = flow.send(result) if error is None else flow.throw(error)
             except StopIteration as stop:
-                if held:
-                    raise held[0] from None
+                if cancelled.error is not None:
+                    raise cancelled.error from None
                 return stop.value
             except BaseException:
-                if held:
-                    raise held[0] from None
+                if cancelled.error is not None:
+                    raise cancelled.error from None
                 raise
             result, error = None, None
             try:
-                if isinstance(effect, _Sleep):
-                    if held:
-                        error = held[0]  # nobody waits any more
-                    else:
-                        await self.clock.asleep(effect.duration)
+                if cancelled.error is not None and not _writes(effect):
+                    # Nobody waits any more: no sleep, no call and no lookup is started. The
+                    # flow releases a claim whose call never started, else records UNKNOWN.
+                    error = _NotCalled() if isinstance(effect, _Call) else cancelled.error
                     continue
-                if isinstance(effect, _Call) and held:
-                    error = _NotCalled()  # the flow releases its claim
+                if isinstance(effect, _Sleep):
+                    await self.clock.asleep(effect.duration)
                     continue
                 if isinstance(effect, _Op):
                     target = self.store if effect.target == "store" else self.gateway
                     result = getattr(target, effect.name)(*effect.args, **(effect.kwargs or {}))
-                    if effect.target == "store" and effect.name in _WRITES:
-                        result = await _to_the_end(result, held)
+                    if _writes(effect):
+                        result = await cancelled.finish(result)
                         continue
                 else:
                     assert fn is not None
@@ -358,35 +355,65 @@ class AsyncGuard(_Flows):
                 if inspect.isawaitable(result):
                     result = await result
             except BaseException as exc:  # noqa: BLE001 - handed to the flow, which decides
+                if isinstance(exc, asyncio.CancelledError):
+                    cancelled.hold(exc)  # the writes that follow get the same bounded time
                 error = exc
 
 
-async def _to_the_end(write: Awaitable[Any], held: list[BaseException]) -> Any:
-    """The result of a store write, awaited to its end even if the caller is cancelled meanwhile.
+def _writes(effect: object) -> bool:
+    return isinstance(effect, _Op) and effect.target == "store" and effect.name in _WRITES
 
-    Cut off, a claim could hold a key that nobody releases, and a complete could leave a call
-    that succeeded without its outcome (psycopg even cancels the statement on the server). So
-    the write runs as a task of its own; a cancellation of the caller goes into ``held`` for the
-    driver, which raises it once the flow is done. A write that has not finished
-    ``_AFTER_CANCEL`` after the caller's cancellation (a lock nobody releases, a server that
-    stopped answering) is cancelled then, and the record resolves after its lease, as any write
-    cut off does: a cancelled caller waits a bounded time.
+
+class _Cancellation:
+    """The caller's cancellation, held while the flow writes what it must.
+
+    A store write once sent may land whether or not its caller still waits. Cut off, a claim
+    could hold a key that nobody releases, and a complete could leave a call that succeeded
+    without its outcome (psycopg even cancels the statement on the server). So each write runs
+    as a task of its own, and a cancellation of the caller is held here until the flow is done
+    (the write, then a release or UNKNOWN), then raised. Every write after the cancellation
+    shares one deadline, ``_AFTER_CANCEL`` after it: a write still running then (a lock nobody
+    releases, a server that stopped answering) is cancelled, and its record resolves after the
+    lease, as any write cut off does. A cancelled caller waits a bounded time.
     """
-    task = asyncio.ensure_future(write)
-    deadline: float | None = None
-    while True:
-        try:
-            if deadline is None:
-                return await asyncio.shield(task)
-            async with asyncio.timeout_at(deadline):
-                return await asyncio.shield(task)
-        except asyncio.CancelledError as exc:
-            if task.cancelled():
-                raise  # the write itself was cancelled (its loop is closing), not only its caller
-            if not held:
-                held.append(exc)
-            if deadline is None:
-                deadline = asyncio.get_running_loop().time() + _AFTER_CANCEL.total_seconds()
-        except TimeoutError:
+
+    __slots__ = ("deadline", "error")
+
+    def __init__(self) -> None:
+        self.error: BaseException | None = None
+        self.deadline = 0.0
+
+    def hold(self, error: BaseException) -> None:
+        if self.error is None:
+            self.error = error
+            self.deadline = asyncio.get_running_loop().time() + _AFTER_CANCEL.total_seconds()
+
+    async def finish(self, write: Awaitable[Any]) -> Any:
+        """The result of ``write``, awaited to its end or to the deadline of a cancellation."""
+        task = asyncio.ensure_future(write)
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                if self.error is None:
+                    return await asyncio.shield(task)
+                # asyncio.wait, not asyncio.timeout: it neither cancels the write nor depends on
+                # the task's count of cancellations (which asyncio.timeout reads differently
+                # before Python 3.11.3).
+                done, _ = await asyncio.wait({task}, timeout=max(self.deadline - loop.time(), 0))
+            except asyncio.CancelledError as exc:
+                if task.cancelled():
+                    raise  # the write itself was cancelled (its loop is closing), not its caller
+                self.hold(exc)  # again, as a cancel scope repeats it: the deadline stands
+                continue
+            if done:
+                return task.result()
+            task.add_done_callback(_retrieved)
             task.cancel()
-            raise held[0] from None
+            raise self.error
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    # An abandoned write's failure was handled (its record resolves after the lease): read, so
+    # that it is not logged as never retrieved.
+    if not task.cancelled():
+        task.exception()

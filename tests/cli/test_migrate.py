@@ -149,3 +149,14 @@ def test_an_unreachable_store_exits_3(cli: Cli) -> None:
     assert done.returncode == 3, done.stderr
     assert "Redis was unavailable" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_an_unreachable_postgres_store_says_so_in_one_line(cli: Cli) -> None:
+    # Before, the connection pool's own warning for each failed attempt came first, a dozen
+    # stderr lines where docs/cli.md promises one line starting with "error:".
+    done = cli("migrate", "--store", "postgresql://postgres@127.0.0.1:9/test?timeout=1")
+    assert done.returncode == 3, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("error:")
+    assert "could not connect to PostgreSQL" in lines[0]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 from uuid import uuid4
@@ -22,8 +23,16 @@ import psycopg
 import psycopg_pool
 import pytest
 
-from payonce import AsyncGuard, RetryPolicy, SQLiteStore, Status, StoreUnavailableError
+from payonce import (
+    AsyncGuard,
+    OutcomeUnknownError,
+    RetryPolicy,
+    SQLiteStore,
+    Status,
+    StoreUnavailableError,
+)
 from payonce._protocols import AsyncStore
+from payonce.gateways.simulated import AsyncSimulatedGateway
 from payonce.stores import AsyncPostgresStore, ThreadedAsyncStore
 from payonce.stores._redis import AsyncRedisStore
 from payonce.testing import ManualClock
@@ -209,6 +218,75 @@ def test_a_cancelled_caller_never_starts_the_call_after_its_claim(
             await _cancel_at_the_gate(store, guard.run(INTENT, fn))
             assert fn.calls == 0
             assert await real.get(SCOPE, await guard.key_for(INTENT)) is None
+
+    run(main)
+
+
+@pytest.mark.parametrize("opened", BACKENDS, indirect=True)
+def test_no_lookup_is_started_for_a_caller_cancelled_during_the_takeover(
+    opened: Callable[[], Any],
+) -> None:
+    # The earlier worker's answer was lost (UNKNOWN); this caller takes the record over to look
+    # the charge up, and is cancelled while the takeover lands. Before, the lookup still ran
+    # (a provider list call, up to the SDK's timeout) for a caller that was gone.
+    async def main() -> None:
+        async with opened() as real:
+            clock = ManualClock()
+            gateway = AsyncSimulatedGateway(idempotent=False, clock=clock)
+            gateway.script(["after_send"])
+            with pytest.raises(OutcomeUnknownError):
+                await AsyncGuard(
+                    real, secret=SECRET, scope=SCOPE, clock=clock, gateway=gateway
+                ).execute(INTENT)
+            store = Gated(real, "takeover", before=False)
+            guard = AsyncGuard(store, secret=SECRET, scope=SCOPE, clock=clock, gateway=gateway)
+            await _cancel_at_the_gate(store, guard.execute(INTENT))
+            assert gateway.lookups_received == 0
+            record = await real.get(SCOPE, await guard.key_for(INTENT))
+            assert record is not None
+            assert record.status is Status.UNKNOWN
+            assert "interrupted while asking the provider" in (record.reason or "")
+
+    run(main)
+
+
+class _Hangs:
+    """A real store whose ``name`` never answers (a lock nobody releases)."""
+
+    def __init__(self, store: AsyncStore, name: str) -> None:
+        self._store, self._name = store, name
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr != self._name:
+            return getattr(self._store, attr)
+
+        async def hangs(*args: Any, **kwargs: Any) -> Any:
+            await asyncio.Event().wait()
+
+        return hangs
+
+
+@pytest.mark.parametrize("opened", BACKENDS, indirect=True)
+def test_a_write_after_the_cancellation_gets_the_same_bounded_time(
+    opened: Callable[[], Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Cancelled during the call, the guard records UNKNOWN; that write hangs. Before, only the
+    # write in which the cancellation landed was bounded, and this caller waited for ever.
+    monkeypatch.setattr("payonce._guard._AFTER_CANCEL", timedelta(0))
+
+    async def main() -> None:
+        async with opened() as real:
+            guard = AsyncGuard(
+                _Hangs(real, "mark_unknown"), secret=SECRET, scope=SCOPE, clock=ManualClock()
+            )
+            fn = AsyncRecorder(raises=asyncio.CancelledError())
+            task = asyncio.ensure_future(guard.run(INTENT, fn))
+            done, _ = await asyncio.wait({task}, timeout=60)  # a failure guard, not a measure
+            assert task in done
+            assert task.cancelled()
+            record = await real.get(SCOPE, await guard.key_for(INTENT))
+            assert record is not None
+            assert record.status is Status.CLAIMED  # resolves after its lease, as a crash would
 
     run(main)
 

@@ -1,5 +1,6 @@
 """The ``payonce`` command: one Typer app, a module per command group."""
 
+import logging
 from typing import Annotated
 
 import typer
@@ -50,6 +51,9 @@ def _root(
     ] = False,
 ) -> None:
     """payonce: money-moving calls that happen once."""
+    # The PostgreSQL pool warns once per failed connection attempt while the store waits for
+    # the server; the store's error says it once, at the end, on the one line the CLI promises.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 
 app.command("demo")(demo)

@@ -80,9 +80,9 @@ _STALE_MAP: Final = (
 # may wait a whole socket timeout on a hung master, and redis-py's default is ten. The client
 # refreshes its slot map between attempts, which is what follows a failover.
 _CLUSTER_RETRIES: Final = 2
-# The settings read at open: the durability ones, and whether a plain client was pointed at a
+# The settings read at open; a plain client also reads cluster-enabled, to refuse a URL of a
 # Redis Cluster node.
-_SETTINGS: Final = ("maxmemory-policy", "appendonly", "save", "cluster-enabled")
+_DURABILITY: Final = ("maxmemory-policy", "appendonly", "save")
 _SCRIPTS: Final = {name: getattr(lua, name.upper()) for name in SCRIPT_NAMES}
 # Conditions that pass, or that an operator fixes, after which the same intent is retried.
 _UNAVAILABLE: Final = (
@@ -162,9 +162,10 @@ def _transient(exc: Exception, reply: str) -> bool:
     return code in _UNAVAILABLE_REPLIES or any(words in reply for words in _UNAVAILABLE_TEXTS)
 
 
-# The operations that never write: an outage during one leaves nothing to resolve.
+# The operations that never write: an outage during one leaves nothing to resolve. Not the
+# ledger horizon: on Cluster it raises the counter and every bucket's watermark.
 _READS: Final = frozenset(
-    {"get", "replay_view", "newest", "scan", "entries", "heads", "ledger_horizon", "checkpoints"}
+    {"get", "replay_view", "newest", "scan", "entries", "heads", "checkpoints"}
 )
 
 
@@ -364,6 +365,10 @@ def _client_from_url(url: str, *, asynchronous: bool) -> Any:
     if cluster:
         retry = redis.asyncio.retry.Retry if asynchronous else redis.retry.Retry
         options["retry"] = retry(redis.backoff.ExponentialBackoff(), _CLUSTER_RETRIES)
+        if int(redis.__version__.split(".")[0]) < 6:
+            # Before 6.0 the cluster client counts its attempts here, and ``retry`` is only
+            # each connection's.
+            options["cluster_error_retry_attempts"] = _CLUSTER_RETRIES
     try:
         # Without a socket timeout a stalled server would hold a claim forever; the URL's own
         # socket_timeout / socket_connect_timeout query parameters take precedence.
@@ -596,10 +601,14 @@ class RedisStore(RedisCore):
             kwargs["target_nodes"] = redis.cluster.RedisCluster.PRIMARIES
         replies, refused = [], None
         try:
-            for name in _SETTINGS:
+            for name in _DURABILITY:
                 replies.append(self._client.config_get(name, **kwargs))
         except (rexc.RedisError, rexc.RedisClusterException) as exc:
             refused = _config_refusal(exc)
+        if not self._cluster:
+            # Its own call: a server that refuses only this name keeps its durability answers.
+            with contextlib.suppress(rexc.ResponseError):
+                replies.append(self._client.config_get("cluster-enabled"))
         _durability(
             replies,
             allow_unsafe=allow_unsafe,
@@ -925,10 +934,14 @@ class AsyncRedisStore(RedisCore):
             kwargs["target_nodes"] = redis.asyncio.cluster.RedisCluster.PRIMARIES
         replies, refused = [], None
         try:
-            for name in _SETTINGS:
+            for name in _DURABILITY:
                 replies.append(await self._client.config_get(name, **kwargs))
         except (rexc.RedisError, rexc.RedisClusterException) as exc:
             refused = _config_refusal(exc)
+        if not self._cluster:
+            # Its own call: a server that refuses only this name keeps its durability answers.
+            with contextlib.suppress(rexc.ResponseError):
+                replies.append(await self._client.config_get("cluster-enabled"))
         _durability(
             replies,
             allow_unsafe=self._allow_unsafe,
@@ -1006,7 +1019,8 @@ class AsyncRedisStore(RedisCore):
         # A closed store goes straight to _perform, which refuses the operation by its name.
         if not self._ready and not self._closed:
             async with self._starting:
-                if not self._ready:  # another task's start may have passed meanwhile
+                # Another task's start may have passed meanwhile, or a close.
+                if not self._ready and not self._closed:
                     await self._checked_start()
         return await self._drive(op, operation)
 
