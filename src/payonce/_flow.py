@@ -9,6 +9,7 @@ two cannot drift apart (DESIGN §10).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Generator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -225,26 +226,21 @@ class _Flows(_GuardCore):
                 mode.retry.allows(calls, now - started)
                 and now + mode.retry.max_delay < lease.expires_at
             )
-            step = settle(
+            settled = functools.partial(
+                settle,
                 result.kind,
-                attempts_left=attempts_left,
                 resumable=self._resumable(record, now, mode),
                 retry_after=result.retry_after,
                 earlier_attempts=maybe_sent,
             )
+            step = settled(attempts_left=attempts_left)
             if isinstance(step, Retry):
                 try:
                     yield _Sleep(mode.retry.delay(calls, step.delay, self._rng))
                 except BaseException:
                     # Interrupted between attempts (cancelled): record what the last attempt
                     # left, as if the retries had run out, then let the interruption through.
-                    last = settle(
-                        result.kind,
-                        attempts_left=False,
-                        resumable=self._resumable(record, now, mode),
-                        retry_after=result.retry_after,
-                        earlier_attempts=maybe_sent,
-                    )
+                    last = settled(attempts_left=False)
                     assert not isinstance(last, Retry)
                     try:
                         yield from self._settle_flow(record, lease, result, last)
