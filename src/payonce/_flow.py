@@ -244,10 +244,10 @@ class _Flows(_GuardCore):
                     assert not isinstance(last, Retry)
                     try:
                         yield from self._settle_flow(record, lease, result, last)
-                    except PayonceError as settled:  # the error the caller would have got
+                    except PayonceError as answer:  # the error the caller would have got
                         # Only a failed release is not logged on its way (it stays CLAIMED).
-                        if isinstance(settled.__cause__, StoreError):
-                            _log_store_failure("release", record.key, settled.__cause__)
+                        if isinstance(answer.__cause__, StoreError):
+                            _log_store_failure("release", record.key, answer.__cause__)
                     raise
                 continue
             return (yield from self._settle_flow(record, lease, result, step))

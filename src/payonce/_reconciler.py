@@ -347,16 +347,18 @@ class _ReconcilerCore:
 
     @staticmethod
     def _ask(method: str, intent: Intent, held: Record) -> _Pass:
-        # A lookup only among the objects of the record's current life: a key purged after its
-        # retention and claimed again keeps its payonce_key, and the earlier life's charge is
-        # not this one's.
-        options = {"key": held.key, "since": held.created_at} if method == "lookup" else None
+        options: dict[str, object] = {"key": held.key}
+        if method == "lookup":
+            # Only among the objects of the record's current life: a key purged after its
+            # retention and claimed again keeps its payonce_key, and the earlier life's charge
+            # is not this one's.
+            options["since"] = held.created_at
         try:
             answer: GatewayAnswer | None = yield (
                 "gateway",
                 method,
                 (intent, held.provider_key),
-                options or {"key": held.key},
+                options,
             )
         except Exception as exc:  # noqa: BLE001 - a gateway that raises settles nothing
             return GatewayAnswer(OutcomeClass.UNKNOWN, code=type(exc).__name__)

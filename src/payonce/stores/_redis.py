@@ -606,9 +606,12 @@ class RedisStore(RedisCore):
         except (rexc.RedisError, rexc.RedisClusterException) as exc:
             refused = _config_refusal(exc)
         if not self._cluster:
-            # Its own call: a server that refuses only this name keeps its durability answers.
-            with contextlib.suppress(rexc.ResponseError):
+            # Its own call: a server that refuses only this name keeps its durability answers
+            # (an outage is raised as one).
+            try:
                 replies.append(self._client.config_get("cluster-enabled"))
+            except (rexc.RedisError, rexc.RedisClusterException) as exc:
+                _config_refusal(exc)
         _durability(
             replies,
             allow_unsafe=allow_unsafe,
@@ -939,9 +942,11 @@ class AsyncRedisStore(RedisCore):
         except (rexc.RedisError, rexc.RedisClusterException) as exc:
             refused = _config_refusal(exc)
         if not self._cluster:
-            # Its own call: a server that refuses only this name keeps its durability answers.
-            with contextlib.suppress(rexc.ResponseError):
+            # See RedisStore._check_durability.
+            try:
                 replies.append(await self._client.config_get("cluster-enabled"))
+            except (rexc.RedisError, rexc.RedisClusterException) as exc:
+                _config_refusal(exc)
         _durability(
             replies,
             allow_unsafe=self._allow_unsafe,
