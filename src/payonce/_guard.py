@@ -393,23 +393,25 @@ class _Cancellation:
         task = asyncio.ensure_future(write)
         loop = asyncio.get_running_loop()
         while True:
+            # Checked before every wait, not only after one: a cancel scope (anyio, Starlette)
+            # cancels each wait in the very turn it starts, so no wait ever completes there.
+            if task.done():
+                return task.result()
+            if self.error is not None and loop.time() >= self.deadline:
+                task.add_done_callback(_retrieved)
+                task.cancel()
+                raise self.error
             try:
                 if self.error is None:
                     return await asyncio.shield(task)
                 # asyncio.wait, not asyncio.timeout: it neither cancels the write nor depends on
                 # the task's count of cancellations (which asyncio.timeout reads differently
                 # before Python 3.11.3).
-                done, _ = await asyncio.wait({task}, timeout=max(self.deadline - loop.time(), 0))
+                await asyncio.wait({task}, timeout=self.deadline - loop.time())
             except asyncio.CancelledError as exc:
                 if task.cancelled():
                     raise  # the write itself was cancelled (its loop is closing), not its caller
                 self.hold(exc)  # again, as a cancel scope repeats it: the deadline stands
-                continue
-            if done:
-                return task.result()
-            task.add_done_callback(_retrieved)
-            task.cancel()
-            raise self.error
 
 
 def _retrieved(task: asyncio.Future[Any]) -> None:

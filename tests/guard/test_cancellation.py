@@ -6,7 +6,8 @@ write to its end and only then lets the cancellation through: a claim that lande
 (the call never started), a success is recorded, and the caller gets its ``CancelledError``.
 Each case runs on the real async stores: SQLite behind ``ThreadedAsyncStore``, PostgreSQL and
 Redis. A gate stands between the guard and one store method, so the test decides exactly where
-the cancellation lands; the store behind it is never faked.
+the cancellation lands (one test makes a method never answer); every call that passes reaches
+the real store.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from uuid import uuid4
 
+import anyio
 import psycopg
 import psycopg_pool
 import pytest
@@ -166,6 +168,40 @@ def test_a_success_is_recorded_although_its_caller_was_cancelled(
             assert again.replayed
             assert again.value == fn.value
             assert fn.calls == 1
+
+    run(main)
+
+
+@pytest.mark.parametrize("opened", BACKENDS, indirect=True)
+def test_a_cancel_scope_that_cancels_at_every_await_still_gets_its_cancellation(
+    opened: Callable[[], Any],
+) -> None:
+    # anyio and Starlette cancel the task again at every turn of the loop while the scope is
+    # cancelled, so no wait of the guard ever completes there. A first version of the bounded
+    # wait looked at the write only after a wait: it spun for ever and never released the claim.
+    async def main() -> None:
+        async with opened() as real:
+            store = Gated(real, "claim", before=False)
+            guard = AsyncGuard(store, secret=SECRET, scope=SCOPE, clock=ManualClock())
+            fn = AsyncRecorder()
+            scopes: list[anyio.CancelScope] = []
+
+            async def call() -> None:
+                with anyio.CancelScope() as scope:
+                    scopes.append(scope)
+                    await guard.run(INTENT, fn)
+
+            task = asyncio.ensure_future(call())
+            await store.entered.wait()
+            scopes[0].cancel()
+            for _ in range(10):  # turns of the loop, each one cancelling the call again
+                await asyncio.sleep(0)
+            store.gate.set()
+            done, _ = await asyncio.wait({task}, timeout=60)  # a failure guard, not a measure
+            assert task in done
+            assert scopes[0].cancelled_caught
+            assert fn.calls == 0
+            assert await real.get(SCOPE, await guard.key_for(INTENT)) is None
 
     run(main)
 
