@@ -224,10 +224,6 @@ class AuditReport:
     complete: bool = False
 
 
-# A resend starts only while at least this share of the lease is left: enough for the call and
-# the write that records it before another worker may take the record over.
-_RESEND_WITHIN: Final = 0.5
-
 # A pass is written once, as a generator that yields ("store" | "gateway", method, args,
 # kwargs) and receives the result or has the exception thrown in; Reconciler and AsyncReconciler
 # perform the calls, blocking or awaited.
@@ -341,12 +337,6 @@ class _ReconcilerCore:
             return
         found = yield from self._ask("lookup", intent, held)
         resent = found is None and self._inside_window(held, now)
-        if resent and self.clock.now() > lease.expires_at - self.lease * _RESEND_WITHIN:
-            # The lookup took most of the lease: another worker could take the record over and
-            # send it as well, and the provider would answer one of the two "in flight". The
-            # record stays due; the next pass takes it over with a full lease.
-            report.skipped += 1
-            return
         if resent:
             found = yield from self._ask("execute", intent, held)
         yield from self._record(held, lease, found, report, resent=resent)

@@ -123,43 +123,6 @@ def test_r6_crash_before_the_call_is_resent_inside_the_window(
     assert objects[0].provider_key == record.provider_key  # the key fixed at claim
 
 
-class _SlowLookup(SimulatedGateway):
-    """A provider whose lookups take ``slow`` on the clock (a long list to page through)."""
-
-    def __init__(self, clock: ManualClock) -> None:
-        super().__init__(idempotent=True, clock=clock)
-        self.manual = clock
-        self.slow = timedelta(0)
-
-    def lookup(
-        self, intent: Intent, provider_key: str, *, key: str, since: datetime | None = None
-    ) -> GatewayAnswer | None:
-        self.manual.advance(self.slow)
-        return super().lookup(intent, provider_key, key=key, since=since)
-
-
-def test_no_resend_starts_once_the_lookup_took_most_of_the_lease(
-    store: Store, clock: ManualClock
-) -> None:
-    # Before, the Reconciler resent whatever its lease had left: a second worker could take the
-    # record over meanwhile and send it too, and the provider's "in flight" answer to one of them
-    # flagged a record it did charge for review.
-    gateway = _SlowLookup(clock)
-    with pytest.raises(Crash):
-        _guard(store, clock, gateway, faults=_crash_at("after_claim")).execute(INTENT)
-    clock.advance(LEASE)
-    reconciler = Reconciler(store, gateway, clock=clock, lease=LEASE)
-    gateway.slow = LEASE * 0.6
-    report = reconciler.run_once()
-    assert (report.skipped, report.resent, report.flagged) == (1, 0, 0)
-    assert gateway.calls_received == 0
-    gateway.slow = LEASE * 0.1
-    clock.advance(LEASE)  # the pass's own lease ends; the next pass takes the record over
-    report = reconciler.run_once()
-    assert (report.succeeded, report.resent) == (1, 1)
-    assert len(gateway.movements()) == 1
-
-
 def test_not_found_without_provider_dedup_is_flagged_never_resent(
     store: Store, clock: ManualClock
 ) -> None:
