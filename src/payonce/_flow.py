@@ -9,6 +9,7 @@ two cannot drift apart (DESIGN §10).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -242,12 +243,10 @@ class _Flows(_GuardCore):
                     # left, as if the retries had run out, then let the interruption through.
                     last = settled(attempts_left=False)
                     assert not isinstance(last, Retry)
-                    try:
+                    # The error the caller would have got gives way to the interruption; a write
+                    # that failed was logged on its way.
+                    with contextlib.suppress(PayonceError):
                         yield from self._settle_flow(record, lease, result, last)
-                    except PayonceError as answer:  # the error the caller would have got
-                        # Only a failed release is not logged on its way (it stays CLAIMED).
-                        if isinstance(answer.__cause__, StoreError):
-                            _log_store_failure("release", record.key, answer.__cause__)
                     raise
                 continue
             return (yield from self._settle_flow(record, lease, result, step))
@@ -296,12 +295,10 @@ class _Flows(_GuardCore):
         """Ask the provider what became of a call that may not be resent: adopt what it made,
         or leave the record UNKNOWN for the Reconciler."""
         try:
-            found = yield _Op(
-                "gateway",
-                "lookup",
-                (prepared.intent, record.provider_key),
-                {"key": record.key, "since": record.created_at},
-            )
+            options: dict[str, Any] = {"key": record.key}
+            if self._lookup_since:  # only this life's objects (see Gateway.lookup)
+                options["since"] = record.created_at
+            found = yield _Op("gateway", "lookup", (prepared.intent, record.provider_key), options)
         except Exception as exc:  # noqa: BLE001 - a failed lookup settles nothing
             found = GatewayAnswer(OutcomeClass.UNKNOWN, code=type(exc).__name__)
         except BaseException:
@@ -352,6 +349,7 @@ class _Flows(_GuardCore):
                 )
             except StoreError as release_exc:
                 # The claim stays; after its lease it resolves as unknown, never as "free".
+                _log_store_failure("release", record.key, release_exc)
                 raise OutcomeUnknownError(
                     key=record.key,
                     reason="the call was not executed but releasing its claim failed; retry "

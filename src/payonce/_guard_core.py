@@ -42,7 +42,14 @@ from payonce._model import (
     ReplayView,
     Status,
 )
-from payonce._protocols import AsyncGateway, AsyncStore, Clock, Gateway, Store
+from payonce._protocols import (
+    AsyncGateway,
+    AsyncStore,
+    Clock,
+    Gateway,
+    Store,
+    lookup_takes_since,
+)
 from payonce._retry import RetryPolicy, Uniform
 from payonce._transitions import ORIGINAL_METADATA, compensation_reference
 
@@ -152,6 +159,7 @@ class _GuardCore:
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ConfigurationError("retry must be a payonce.RetryPolicy")
         self.gateway = gateway
+        self._lookup_since = gateway is not None and lookup_takes_since(gateway, _log)
         self.retry = retry if retry is not None else RetryPolicy()
         if jitter is not None and not callable(getattr(jitter, "random", None)):
             raise ConfigurationError(

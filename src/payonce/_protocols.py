@@ -7,6 +7,8 @@ tests move time without sleeping.
 
 from __future__ import annotations
 
+import inspect
+import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Final, Protocol, runtime_checkable
@@ -31,6 +33,7 @@ __all__ = [
     "Gateway",
     "Store",
     "has_ledger_horizon",
+    "lookup_takes_since",
 ]
 
 # How far before a lookup's ``since`` a gateway still looks: the clock skew allowed between
@@ -38,6 +41,24 @@ __all__ = [
 # and a purge only after the retention (at least the provider's idempotency window, 24 h on
 # Stripe), so an earlier life's objects are always far older than this.
 LOOKUP_SKEW: Final = timedelta(minutes=10)
+
+
+def lookup_takes_since(gateway: object, log: logging.Logger) -> bool:
+    """Whether ``gateway.lookup`` takes ``since``; a gateway written before it did is warned
+    about (once, here) and then asked without it."""
+    try:
+        parameters = inspect.signature(gateway.lookup).parameters  # type: ignore[attr-defined]
+    except (AttributeError, TypeError, ValueError):
+        return False
+    if "since" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return True
+    log.warning(
+        "%s.lookup takes no since: a key purged and claimed again may be matched with an "
+        "earlier life's provider object. Add since: datetime | None = None and leave out the "
+        "objects made before it (see payonce.Gateway.lookup).",
+        type(gateway).__name__,
+    )
+    return False
 
 
 @runtime_checkable

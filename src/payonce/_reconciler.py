@@ -49,6 +49,7 @@ from payonce._protocols import (
     Gateway,
     Store,
     has_ledger_horizon,
+    lookup_takes_since,
 )
 
 __all__ = [
@@ -245,8 +246,9 @@ class _ReconcilerCore:
     ) -> None:
         if not callable(getattr(gateway, "lookup", None)):
             raise ConfigurationError(
-                "the Reconciler needs a gateway with lookup(intent, provider_key, key=...), such "
-                f"as StripeGateway or SimulatedGateway; got {type(gateway).__name__}",
+                "the Reconciler needs a gateway with lookup(intent, provider_key, key=..., "
+                "since=...), such as StripeGateway or SimulatedGateway; got "
+                f"{type(gateway).__name__}",
                 option="gateway",
             )
         for name, value in (("lease", lease), ("recheck", recheck)):
@@ -254,6 +256,7 @@ class _ReconcilerCore:
                 raise ConfigurationError(f"{name} must be a positive timedelta")
         self.store = store
         self.gateway = gateway
+        self._lookup_since = lookup_takes_since(gateway, _log)
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.lease = lease
         self.recheck = recheck
@@ -345,10 +348,9 @@ class _ReconcilerCore:
         window = getattr(self.gateway, "idempotency_window", None)
         return window is not None and now - record.created_at < window
 
-    @staticmethod
-    def _ask(method: str, intent: Intent, held: Record) -> _Pass:
+    def _ask(self, method: str, intent: Intent, held: Record) -> _Pass:
         options: dict[str, object] = {"key": held.key}
-        if method == "lookup":
+        if method == "lookup" and self._lookup_since:
             # Only among the objects of the record's current life: a key purged after its
             # retention and claimed again keeps its payonce_key, and the earlier life's charge
             # is not this one's.

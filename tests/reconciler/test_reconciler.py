@@ -5,6 +5,7 @@ second movement, never a deleted record, and nothing left UNKNOWN without a revi
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -206,6 +207,32 @@ def test_the_lookup_of_a_purged_key_claimed_again_sees_only_the_new_life(
     outcome = _guard(store, clock, gateway).execute(again)
     assert outcome.value["amount"] == 7000
     assert [m.amount for m in gateway.movements()] == [5000, 7000]
+
+
+class _LookupWithoutSince(SimulatedGateway):
+    """A gateway written before lookups took ``since``."""
+
+    def lookup(  # type: ignore[override]
+        self, intent: Intent, provider_key: str, *, key: str
+    ) -> GatewayAnswer | None:
+        return super().lookup(intent, provider_key, key=key)
+
+
+def test_a_gateway_whose_lookup_takes_no_since_still_resolves_and_is_warned_about(
+    store: Store, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Passing since to it raised TypeError on every lookup, and each record went to review.
+    gateway = _LookupWithoutSince(idempotent=True, clock=clock)
+    gateway.script(["after_send"])
+    with pytest.raises(OutcomeUnknownError):
+        _guard(store, clock, gateway, retry=RetryPolicy.never()).execute(INTENT)
+    clock.advance(timedelta(hours=25))  # past the window: only a lookup may decide
+    with caplog.at_level(logging.WARNING, logger="payonce.reconciler"):
+        reconciler = Reconciler(store, gateway, clock=clock)
+    assert any("lookup takes no since" in r.getMessage() for r in caplog.records)
+    report = reconciler.run_once()
+    assert (report.succeeded, report.flagged) == (1, 0)
+    assert len(gateway.movements()) == 1
 
 
 def test_a_declined_attempt_found_by_lookup_is_recorded_failed(
