@@ -124,6 +124,18 @@ async def _cancel_at_the_gate(store: Gated, call: Coroutine[Any, Any, Any]) -> N
         await task
 
 
+async def _cancelled_at(
+    real: AsyncStore, name: str, *, before: bool
+) -> tuple[AsyncGuard, AsyncRecorder]:
+    """A guarded call of ``INTENT`` through a gate at the store's ``name``, cancelled there;
+    returns the guard (its gate now open) and the guarded function."""
+    store = Gated(real, name, before=before)
+    guard = AsyncGuard(store, secret=SECRET, scope=SCOPE, clock=ManualClock())
+    fn = AsyncRecorder()
+    await _cancel_at_the_gate(store, guard.run(INTENT, fn))
+    return guard, fn
+
+
 @pytest.mark.parametrize("opened", BACKENDS, indirect=True)
 def test_a_claim_that_landed_for_a_cancelled_caller_is_released(
     opened: Callable[[], Any],
@@ -132,10 +144,7 @@ def test_a_claim_that_landed_for_a_cancelled_caller_is_released(
     # lease and ended in OutcomeUnknownError, although nothing had been sent.
     async def main() -> None:
         async with opened() as real:
-            store = Gated(real, "claim", before=False)
-            guard = AsyncGuard(store, secret=SECRET, scope=SCOPE, clock=ManualClock())
-            fn = AsyncRecorder()
-            await _cancel_at_the_gate(store, guard.run(INTENT, fn))
+            guard, fn = await _cancelled_at(real, "claim", before=False)
             assert fn.calls == 0
             key = await guard.key_for(INTENT)
             assert await real.get(SCOPE, key) is None
@@ -156,10 +165,7 @@ def test_a_success_is_recorded_although_its_caller_was_cancelled(
     # ended UNKNOWN after its lease.
     async def main() -> None:
         async with opened() as real:
-            store = Gated(real, "complete", before=True)
-            guard = AsyncGuard(store, secret=SECRET, scope=SCOPE, clock=ManualClock())
-            fn = AsyncRecorder()
-            await _cancel_at_the_gate(store, guard.run(INTENT, fn))
+            guard, fn = await _cancelled_at(real, "complete", before=True)
             assert fn.calls == 1
             record = await real.get(SCOPE, await guard.key_for(INTENT))
             assert record is not None
@@ -248,10 +254,7 @@ def test_a_cancelled_caller_never_starts_the_call_after_its_claim(
     # is gone, however long the claim took.
     async def main() -> None:
         async with opened() as real:
-            store = Gated(real, "claim", before=True)
-            guard = AsyncGuard(store, secret=SECRET, scope=SCOPE, clock=ManualClock())
-            fn = AsyncRecorder()
-            await _cancel_at_the_gate(store, guard.run(INTENT, fn))
+            guard, fn = await _cancelled_at(real, "claim", before=True)
             assert fn.calls == 0
             assert await real.get(SCOPE, await guard.key_for(INTENT)) is None
 
