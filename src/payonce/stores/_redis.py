@@ -189,9 +189,8 @@ def _translate(exc: Exception, operation: str) -> StoreError:
         # A plain client of a Redis Cluster node whose CONFIG GET was refused at open.
         return StoreError(
             f"the payonce store failed during {operation}: Redis answered {name} "
-            f"({reply[:200]}); nothing was written. If the server is a Redis Cluster node, open "
-            "the store with redis+cluster://host:port or a RedisCluster client: a plain client "
-            "sends every script to one node, which refuses the keys of other nodes' slots.",
+            f"({reply[:200]}); nothing was written. If the server is a Redis Cluster node, "
+            f"{_USE_CLUSTER_URL}",
             operation=operation,
         )
     if _transient(exc, reply):
@@ -256,11 +255,14 @@ def _opening(exc: Exception) -> Exception:
 # What redis-py says when the node a cluster client starts from answers CLUSTER SLOTS with an
 # error (sync and async clients, as the cause or within "Redis Cluster cannot be connected").
 _NOT_A_CLUSTER: Final = "Cluster mode is not enabled"
+# What to do about a plain client of a Redis Cluster node, said at open and after a redirect.
+_USE_CLUSTER_URL: Final = (
+    "use redis+cluster://host:port (rediss+cluster:// for TLS) or a RedisCluster client: a plain "
+    "client sends every script to one node, which refuses the keys of the slots other nodes serve."
+)
 _CLUSTER_NODE: Final = (
     "the store URL names a single Redis server (redis://, or a plain Redis client) but the "
-    "server is a Redis Cluster node (cluster-enabled yes): use redis+cluster://host:port "
-    "(rediss+cluster:// for TLS) or a RedisCluster client. A plain client sends every script "
-    "to this one node, which refuses the keys of the slots other nodes serve."
+    f"server is a Redis Cluster node (cluster-enabled yes): {_USE_CLUSTER_URL}"
 )
 # What Redis answers SELECT of a database number it does not have.
 _NO_SUCH_DATABASE: Final = "DB index is out of range"
