@@ -283,6 +283,8 @@ class _ReconcilerCore:
         # The scan is oldest first and records resting in review stay due, so a backlog of
         # them could fill every batch and starve newer records: widen the scan past them
         # (bounded) until it holds ``batch`` records to act on or has returned everything.
+        # The limit at least doubles each time, so a backlog of N resting records costs about
+        # 2N records read, not N * N / batch.
         limit = batch
         while True:
             due = yield ("store", "scan", (), {"now": now, "limit": limit})
@@ -297,7 +299,7 @@ class _ReconcilerCore:
                     resting,
                 )
                 break
-            limit = min(batch + resting, batch * _WIDEN)
+            limit = min(max(2 * limit, batch + resting), batch * _WIDEN)
         acted = 0
         for record in due:
             report.scanned += 1
@@ -341,8 +343,34 @@ class _ReconcilerCore:
         found = yield from self._ask("lookup", intent, held)
         resent = found is None and self._inside_window(held, now)
         if resent:
+            renewed = yield from self._renew(held, lease, report)
+            if renewed is None:
+                return
+            held, lease = renewed
             found = yield from self._ask("execute", intent, held)
         yield from self._record(held, lease, found, report, resent=resent)
+
+    def _renew(self, held: Record, lease: Lease, report: ReconcileReport) -> _Pass:
+        """The record and lease to resend under. A lease that ran out during the lookup (a slow
+        provider) is taken over again, fenced on its own token, so the resend never goes out
+        while another worker may hold the record; None when another worker took it meanwhile
+        (counted as skipped: that worker resolves it)."""
+        now = self.clock.now()
+        if now < lease.expires_at:
+            return held, lease
+        try:
+            taken = yield (
+                "store",
+                "takeover",
+                (held.scope, held.key),
+                {"token": lease.token, "now": now, "lease_for": self.lease},
+            )
+        except LeaseLostError:
+            taken = None
+        if taken is None or taken.lease is None:
+            report.skipped += 1
+            return None
+        return taken.record, taken.lease
 
     def _inside_window(self, record: Record, now: datetime) -> bool:
         window = getattr(self.gateway, "idempotency_window", None)

@@ -15,6 +15,7 @@ import pytest
 from payonce import (
     AsyncReconciler,
     ConfigurationError,
+    Event,
     Guard,
     Intent,
     OutcomeUnknownError,
@@ -122,6 +123,71 @@ def test_r6_crash_before_the_call_is_resent_inside_the_window(
     record = store.get(SCOPE, guard.key_for(INTENT))
     assert record is not None
     assert objects[0].provider_key == record.provider_key  # the key fixed at claim
+
+
+class _SlowLookup(SimulatedGateway):
+    """A lookup that takes longer than the Reconciler's lease (the injected clock moves past
+    it), and may let another worker take the record over meanwhile."""
+
+    def __init__(self, store: Store, clock: ManualClock, *, taken_meanwhile: bool) -> None:
+        super().__init__(idempotent=True, clock=clock)
+        self.store, self.clock, self.taken_meanwhile = store, clock, taken_meanwhile
+
+    def lookup(
+        self, intent: Intent, provider_key: str, *, key: str, since: datetime | None = None
+    ) -> GatewayAnswer | None:
+        found = super().lookup(intent, provider_key, key=key, since=since)
+        self.clock.advance(LEASE + timedelta(seconds=1))
+        if self.taken_meanwhile:
+            record = self.store.get(SCOPE, key)
+            assert record is not None
+            taken = self.store.takeover(
+                SCOPE, key, token=record.token, now=self.clock.now(), lease_for=LEASE
+            )
+            assert taken.lease is not None
+        return found
+
+
+def _events(store: Store, key: str) -> list[Event]:
+    return [entry.event for entry in store.entries(after=0, limit=100) if entry.key == key]
+
+
+def test_a_lease_that_ran_out_during_a_slow_lookup_is_taken_again_before_the_resend(
+    store: Store, clock: ManualClock
+) -> None:
+    gateway = _SlowLookup(store, clock, taken_meanwhile=False)
+    guard = _guard(store, clock, gateway, faults=_crash_at("after_claim"))
+    with pytest.raises(Crash):
+        guard.execute(INTENT)
+    clock.advance(LEASE)
+    report = Reconciler(store, gateway, clock=clock, lease=LEASE).run_once()
+    assert (report.succeeded, report.resent, report.skipped) == (1, 1, 0)
+    key = guard.key_for(INTENT)
+    assert _events(store, key) == [
+        Event.CLAIMED,
+        Event.TAKEN_OVER,
+        Event.TAKEN_OVER,  # the lease taken again, fenced on its own token, before the resend
+        Event.SUCCEEDED,
+    ]
+    assert len(gateway.movements()) == 1
+    verify_ledger(store)
+
+
+def test_no_resend_after_a_slow_lookup_once_another_worker_took_the_record(
+    store: Store, clock: ManualClock
+) -> None:
+    gateway = _SlowLookup(store, clock, taken_meanwhile=True)
+    guard = _guard(store, clock, gateway, faults=_crash_at("after_claim"))
+    with pytest.raises(Crash):
+        guard.execute(INTENT)
+    clock.advance(LEASE)
+    report = Reconciler(store, gateway, clock=clock, lease=LEASE).run_once()
+    assert (report.succeeded, report.resent, report.skipped) == (0, 0, 1)
+    assert gateway.calls_received == 0  # the other worker holds it: it resends, not this pass
+    record = store.get(SCOPE, guard.key_for(INTENT))
+    assert record is not None
+    assert (record.status, record.token) == (Status.CLAIMED, 3)
+    verify_ledger(store)
 
 
 def test_not_found_without_provider_dedup_is_flagged_never_resent(
@@ -372,6 +438,30 @@ def test_a_review_backlog_past_the_widening_bound_is_logged(
         report = reconciler.run_once(batch=1)  # widens to 2 records at most: all resting
     assert (report.scanned, report.skipped) == (2, 2)
     assert any("flagged for review" in r.getMessage() for r in caplog.records)
+
+
+def test_widening_past_a_review_backlog_doubles_the_scan_each_time(
+    store: Store, clock: ManualClock
+) -> None:
+    # 30 records resting in review, then one newer record due: a pass of batch 1 must widen its
+    # scan past all of them. Growing the limit one batch at a time read 1 + 2 + ... + 31 = 496
+    # records in 31 scans; doubling it reads 63 in 6 (the last scan returns fewer than asked).
+    gateway = SimulatedGateway(idempotent=False, clock=clock)
+    for n in range(30):
+        intent = Intent("charge", 5000, "usd", payment_method="tok_visa", reference=f"stuck-{n}")
+        with pytest.raises(Crash):
+            _guard(store, clock, gateway, faults=_crash_at("after_claim")).execute(intent)
+    clock.advance(LEASE)
+    reconciler = Reconciler(store, gateway, clock=clock, recheck=timedelta(hours=1))
+    assert reconciler.run_once(batch=30).flagged == 30
+    with pytest.raises(Crash):
+        _guard(store, clock, gateway, faults=_crash_at("before_complete")).execute(INTENT)
+    clock.advance(LEASE)
+    scans = _outage_on_scans(store, 0, most=10)
+    report = reconciler.run_once(batch=1)
+    assert (report.succeeded, report.skipped) == (1, 30)
+    assert scans == [1, 2, 4, 8, 16, 32]
+    assert _status(store, _guard(store, clock, gateway)) is Status.SUCCEEDED
 
 
 def _outage_on_scans(store: Store, failing: int, *, most: int) -> list[int]:
