@@ -9,9 +9,7 @@ asks the provider what became of the call:
   idempotency window): the call is resent with the same provider key, which cannot move money
   twice, and its answer recorded;
 - anything else (not found after the window, a provider that does not deduplicate, a provider
-  that could not be asked): the record stays UNKNOWN, flagged for review with the reason. Once
-  the provider left three lookups in a row unanswered (an outage), the pass flags the rest of its
-  batch the same way without asking; a pass after their recheck asks again.
+  that could not be asked): the record stays UNKNOWN, flagged for review with the reason.
 
 It never deletes a money record and never makes a call under a new provider key.
 
@@ -84,8 +82,7 @@ class ReconcileReport:
         succeeded / failed: records completed from what the provider holds.
         resent: records resolved by a resend with the same provider key (also counted in
             succeeded or failed).
-        flagged: records left UNKNOWN with a ``review:`` reason (after three lookups in a row
-            that the provider did not answer, the rest of the batch without asking).
+        flagged: records left UNKNOWN with a ``review:`` reason.
         skipped: records another worker held or changed first, or flagged too recently.
         reasons: the review reason of every flagged record, by record key.
         interrupted: None for a pass that went through its batch; else why it stopped early
@@ -106,46 +103,6 @@ class ReconcileReport:
 # How far a pass widens its scan past records resting in review: up to this many batches (a
 # backlog beyond that is an incident to review, and is logged as one).
 _WIDEN: Final = 100
-
-
-# After this many records in a row whose lookup the provider did not answer (UNKNOWN: it could
-# not be reached, timed out, failed), a pass flags the rest of its batch for review without
-# asking: in a provider outage each lookup would cost a timeout (up to 80 s with Stripe's SDK)
-# and hold the pass, and every record it reaches, for as long, while newer records wait.
-_UNANSWERED: Final = 3
-
-
-@dataclass(slots=True)
-class _ProviderWatch:
-    """One pass's count of lookups in a row that the provider did not answer."""
-
-    unanswered: int = 0
-    last: str = ""
-
-    def note(self, found: GatewayAnswer | None) -> None:
-        if found is not None and found.kind is OutcomeClass.UNKNOWN:
-            self.unanswered += 1
-            self.last = found.code or found.kind.value
-            if self.unanswered == _UNANSWERED:
-                _log.warning(
-                    "payonce reconciler: the provider did not answer %d lookups in a row (last: "
-                    "%s); this pass flags the rest of its records for review without asking, "
-                    "and a pass after their recheck asks again",
-                    self.unanswered,
-                    self.last,
-                )
-        else:
-            self.unanswered = 0
-
-    @property
-    def down(self) -> str | None:
-        """The review reason for a record this pass no longer asks about, or None."""
-        if self.unanswered < _UNANSWERED:
-            return None
-        return (
-            f"not asked: the provider did not answer the {self.unanswered} lookups before it in "
-            f"this pass (last: {self.last}); a pass after the recheck asks again"
-        )
 
 
 _STORE_DOWN: Final = "payonce reconciler: the store is unavailable (%s); trying again later"
@@ -344,7 +301,6 @@ class _ReconcilerCore:
                 break
             limit = min(max(2 * limit, batch + resting), batch * _WIDEN)
         acted = 0
-        watch = _ProviderWatch()
         for record in due:
             report.scanned += 1
             if self._resting(record, now):
@@ -352,7 +308,7 @@ class _ReconcilerCore:
             elif acted < batch:
                 acted += 1
                 try:
-                    yield from self._resolve(record, report, watch)
+                    yield from self._resolve(record, report)
                 except StoreUnavailableError as exc:
                     # The next record's takeover would fail the same way, and a provider answer
                     # could not be written: stop here and keep what was resolved so far.
@@ -363,7 +319,7 @@ class _ReconcilerCore:
                 report.scanned -= 1  # past this pass's batch: the next pass takes it
         return report
 
-    def _resolve(self, record: Record, report: ReconcileReport, watch: _ProviderWatch) -> _Pass:
+    def _resolve(self, record: Record, report: ReconcileReport) -> _Pass:
         now = self.clock.now()
         try:
             taken = yield (
@@ -384,11 +340,7 @@ class _ReconcilerCore:
         except IntentError:
             yield from self._flag(held, lease, "the recorded intent no longer validates", report)
             return
-        if (down := watch.down) is not None:
-            yield from self._flag(held, lease, down, report)
-            return
         found = yield from self._ask("lookup", intent, held)
-        watch.note(found)
         resent = found is None and self._inside_window(held, now)
         if resent:
             renewed = yield from self._renew(held, lease, report)

@@ -558,15 +558,8 @@ def test_run_hands_each_finished_pass_to_on_pass(
 
 def _three_lost_answers(store: Store, clock: ManualClock, gateway: SimulatedGateway) -> list[str]:
     """Three charges made at the provider whose answers were lost; their keys, oldest first."""
-    return _lost_answers(store, clock, gateway, 3)
-
-
-def _lost_answers(
-    store: Store, clock: ManualClock, gateway: SimulatedGateway, count: int
-) -> list[str]:
-    """``count`` charges made at the provider whose answers were lost; keys, oldest first."""
     keys = []
-    for n in range(count):
+    for n in range(3):
         intent = Intent("charge", 5000, "usd", payment_method="tok_visa", reference=f"lost-{n}")
         guard = _guard(store, clock, gateway, faults=_crash_at("before_complete"))
         with pytest.raises(Crash):
@@ -575,49 +568,6 @@ def _lost_answers(
         clock.advance(timedelta(seconds=1))
     clock.advance(LEASE)
     return keys
-
-
-def test_after_three_unanswered_lookups_a_pass_flags_the_rest_without_asking(
-    store: Store, clock: ManualClock, caplog: pytest.LogCaptureFixture
-) -> None:
-    gateway = SimulatedGateway(idempotent=True, clock=clock)
-    keys = _lost_answers(store, clock, gateway, 5)
-    gateway.script(["lookup"] * 3)  # the provider is down for three lookups
-    reconciler = Reconciler(store, gateway, clock=clock, recheck=timedelta(hours=1))
-    with caplog.at_level("WARNING", logger="payonce.reconciler"):
-        report = reconciler.run_once(batch=10)
-    assert (report.scanned, report.flagged, report.succeeded) == (5, 5, 0)
-    assert gateway.lookups_received == 3  # not one lookup (and its timeout) per record
-    for key in keys[3:]:
-        assert report.reasons[key].startswith("not asked: the provider did not answer the 3")
-        record = store.get(SCOPE, key)
-        assert record is not None
-        assert record.status is Status.UNKNOWN
-        assert (record.reason or "").startswith(REVIEW + "not asked")
-    warned = [r for r in caplog.records if "did not answer 3 lookups in a row" in r.getMessage()]
-    assert len(warned) == 1
-    # The provider answers again: the pass after the recheck settles every one of them.
-    clock.advance(timedelta(hours=1))
-    after = reconciler.run_once(batch=10)
-    assert (after.succeeded, after.flagged, after.resent) == (5, 0, 0)
-    assert len(gateway.movements()) == 5
-    verify_ledger(store)
-
-
-def test_a_lookup_the_provider_answers_breaks_the_run_of_unanswered_ones(
-    store: Store, clock: ManualClock
-) -> None:
-    gateway = SimulatedGateway(idempotent=True, clock=clock)
-    keys = _lost_answers(store, clock, gateway, 5)
-    for n in (0, 1, 3, 4):  # the provider answers about the middle one only
-        record = store.get(SCOPE, keys[n])
-        assert record is not None
-        gateway.script(["lookup"], provider_key=record.provider_key)
-    report = Reconciler(store, gateway, clock=clock).run_once(batch=10)
-    assert (report.succeeded, report.flagged) == (1, 4)
-    assert gateway.lookups_received == 5  # every record asked: never three misses in a row
-    assert not any(why.startswith("not asked") for why in report.reasons.values())
-    assert keys[2] not in report.reasons
 
 
 def _outage_after(store: Store, method: str, calls: int) -> None:
