@@ -49,6 +49,7 @@ from payonce._protocols import (
     Gateway,
     Store,
     lookup_takes_since,
+    resend_fits_window,
 )
 from payonce._retry import RetryPolicy, Uniform
 from payonce._transitions import ORIGINAL_METADATA, compensation_reference
@@ -357,11 +358,11 @@ class _GuardCore:
 
     def _resumable(self, record: Record, now: datetime, mode: _Mode) -> bool:
         """Whether calling again with the record's provider key is safe now: the caller said so
-        (``run``), or the provider deduplicates on it and its window has not passed."""
+        (``run``), or the provider deduplicates on it and the call, with every retry inside the
+        lease, ends before its window does."""
         if not mode.gateway:
             return mode.resumable
-        window = getattr(self.gateway, "idempotency_window", None)
-        return window is not None and now - record.created_at < window
+        return resend_fits_window(self.gateway, record.created_at, now, self.lease)
 
     def _classified(self, value: Any, exc: Exception | None) -> _Classified:
         if exc is not None:

@@ -34,6 +34,7 @@ __all__ = [
     "Store",
     "has_ledger_horizon",
     "lookup_takes_since",
+    "resend_fits_window",
 ]
 
 # How far before a lookup's ``since`` a gateway still looks: the clock skew allowed between
@@ -41,6 +42,18 @@ __all__ = [
 # and a purge only after the retention (at least the provider's idempotency window, 24 h on
 # Stripe), so an earlier life's objects are always far older than this.
 LOOKUP_SKEW: Final = timedelta(minutes=10)
+
+
+def resend_fits_window(
+    gateway: object, created_at: datetime, now: datetime, lease: timedelta
+) -> bool:
+    """Whether a call under a record's provider key, sent from ``now`` on and held for at most
+    ``lease`` (its retries included), still ends inside the provider's idempotency window: only
+    then does the provider deduplicate it. The window is counted from the record's claim
+    (``created_at``), which comes before the first call with the key, so the count errs early.
+    A gateway without ``idempotency_window`` never deduplicates: False."""
+    window = getattr(gateway, "idempotency_window", None)
+    return window is not None and now + lease < created_at + window
 
 
 def lookup_takes_since(gateway: object, log: logging.Logger) -> bool:

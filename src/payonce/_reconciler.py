@@ -50,6 +50,7 @@ from payonce._protocols import (
     Store,
     has_ledger_horizon,
     lookup_takes_since,
+    resend_fits_window,
 )
 
 __all__ = [
@@ -283,8 +284,8 @@ class _ReconcilerCore:
         # The scan is oldest first and records resting in review stay due, so a backlog of
         # them could fill every batch and starve newer records: widen the scan past them
         # (bounded) until it holds ``batch`` records to act on or has returned everything.
-        # The limit at least doubles each time, so a backlog of N resting records costs about
-        # 2N records read, not N * N / batch.
+        # The limit doubles each time, so a backlog of N resting records costs at most about
+        # 4 * (N + batch) records read, not N * N / batch.
         limit = batch
         while True:
             due = yield ("store", "scan", (), {"now": now, "limit": limit})
@@ -341,7 +342,8 @@ class _ReconcilerCore:
             yield from self._flag(held, lease, "the recorded intent no longer validates", report)
             return
         found = yield from self._ask("lookup", intent, held)
-        resent = found is None and self._inside_window(held, now)
+        # The clock is read again: a slow lookup may have used up what was left of the window.
+        resent = found is None and self._inside_window(held, self.clock.now())
         if resent:
             renewed = yield from self._renew(held, lease, report)
             if renewed is None:
@@ -373,8 +375,9 @@ class _ReconcilerCore:
         return taken.record, taken.lease
 
     def _inside_window(self, record: Record, now: datetime) -> bool:
-        window = getattr(self.gateway, "idempotency_window", None)
-        return window is not None and now - record.created_at < window
+        """Whether a resend from ``now``, held for at most the lease, ends inside the
+        provider's idempotency window."""
+        return resend_fits_window(self.gateway, record.created_at, now, self.lease)
 
     def _ask(self, method: str, intent: Intent, held: Record) -> _Pass:
         options: dict[str, object] = {"key": held.key}
@@ -405,7 +408,7 @@ class _ReconcilerCore:
     ) -> _Pass:
         now = self.clock.now()
         if found is None or found.kind not in (OutcomeClass.SUCCESS, OutcomeClass.DEFINITE):
-            yield from self._flag(held, lease, self._why(held, now, found), report)
+            yield from self._flag(held, lease, self._why(found, resent=resent), report)
             return
         if found.kind is OutcomeClass.DEFINITE:
             body = failure_body(found.code, declined=is_declined(found), value=found.value)
@@ -439,9 +442,9 @@ class _ReconcilerCore:
         if resent:
             report.resent += 1  # counted once its answer is recorded, like succeeded and failed
 
-    def _why(self, held: Record, now: datetime, found: GatewayAnswer | None) -> str:
+    def _why(self, found: GatewayAnswer | None, *, resent: bool) -> str:
         if found is None:
-            if self._inside_window(held, now):
+            if resent:
                 return "not found at the provider, and the resend did not settle it"
             if getattr(self.gateway, "idempotency_window", None) is None:
                 return (

@@ -238,6 +238,23 @@ def test_r7_after_the_window_the_guard_looks_up_instead_of_resending(
     assert len(gateway.movements()) == 1
 
 
+def test_no_resend_that_could_end_past_the_window_the_guard_looks_up(
+    store: Store, clock: ManualClock
+) -> None:
+    # 30 s before the window ends, a resend (with its retries, inside a 60 s lease) could reach
+    # the provider after it forgot the key: the guard looks the call up instead.
+    gateway = _gateway(clock, idempotent=True)
+    gateway.script(["after_send"])
+    guard = _guard(store, clock, gateway, retry=RetryPolicy.never())
+    with pytest.raises(OutcomeUnknownError):
+        guard.execute(INTENT)
+    clock.advance(timedelta(hours=24) - timedelta(seconds=30))
+    outcome = guard.execute(INTENT)
+    assert outcome.value["status"] == "succeeded"
+    assert (gateway.calls_received, gateway.lookups_received) == (1, 1)
+    assert len(gateway.movements()) == 1
+
+
 def test_retries_stay_inside_the_lease(store: Store, clock: ManualClock) -> None:
     gateway = _gateway(clock, idempotent=True)
     gateway.script(["status_429"] * 10)

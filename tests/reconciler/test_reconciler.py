@@ -190,6 +190,32 @@ def test_no_resend_after_a_slow_lookup_once_another_worker_took_the_record(
     verify_ledger(store)
 
 
+def test_no_resend_that_could_end_past_the_window_it_is_flagged(
+    store: Store, clock: ManualClock
+) -> None:
+    gateway = SimulatedGateway(idempotent=True, clock=clock)
+    with pytest.raises(Crash):
+        _guard(store, clock, gateway, faults=_crash_at("after_claim")).execute(INTENT)
+    clock.advance(timedelta(hours=24) - timedelta(seconds=30))  # inside, but not by a lease
+    report = Reconciler(store, gateway, clock=clock, lease=LEASE).run_once()
+    assert (report.flagged, report.resent, report.succeeded) == (1, 0, 0)
+    assert "after its idempotency window" in next(iter(report.reasons.values()))
+    assert gateway.calls_received == 0
+
+
+def test_the_window_is_read_again_after_a_slow_lookup(store: Store, clock: ManualClock) -> None:
+    # Due two minutes before the window ends; the lookup takes a lease and a second, after
+    # which a resend could end past the window.
+    gateway = _SlowLookup(store, clock, taken_meanwhile=False)
+    with pytest.raises(Crash):
+        _guard(store, clock, gateway, faults=_crash_at("after_claim")).execute(INTENT)
+    clock.advance(timedelta(hours=24) - timedelta(minutes=2))
+    report = Reconciler(store, gateway, clock=clock, lease=LEASE).run_once()
+    assert (report.flagged, report.resent, report.succeeded) == (1, 0, 0)
+    assert gateway.calls_received == 0
+    assert gateway.movements() == []
+
+
 def test_not_found_without_provider_dedup_is_flagged_never_resent(
     store: Store, clock: ManualClock
 ) -> None:
