@@ -12,7 +12,7 @@ import logging
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 import pytest
 import redis
@@ -692,6 +692,72 @@ def test_a_read_across_buckets_loads_scripts_the_server_lost(
     sent.clear()
     assert local_store.newest("tenant-a", family) == expected
     assert len(sent) == 1
+
+
+# A second restart, failover or SCRIPT FLUSH between a script's load and its resend: here each
+# load is followed by a flush. The store then sends the script's source (EVAL), which no cache
+# can miss, rather than fail (before, a plain StoreError said "not transient" and ended a
+# Reconciler loop). A pipeline that meets NOSCRIPT again sends its calls one by one.
+_AGAIN: Final = Intent("charge", 1200, "usd", customer="cus_x", reference="lost-again")
+
+
+def test_scripts_lost_again_after_their_load_run_from_their_source(
+    local_store: RedisStore, local_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    family = _with_a_loose_payment(local_store)
+    expected = local_store.newest("tenant-a", family)
+    client = local_store._client
+    load = client.script_load
+
+    def load_then_lose(script: str) -> object:
+        sha = load(script)
+        local_redis.script_flush()
+        return sha
+
+    monkeypatch.setattr(client, "script_load", load_then_lose)
+    local_redis.script_flush()
+    assert local_store.newest("tenant-a", family) == expected  # a pipeline
+    guard = Guard(local_store, secret=SECRET, scope="tenant-a", clock=ManualClock())
+    first = guard.run(_AGAIN, lambda attempt: {"id": "ch_again"})  # claim and complete
+    assert (first.replayed, guard.run(_AGAIN, lambda attempt: {"id": "ch_2"}).replayed) == (
+        False,
+        True,
+    )
+    verify_ledger(local_store)
+
+
+def test_async_scripts_lost_again_after_their_load_run_from_their_source(
+    local_astore: AsyncRedisStore, local_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def charge(attempt: Attempt) -> dict[str, str]:
+        return {"id": "ch_again"}
+
+    async def scenario() -> tuple[Record | None, Record | None, bool, bool]:
+        try:
+            family = await _with_a_loose_payment_async(local_astore)
+            expected = await local_astore.newest("tenant-a", family)
+            client = local_astore._client
+            load = client.script_load
+
+            async def load_then_lose(script: str) -> object:
+                sha = await load(script)
+                local_redis.script_flush()
+                return sha
+
+            monkeypatch.setattr(client, "script_load", load_then_lose)
+            local_redis.script_flush()
+            found = await local_astore.newest("tenant-a", family)
+            guard = AsyncGuard(local_astore, secret=SECRET, scope="tenant-a", clock=ManualClock())
+            first = await guard.run(_AGAIN, charge)
+            again = await guard.run(_AGAIN, charge)
+            return found, expected, first.replayed, again.replayed
+        finally:
+            await local_astore.close()
+
+    found, expected, first, again = asyncio.run(scenario())
+    assert expected is not None
+    assert found == expected
+    assert (first, again) == (False, True)
 
 
 @pytest.mark.parametrize("where", ["local", "cluster"])

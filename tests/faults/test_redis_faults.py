@@ -375,11 +375,16 @@ def test_a_server_busy_in_a_script_is_an_outage_for_single_calls_and_pipelines()
 
 
 def _refused_then_through(
-    setup: Outage, refuse: Callable[[], None], fix: Callable[[], None], says: str
+    setup: Outage,
+    refuse: Callable[[], None],
+    fix: Callable[[], None],
+    says: str,
+    next_step: str,
 ) -> None:
     """With the server refusing writes (``refuse``), a guarded call is an outage of the claim:
-    the provider is not called and no record is left; once an operator's ``fix`` lets writes
-    in again, the same intent goes through once."""
+    the provider is not called and no record is left, and the error says nothing was written and
+    what the operator does (``next_step``); once an operator's ``fix`` lets writes in again, the
+    same intent goes through once."""
     called: list[Attempt] = []
 
     def fn(attempt: Attempt) -> dict[str, str]:
@@ -393,6 +398,8 @@ def _refused_then_through(
     finally:
         fix()
     assert says in str(caught.value)
+    assert "Redis refused it before writing anything, so nothing changed" in str(caught.value)
+    assert next_step in str(caught.value)
     assert caught.value.to_dict()["operation"] == "claim"
     assert called == []
     key = setup.guard().key_for(setup.intent)
@@ -416,6 +423,7 @@ def test_a_full_server_refuses_the_claim_as_an_outage_and_nothing_is_charged(
                 refuse=lambda: setup.admin.config_set("maxmemory", "1"),
                 fix=lambda: setup.admin.config_set("maxmemory", "0"),
                 says="OutOfMemoryError",
+                next_step="free memory or raise maxmemory",
             )
         finally:
             setup.close()
@@ -444,6 +452,7 @@ def test_a_server_that_cannot_persist_refuses_the_claim_as_an_outage(tmp_path: P
                 refuse=fail_a_save,
                 fix=lambda: setup.admin.config_set("stop-writes-on-bgsave-error", "no"),
                 says="MISCONF",
+                next_step="fix the server's persistence",
             )
         finally:
             # Without a save point the server stops on SIGTERM: its final save would fail.

@@ -66,9 +66,9 @@ def resend(store: RedisStore, name: str) -> list[Any]:
     lost: list[Any] = []
     script = store._scripts[name]
 
-    def twice(*, keys: list[str], args: list[str]) -> Any:
-        lost.append(script(keys=keys, args=args))
-        return script(keys=keys, args=args)
+    def twice(*, keys: list[str], args: list[str], client: Any = None) -> Any:
+        lost.append(script(keys=keys, args=args, client=client))
+        return script(keys=keys, args=args, client=client)
 
     store._scripts[name] = twice  # type: ignore[assignment]
     return lost

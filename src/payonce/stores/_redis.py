@@ -94,6 +94,7 @@ _UNAVAILABLE: Final = (
     rexc.ReadOnlyError,
     rexc.ClusterError,
     rexc.OutOfMemoryError,  # noeviction and full: an operator frees memory, then it passes
+    rexc.NoScriptError,  # the script cache emptied again between a load and its resend
     # Cluster conditions that pass: no node serves a slot (during a failover), none reachable.
     rexc.SlotNotCoveredError,
     getattr(rexc, "RedisClusterUnreachableError", rexc.SlotNotCoveredError),
@@ -101,8 +102,29 @@ _UNAVAILABLE: Final = (
 _UNAVAILABLE_REPLIES: Final = frozenset(
     # MISCONF: the server cannot persist (a full disk, a failed BGSAVE) and refuses writes
     # until an operator fixes the disk; like OOM, it passes.
-    {"OOM", "BUSY", "LOADING", "MASTERDOWN", "READONLY", "NOREPLICAS", "MISCONF"}
+    {"OOM", "BUSY", "LOADING", "MASTERDOWN", "READONLY", "NOREPLICAS", "MISCONF", "NOSCRIPT"}
 )
+# Of those, the refusals that come before a script's first write (Redis checks memory, the
+# persistence error, the replica role and min-replicas at the first write command a script
+# calls, and a failing redis.call ends the script) or before it runs at all: nothing of the
+# call was written.
+_REFUSED_REPLIES: Final = _UNAVAILABLE_REPLIES | {"CLUSTERDOWN", "TRYAGAIN"}
+_REFUSED: Final = (
+    rexc.OutOfMemoryError,
+    rexc.ReadOnlyError,
+    rexc.BusyLoadingError,
+    rexc.MasterDownError,
+    rexc.ClusterDownError,
+    rexc.TryAgainError,
+    rexc.NoScriptError,
+    rexc.SlotNotCoveredError,
+)
+# What an operator does about a refusal that does not pass by itself.
+_OPERATOR_FIX: Final = {
+    "OOM": "free memory or raise maxmemory, then retry",
+    "MISCONF": "fix the server's persistence (its disk, or the failed save), then retry",
+    "NOREPLICAS": "bring the replicas that min-replicas-to-write asks for back, then retry",
+}
 # Replies without a code of their own that pass. A read script that visits record keys it does
 # not declare (PURGE_CANDIDATES, SCAN, HEADS, NEWEST) is refused this way while its bucket's slot
 # is being migrated (resharding) and the record already moved; the redirect Redis gives a
@@ -194,12 +216,20 @@ def _translate(exc: Exception, operation: str) -> StoreError:
             operation=operation,
         )
     if _transient(exc, reply):
-        effect = (
-            "it only reads, so nothing changed: retry once Redis answers again"
-            if operation in _READS
-            else "it may or may not have taken effect: retry the same intent once Redis answers "
-            "again, payonce resolves either case"
-        )
+        code = getattr(exc, "status_code", None) or reply.split(" ", 1)[0]
+        if isinstance(exc, rexc.OutOfMemoryError):
+            code = "OOM"  # redis-py's class for it keeps only the words after the code
+        if operation in _READS:
+            effect = "it only reads, so nothing changed: retry once Redis answers again"
+        elif not annotated and (isinstance(exc, _REFUSED) or code in _REFUSED_REPLIES):
+            effect = "Redis refused it before writing anything, so nothing changed: " + (
+                _OPERATOR_FIX.get(code) or "retry once Redis accepts writes again"
+            )
+        else:
+            effect = (
+                "it may or may not have taken effect: retry the same intent once Redis answers "
+                "again, payonce resolves either case"
+            )
         return StoreUnavailableError(
             f"Redis was unavailable ({name}: {reply[:200]}); {effect}",
             operation=operation,
@@ -635,10 +665,20 @@ class RedisStore(RedisCore):
             if isinstance(effect, Fanout):
                 return self._fan_out(effect)
             if isinstance(effect, Script):
-                return self._scripts[effect.name](keys=effect.keys, args=effect.args)
+                return self._script(self._client, effect)
             return getattr(self._client, effect.name)(*effect.args, **effect.kwargs)
         except (rexc.RedisError, rexc.RedisClusterException) as exc:
             raise _translate(exc, operation) from exc
+
+    def _script(self, client: Any, call: Script) -> Any:
+        """Run one script: EVALSHA, loaded and sent again on NOSCRIPT (redis-py's Script); if
+        the server lost it again before that resend (a second restart, failover or SCRIPT FLUSH
+        in between), EVAL of its source, which no script cache can miss. NOSCRIPT means the
+        script did not run, so sending it again is always safe."""
+        try:
+            return self._scripts[call.name](keys=call.keys, args=call.args, client=client)
+        except rexc.NoScriptError:
+            return client.eval(_SCRIPTS[call.name], len(call.keys), *call.keys, *call.args)
 
     def _fan_out(self, fanout: Fanout) -> list[Any]:
         """One call per bucket, as one pipeline (not a transaction: each call stands alone) per
@@ -683,16 +723,17 @@ class RedisStore(RedisCore):
                 replies: list[Any] = pipe.execute()
             except rexc.NoScriptError:
                 if attempt:
-                    raise
+                    # Lost again since the load: each call alone (see ``_script``).
+                    return [self._call(client, call) for call in calls]
                 for source in _sources(calls):
                     client.script_load(source)
             else:
                 return replies
-        raise AssertionError("unreachable: the second attempt returns or raises")
+        raise AssertionError("unreachable: the second attempt returns")
 
     def _call(self, client: Any, call: Script | Command) -> Any:
         if isinstance(call, Script):
-            return self._scripts[call.name](keys=call.keys, args=call.args, client=client)
+            return self._script(client, call)
         return getattr(client, call.name)(*call.args, **call.kwargs)
 
     def _run(self, op: Op[_T], operation: str) -> _T:
@@ -971,10 +1012,17 @@ class AsyncRedisStore(RedisCore):
             if isinstance(effect, Fanout):
                 return await self._fan_out(effect)
             if isinstance(effect, Script):
-                return await self._scripts[effect.name](keys=effect.keys, args=effect.args)
+                return await self._script(self._client, effect)
             return await getattr(self._client, effect.name)(*effect.args, **effect.kwargs)
         except (rexc.RedisError, rexc.RedisClusterException) as exc:
             raise _translate(exc, operation) from exc
+
+    async def _script(self, client: Any, call: Script) -> Any:
+        """One script; see ``RedisStore._script``."""
+        try:
+            return await self._scripts[call.name](keys=call.keys, args=call.args, client=client)
+        except rexc.NoScriptError:
+            return await client.eval(_SCRIPTS[call.name], len(call.keys), *call.keys, *call.args)
 
     async def _fan_out(self, fanout: Fanout) -> list[Any]:
         """One call per bucket, as one pipeline (not a transaction) per server; see
@@ -1006,12 +1054,18 @@ class AsyncRedisStore(RedisCore):
                 replies: list[Any] = await pipe.execute()
             except rexc.NoScriptError:
                 if attempt:
-                    raise
+                    # Lost again since the load: each call alone (see ``RedisStore._script``).
+                    return [await self._call(client, call) for call in calls]
                 for source in _sources(calls):
                     await client.script_load(source)
             else:
                 return replies
-        raise AssertionError("unreachable: the second attempt returns or raises")
+        raise AssertionError("unreachable: the second attempt returns")
+
+    async def _call(self, client: Any, call: Script | Command) -> Any:
+        if isinstance(call, Script):
+            return await self._script(client, call)
+        return await getattr(client, call.name)(*call.args, **call.kwargs)
 
     async def _drive(self, op: Op[_T], operation: str) -> _T:
         try:
