@@ -30,6 +30,7 @@ from payonce import (
     Guard,
     Intent,
     Status,
+    StoreMissingError,
     StoreUnavailableError,
     seal_checkpoint,
     verify_ledger,
@@ -692,6 +693,29 @@ def test_a_read_across_buckets_loads_scripts_the_server_lost(
     sent.clear()
     assert local_store.newest("tenant-a", family) == expected
     assert len(sent) == 1
+
+
+def test_a_prefix_whose_layout_key_was_lost_says_how_to_record_it_again(
+    local_store: RedisStore, local_redis: redis.Redis, local_prefix: str
+) -> None:
+    # A restart without persistence (or a failover, or a deletion) lost P:meta while services
+    # kept writing records: tools that may not create (create=False) say what happened and that
+    # `payonce migrate` records it again, rather than that the prefix holds nothing.
+    family = _with_a_loose_payment(local_store)
+    local_redis.delete(f"{local_prefix}:meta")
+    with pytest.raises(StoreMissingError, match="holds payonce records but lost its layout key"):
+        RedisStore(LOCAL_URL, prefix=local_prefix, create=False)
+    astore = AsyncRedisStore(LOCAL_URL, prefix=local_prefix, create=False)
+    with pytest.raises(StoreMissingError, match="payonce migrate --store URL"):
+        asyncio.run(astore.connect())
+    RedisStore(LOCAL_URL, prefix=local_prefix).close()  # what `payonce migrate` does
+    reopened = RedisStore(LOCAL_URL, prefix=local_prefix, create=False)
+    try:
+        record = reopened.newest("tenant-a", family)
+        assert record is not None
+        assert record.status is Status.SUCCEEDED
+    finally:
+        reopened.close()
 
 
 # A second restart, failover or SCRIPT FLUSH between a script's load and its resend: here each

@@ -793,6 +793,18 @@ class RedisCore:
             reply = yield Script("meta", [self._meta_key], [_LAYOUT, str(buckets)])
         else:
             reply = yield Command("hmget", (self._meta_key, "version", "buckets"))
+            if reply[0] is None and (yield Command("exists", (self._seq_key,))):
+                # Records were written under the prefix, and its layout key is gone with what
+                # a restart without persistence, a failover or a deletion lost.
+                raise StoreMissingError(
+                    f"the Redis prefix {self._prefix!r} holds payonce records but lost its layout "
+                    f"key {self._meta_key!r} (Redis restarted without persistence, failed over "
+                    "before the key reached the replica, or it was deleted). Record it again "
+                    "with `payonce migrate --store URL`, where URL gives the buckets every "
+                    "service of this prefix uses (?buckets=N; 16 by default), then run this "
+                    "command again.",
+                    option="prefix",
+                )
             if reply[0] is None:
                 raise StoreMissingError(
                     f"there are no payonce keys under the Redis prefix {self._prefix!r}, and the "
