@@ -30,7 +30,12 @@ from datetime import datetime, timedelta
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
-from payonce._errors import ConfigurationError, StoreError, StoreUnavailableError
+from payonce._errors import (
+    GUARD_OPERATIONS,
+    ConfigurationError,
+    StoreError,
+    StoreUnavailableError,
+)
 from payonce._model import Checkpoint, Claimed, Entry, NewRecord, Record, ReplayView, Status
 from payonce.stores import _redis_lua as lua
 from payonce.stores._open import _LONGEST_WAIT, _number
@@ -225,11 +230,13 @@ def _translate(exc: Exception, operation: str) -> StoreError:
             effect = "Redis refused it before writing anything, so nothing changed: " + (
                 _OPERATOR_FIX.get(code) or "retry once Redis accepts writes again"
             )
-        else:
+        elif operation in GUARD_OPERATIONS:
             effect = (
                 "it may or may not have taken effect: retry the same intent once Redis answers "
                 "again, payonce resolves either case"
             )
+        else:
+            effect = "it may or may not have taken effect: run it again once Redis answers"
         return StoreUnavailableError(
             f"Redis was unavailable ({name}: {reply[:200]}); {effect}",
             operation=operation,
