@@ -320,22 +320,31 @@ class _ReconcilerCore:
                 report.scanned -= 1  # past this pass's batch: the next pass takes it
         return report
 
-    def _resolve(self, record: Record, report: ReconcileReport) -> _Pass:
-        now = self.clock.now()
+    def _take_over(
+        self, record: Record, token: int, now: datetime, report: ReconcileReport
+    ) -> _Pass:
+        """``record`` taken over from the holder of ``token``: the record and its new lease, or
+        None (counted as skipped) when it was released or purged meanwhile, or another worker
+        holds or changed it first."""
         try:
             taken = yield (
                 "store",
                 "takeover",
                 (record.scope, record.key),
-                {"token": record.token, "now": now, "lease_for": self.lease},
+                {"token": token, "now": now, "lease_for": self.lease},
             )
         except LeaseLostError:
-            report.skipped += 1  # released or purged meanwhile
+            taken = None
+        if taken is None or taken.lease is None:
+            report.skipped += 1
+            return None
+        return taken.record, taken.lease
+
+    def _resolve(self, record: Record, report: ReconcileReport) -> _Pass:
+        taken = yield from self._take_over(record, record.token, self.clock.now(), report)
+        if taken is None:
             return
-        if taken.lease is None:
-            report.skipped += 1  # another worker holds or changed it first
-            return
-        held, lease = taken.record, taken.lease
+        held, lease = taken
         try:
             intent = Intent.from_dict(held.intent_fields())
         except IntentError:
@@ -360,19 +369,7 @@ class _ReconcilerCore:
         now = self.clock.now()
         if now < lease.expires_at:
             return held, lease
-        try:
-            taken = yield (
-                "store",
-                "takeover",
-                (held.scope, held.key),
-                {"token": lease.token, "now": now, "lease_for": self.lease},
-            )
-        except LeaseLostError:
-            taken = None
-        if taken is None or taken.lease is None:
-            report.skipped += 1
-            return None
-        return taken.record, taken.lease
+        return (yield from self._take_over(held, lease.token, now, report))
 
     def _inside_window(self, record: Record, now: datetime) -> bool:
         """Whether a resend from ``now``, held for at most the lease, ends inside the

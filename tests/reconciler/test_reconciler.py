@@ -148,6 +148,14 @@ class _SlowLookup(SimulatedGateway):
         return found
 
 
+def _crashed_after_claim(store: Store, clock: ManualClock, gateway: SimulatedGateway) -> Guard:
+    """A guard whose worker died right after claiming ``INTENT``: nothing was sent."""
+    guard = _guard(store, clock, gateway, faults=_crash_at("after_claim"))
+    with pytest.raises(Crash):
+        guard.execute(INTENT)
+    return guard
+
+
 def _events(store: Store, key: str) -> list[Event]:
     return [entry.event for entry in store.entries(after=0, limit=100) if entry.key == key]
 
@@ -156,9 +164,7 @@ def test_a_lease_that_ran_out_during_a_slow_lookup_is_taken_again_before_the_res
     store: Store, clock: ManualClock
 ) -> None:
     gateway = _SlowLookup(store, clock, taken_meanwhile=False)
-    guard = _guard(store, clock, gateway, faults=_crash_at("after_claim"))
-    with pytest.raises(Crash):
-        guard.execute(INTENT)
+    guard = _crashed_after_claim(store, clock, gateway)
     clock.advance(LEASE)
     report = Reconciler(store, gateway, clock=clock, lease=LEASE).run_once()
     assert (report.succeeded, report.resent, report.skipped) == (1, 1, 0)
@@ -177,9 +183,7 @@ def test_no_resend_after_a_slow_lookup_once_another_worker_took_the_record(
     store: Store, clock: ManualClock
 ) -> None:
     gateway = _SlowLookup(store, clock, taken_meanwhile=True)
-    guard = _guard(store, clock, gateway, faults=_crash_at("after_claim"))
-    with pytest.raises(Crash):
-        guard.execute(INTENT)
+    guard = _crashed_after_claim(store, clock, gateway)
     clock.advance(LEASE)
     report = Reconciler(store, gateway, clock=clock, lease=LEASE).run_once()
     assert (report.succeeded, report.resent, report.skipped) == (0, 0, 1)
@@ -194,8 +198,7 @@ def test_no_resend_that_could_end_past_the_window_it_is_flagged(
     store: Store, clock: ManualClock
 ) -> None:
     gateway = SimulatedGateway(idempotent=True, clock=clock)
-    with pytest.raises(Crash):
-        _guard(store, clock, gateway, faults=_crash_at("after_claim")).execute(INTENT)
+    _crashed_after_claim(store, clock, gateway)
     clock.advance(timedelta(hours=24) - timedelta(seconds=30))  # inside, but not by a lease
     report = Reconciler(store, gateway, clock=clock, lease=LEASE).run_once()
     assert (report.flagged, report.resent, report.succeeded) == (1, 0, 0)
@@ -207,8 +210,7 @@ def test_the_window_is_read_again_after_a_slow_lookup(store: Store, clock: Manua
     # Due two minutes before the window ends; the lookup takes a lease and a second, after
     # which a resend could end past the window.
     gateway = _SlowLookup(store, clock, taken_meanwhile=False)
-    with pytest.raises(Crash):
-        _guard(store, clock, gateway, faults=_crash_at("after_claim")).execute(INTENT)
+    _crashed_after_claim(store, clock, gateway)
     clock.advance(timedelta(hours=24) - timedelta(minutes=2))
     report = Reconciler(store, gateway, clock=clock, lease=LEASE).run_once()
     assert (report.flagged, report.resent, report.succeeded) == (1, 0, 0)
@@ -392,18 +394,27 @@ def test_async_reconciler_run_stops_when_told(store: Store, clock: ManualClock) 
     assert gateway.lookups_received == 0
 
 
-def test_records_resting_in_review_do_not_starve_newer_ones(
-    store: Store, clock: ManualClock
-) -> None:
-    # Three records the provider cannot settle (no dedup, nothing found): flagged for review.
+def _resting_in_review(
+    store: Store, clock: ManualClock, count: int
+) -> tuple[SimulatedGateway, Reconciler]:
+    """``count`` records the provider cannot settle (no dedup, nothing found), flagged for
+    review by one pass of the returned Reconciler (recheck 1 h); and its gateway."""
     gateway = SimulatedGateway(idempotent=False, clock=clock)
-    for n in range(3):
+    for n in range(count):
         intent = Intent("charge", 5000, "usd", payment_method="tok_visa", reference=f"stuck-{n}")
         with pytest.raises(Crash):
             _guard(store, clock, gateway, faults=_crash_at("after_claim")).execute(intent)
     clock.advance(LEASE)
     reconciler = Reconciler(store, gateway, clock=clock, recheck=timedelta(hours=1))
-    assert reconciler.run_once(batch=3).flagged == 3
+    assert reconciler.run_once(batch=count).flagged == count
+    return gateway, reconciler
+
+
+def test_records_resting_in_review_do_not_starve_newer_ones(
+    store: Store, clock: ManualClock
+) -> None:
+    # Three records the provider cannot settle (no dedup, nothing found): flagged for review.
+    gateway, reconciler = _resting_in_review(store, clock, 3)
     # A newer crash after the charge: oldest first, the scan meets the three resting records
     # before it, and a batch of 2 must still reach it.
     with pytest.raises(Crash):
@@ -452,14 +463,7 @@ def test_a_review_backlog_past_the_widening_bound_is_logged(
     from payonce import _reconciler  # noqa: PLC0415
 
     monkeypatch.setattr(_reconciler, "_WIDEN", 2)
-    gateway = SimulatedGateway(idempotent=False, clock=clock)
-    for n in range(3):
-        intent = Intent("charge", 5000, "usd", payment_method="tok_visa", reference=f"stuck-{n}")
-        with pytest.raises(Crash):
-            _guard(store, clock, gateway, faults=_crash_at("after_claim")).execute(intent)
-    clock.advance(LEASE)
-    reconciler = Reconciler(store, gateway, clock=clock, recheck=timedelta(hours=1))
-    assert reconciler.run_once(batch=3).flagged == 3
+    _, reconciler = _resting_in_review(store, clock, 3)
     with caplog.at_level("WARNING", logger="payonce.reconciler"):
         report = reconciler.run_once(batch=1)  # widens to 2 records at most: all resting
     assert (report.scanned, report.skipped) == (2, 2)
@@ -472,14 +476,7 @@ def test_widening_past_a_review_backlog_doubles_the_scan_each_time(
     # 30 records resting in review, then one newer record due: a pass of batch 1 must widen its
     # scan past all of them. Growing the limit one batch at a time read 1 + 2 + ... + 31 = 496
     # records in 31 scans; doubling it reads 63 in 6 (the last scan returns fewer than asked).
-    gateway = SimulatedGateway(idempotent=False, clock=clock)
-    for n in range(30):
-        intent = Intent("charge", 5000, "usd", payment_method="tok_visa", reference=f"stuck-{n}")
-        with pytest.raises(Crash):
-            _guard(store, clock, gateway, faults=_crash_at("after_claim")).execute(intent)
-    clock.advance(LEASE)
-    reconciler = Reconciler(store, gateway, clock=clock, recheck=timedelta(hours=1))
-    assert reconciler.run_once(batch=30).flagged == 30
+    gateway, reconciler = _resting_in_review(store, clock, 30)
     with pytest.raises(Crash):
         _guard(store, clock, gateway, faults=_crash_at("before_complete")).execute(INTENT)
     clock.advance(LEASE)
