@@ -31,7 +31,7 @@ Messages never carry raw customer ids, client keys or secrets (I8): keys are HMA
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar
 
 __all__ = [
     "ConfigurationError",
@@ -192,28 +192,18 @@ class StoreError(PayonceError):
     http_status = 503
 
 
-#: The store operations of a guarded call: after an outage in one of them the caller retries the
-#: intent. Any other (a Reconciler's scan, a purge, a checkpoint, opening the store) is run again
-#: by whoever ran it; each is safe to repeat.
-GUARD_OPERATIONS: Final = frozenset(
-    {"claim", "takeover", "complete", "mark_unknown", "release", "get", "replay_view", "newest"}
-)
-
-
 class StoreUnavailableError(StoreError):
     """The store could not be reached or did not answer in time; nothing was sent to the gateway
     unless the error says the outcome is unknown."""
 
     def __init__(self, message: str, *, operation: str, **fields: Any) -> None:
-        if operation in GUARD_OPERATIONS:
-            then = "retry the same intent"
-        elif operation == "open":
-            then = "open the store again"
-        else:
-            then = f"run the {operation} again (it is safe to repeat)"
+        # The store operation does not tell who ran it (a guarded call, a Reconciler pass, a
+        # purge, a command): the next step names both kinds of caller.
         super().__init__(
             f"the payonce store failed during {operation}: {message}. Nothing was sent to the "
-            f"payment provider by this step; check that the store is reachable and {then}.",
+            "payment provider by this step; check that the store is reachable, then retry the "
+            "same intent, or run the same operation again if this was not a payment call (both "
+            "are safe to repeat).",
             operation=operation,
             **fields,
         )

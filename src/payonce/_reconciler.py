@@ -405,7 +405,7 @@ class _ReconcilerCore:
     ) -> _Pass:
         now = self.clock.now()
         if found is None or found.kind not in (OutcomeClass.SUCCESS, OutcomeClass.DEFINITE):
-            yield from self._flag(held, lease, self._why(found, resent=resent), report)
+            yield from self._flag(held, lease, self._why(held, now, found, resent=resent), report)
             return
         if found.kind is OutcomeClass.DEFINITE:
             body = failure_body(found.code, declined=is_declined(found), value=found.value)
@@ -439,14 +439,23 @@ class _ReconcilerCore:
         if resent:
             report.resent += 1  # counted once its answer is recorded, like succeeded and failed
 
-    def _why(self, found: GatewayAnswer | None, *, resent: bool) -> str:
+    def _why(
+        self, held: Record, now: datetime, found: GatewayAnswer | None, *, resent: bool
+    ) -> str:
         if found is None:
             if resent:
                 return "not found at the provider, and the resend did not settle it"
-            if getattr(self.gateway, "idempotency_window", None) is None:
+            window = getattr(self.gateway, "idempotency_window", None)
+            if window is None:
                 return (
                     "not found at the provider, which does not deduplicate on the key; a new "
                     "attempt needs a person's decision"
+                )
+            if now < held.created_at + window:
+                return (
+                    "not found at the provider, and too close to the end of its idempotency "
+                    "window to resend (less than a lease left); a new attempt needs a person's "
+                    "decision"
                 )
             return (
                 "not found at the provider after its idempotency window; a new attempt needs a "

@@ -382,9 +382,9 @@ def _refused_then_through(
     next_step: str,
 ) -> None:
     """With the server refusing writes (``refuse``), a guarded call is an outage of the claim:
-    the provider is not called and no record is left, and the error says nothing was written and
-    what the operator does (``next_step``); once an operator's ``fix`` lets writes in again, the
-    same intent goes through once."""
+    the provider is not called and no record is left, and the error names what the operator does
+    (``next_step``); once an operator's ``fix`` lets writes in again, the same intent goes through
+    once."""
     called: list[Attempt] = []
 
     def fn(attempt: Attempt) -> dict[str, str]:
@@ -398,7 +398,6 @@ def _refused_then_through(
     finally:
         fix()
     assert says in str(caught.value)
-    assert "Redis refused it before writing anything, so nothing changed" in str(caught.value)
     assert next_step in str(caught.value)
     assert caught.value.to_dict()["operation"] == "claim"
     assert called == []

@@ -202,7 +202,7 @@ def test_no_resend_that_could_end_past_the_window_it_is_flagged(
     clock.advance(timedelta(hours=24) - timedelta(seconds=30))  # inside, but not by a lease
     report = Reconciler(store, gateway, clock=clock, lease=LEASE).run_once()
     assert (report.flagged, report.resent, report.succeeded) == (1, 0, 0)
-    assert "after its idempotency window" in next(iter(report.reasons.values()))
+    assert "too close to the end of its idempotency window" in next(iter(report.reasons.values()))
     assert gateway.calls_received == 0
 
 

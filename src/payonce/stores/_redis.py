@@ -30,12 +30,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
-from payonce._errors import (
-    GUARD_OPERATIONS,
-    ConfigurationError,
-    StoreError,
-    StoreUnavailableError,
-)
+from payonce._errors import ConfigurationError, StoreError, StoreUnavailableError
 from payonce._model import Checkpoint, Claimed, Entry, NewRecord, Record, ReplayView, Status
 from payonce.stores import _redis_lua as lua
 from payonce.stores._open import _LONGEST_WAIT, _number
@@ -109,26 +104,13 @@ _UNAVAILABLE_REPLIES: Final = frozenset(
     # until an operator fixes the disk; like OOM, it passes.
     {"OOM", "BUSY", "LOADING", "MASTERDOWN", "READONLY", "NOREPLICAS", "MISCONF", "NOSCRIPT"}
 )
-# Of those, the refusals that come before a script's first write (Redis checks memory, the
-# persistence error, the replica role and min-replicas at the first write command a script
-# calls, and a failing redis.call ends the script) or before it runs at all: nothing of the
-# call was written.
-_REFUSED_REPLIES: Final = _UNAVAILABLE_REPLIES | {"CLUSTERDOWN", "TRYAGAIN"}
-_REFUSED: Final = (
-    rexc.OutOfMemoryError,
-    rexc.ReadOnlyError,
-    rexc.BusyLoadingError,
-    rexc.MasterDownError,
-    rexc.ClusterDownError,
-    rexc.TryAgainError,
-    rexc.NoScriptError,
-    rexc.SlotNotCoveredError,
-)
-# What an operator does about a refusal that does not pass by itself.
+# What an operator does about a refusal that does not pass by itself. Whether the operation
+# wrote anything is not said: the refusal may answer a resend of a script that ran (the client's
+# own retries after a lost reply), or a later script of an operation whose earlier ones landed.
 _OPERATOR_FIX: Final = {
-    "OOM": "free memory or raise maxmemory, then retry",
-    "MISCONF": "fix the server's persistence (its disk, or the failed save), then retry",
-    "NOREPLICAS": "bring the replicas that min-replicas-to-write asks for back, then retry",
+    "OOM": "free memory or raise maxmemory",
+    "MISCONF": "fix the server's persistence (its disk, or the failed save)",
+    "NOREPLICAS": "bring back the replicas that min-replicas-to-write asks for",
 }
 # Replies without a code of their own that pass. A read script that visits record keys it does
 # not declare (PURGE_CANDIDATES, SCAN, HEADS, NEWEST) is refused this way while its bucket's slot
@@ -224,19 +206,12 @@ def _translate(exc: Exception, operation: str) -> StoreError:
         code = getattr(exc, "status_code", None) or reply.split(" ", 1)[0]
         if isinstance(exc, rexc.OutOfMemoryError):
             code = "OOM"  # redis-py's class for it keeps only the words after the code
+        fix = _OPERATOR_FIX.get(code)
         if operation in _READS:
-            effect = "it only reads, so nothing changed: retry once Redis answers again"
-        elif not annotated and (isinstance(exc, _REFUSED) or code in _REFUSED_REPLIES):
-            effect = "Redis refused it before writing anything, so nothing changed: " + (
-                _OPERATOR_FIX.get(code) or "retry once Redis accepts writes again"
-            )
-        elif operation in GUARD_OPERATIONS:
-            effect = (
-                "it may or may not have taken effect: retry the same intent once Redis answers "
-                "again, payonce resolves either case"
-            )
+            effect = "it only reads, so nothing changed"
         else:
-            effect = "it may or may not have taken effect: run it again once Redis answers"
+            effect = "it may or may not have taken effect (payonce resolves either case)"
+        effect += f"; {fix}, then retry" if fix else "; retry once Redis answers again"
         return StoreUnavailableError(
             f"Redis was unavailable ({name}: {reply[:200]}); {effect}",
             operation=operation,

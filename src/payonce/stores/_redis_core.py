@@ -265,8 +265,9 @@ def _exhausted(operation: str) -> StoreUnavailableError:
     return StoreUnavailableError(
         f"each of its {_ATTEMPTS} attempts was overtaken by concurrent writes to the same bucket "
         "(one hash slot: on Redis Cluster, entries of other records of the bucket took the "
-        "ledger sequence numbers it was given), so it wrote nothing. This passes as the load on "
-        "the bucket drops; retrying the same intent is safe (more buckets spread the load)",
+        "ledger sequence numbers it was given), so the write it was making did not land. This "
+        "passes as the load on the bucket drops, and retrying is safe (more buckets spread the "
+        "load)",
         operation=operation,
     )
 
