@@ -258,7 +258,11 @@ NEXT_STEP: dict[type[PayonceError], tuple[str, ...]] = {
     KeyReuseError: ("exactly the recorded intent", "new reference", "next sequence"),
     InProgressError: ("retry this same intent in 2.5 s", "Do not send a new payment"),
     LeaseLostError: ("Retry the same intent", "do not send a new payment"),
-    StoreUnavailableError: ("retry the same intent", "store is reachable"),
+    StoreUnavailableError: (
+        "retry the same intent",
+        "store is reachable",
+        "run the same operation again if this was not a payment call",
+    ),
     PaymentDeclinedError: ("replays this decline", "another payment method", "new intent"),
     GatewayRejectedError: ("replays this failure", "Fix the cause", "new intent"),
     GatewayUnavailableError: ("Retry the same intent in 1.5 s", "no money moved"),
