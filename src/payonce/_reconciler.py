@@ -454,7 +454,7 @@ class _ReconcilerCore:
             if now < held.created_at + window:
                 return (
                     "not found at the provider, and too close to the end of its idempotency "
-                    "window to resend (less than a lease left); a new attempt needs a person's "
+                    "window to resend (a lease or less left); a new attempt needs a person's "
                     "decision"
                 )
             return (

@@ -261,7 +261,8 @@ def _decode_checkpoint(raw: Any) -> Checkpoint:
 
 
 def _exhausted(operation: str) -> StoreUnavailableError:
-    """Contention that passes: every attempt was refused (wrote nothing) and retried."""
+    """Contention that passes: every attempt of the write in hand was refused and retried (an
+    earlier bucket of a purge may have landed, and each attempt raised the Cluster counter)."""
     return StoreUnavailableError(
         f"each of its {_ATTEMPTS} attempts was overtaken by concurrent writes to the same bucket "
         "(one hash slot: on Redis Cluster, entries of other records of the bucket took the "
