@@ -58,6 +58,7 @@ from payonce._model import (
     ReplayView,
     Status,
 )
+from payonce._protocols import lookup_options
 
 __all__: list[str] = []
 
@@ -263,11 +264,7 @@ class _Flows(_GuardCore):
             )
             return
         try:
-            yield _StoreOp(
-                "release",
-                (self.scope, record.key),
-                {"token": lease.token, "reason": "cancelled", "now": self.clock.now()},
-            )
+            yield self._release(record, lease, "cancelled")
         except StoreError as exc:
             # The claim stays; after its lease it resolves as unknown, never as "free".
             _log_store_failure("release", record.key, exc)
@@ -295,9 +292,7 @@ class _Flows(_GuardCore):
         """Ask the provider what became of a call that may not be resent: adopt what it made,
         or leave the record UNKNOWN for the Reconciler."""
         try:
-            options: dict[str, Any] = {"key": record.key}
-            if self._lookup_since:  # only this life's objects (see Gateway.lookup)
-                options["since"] = record.created_at
+            options = lookup_options(record, takes_since=self._lookup_since)
             found = yield _Op("gateway", "lookup", (prepared.intent, record.provider_key), options)
         except Exception as exc:  # noqa: BLE001 - a failed lookup settles nothing
             found = GatewayAnswer(OutcomeClass.UNKNOWN, code=type(exc).__name__)
@@ -318,6 +313,13 @@ class _Flows(_GuardCore):
             reason = f"the provider could not say what became of the call ({found.code})"
         yield from self._mark_unknown_flow(record, lease, reason)
         raise OutcomeUnknownError(key=record.key, reason=reason)
+
+    def _release(self, record: Record, lease: Lease, reason: str | None) -> _Op:
+        return _StoreOp(
+            "release",
+            (self.scope, record.key),
+            {"token": lease.token, "reason": reason, "now": self.clock.now()},
+        )
 
     def _complete(self, record: Record, lease: Lease, status: Status, body: str) -> _Op:
         return _StoreOp(
@@ -342,11 +344,7 @@ class _Flows(_GuardCore):
             raise self._failure(record.key, result) from result.cause
         if isinstance(step, Release):
             try:
-                yield _StoreOp(
-                    "release",
-                    (self.scope, record.key),
-                    {"token": lease.token, "reason": result.code, "now": self.clock.now()},
-                )
+                yield self._release(record, lease, result.code)
             except StoreError as release_exc:
                 # The claim stays; after its lease it resolves as unknown, never as "free".
                 _log_store_failure("release", record.key, release_exc)

@@ -33,6 +33,7 @@ __all__ = [
     "Gateway",
     "Store",
     "has_ledger_horizon",
+    "lookup_options",
     "lookup_takes_since",
     "resend_fits_window",
 ]
@@ -54,6 +55,16 @@ def resend_fits_window(
     A gateway without ``idempotency_window`` never deduplicates: False."""
     window = getattr(gateway, "idempotency_window", None)
     return window is not None and now + lease < created_at + window
+
+
+def lookup_options(record: Record, *, takes_since: bool) -> dict[str, object]:
+    """The keyword arguments of ``Gateway.lookup`` for ``record``: its key, and where the gateway
+    takes it (``lookup_takes_since``) only the objects of the record's current life. A key
+    purged after its retention and claimed again keeps its payonce_key, and the earlier life's
+    movement is not this one's."""
+    if takes_since:
+        return {"key": record.key, "since": record.created_at}
+    return {"key": record.key}
 
 
 def lookup_takes_since(gateway: object, log: logging.Logger) -> bool:

@@ -49,6 +49,7 @@ from payonce._protocols import (
     Gateway,
     Store,
     has_ledger_horizon,
+    lookup_options,
     lookup_takes_since,
     resend_fits_window,
 )
@@ -377,12 +378,11 @@ class _ReconcilerCore:
         return resend_fits_window(self.gateway, record.created_at, now, self.lease)
 
     def _ask(self, method: str, intent: Intent, held: Record) -> _Pass:
-        options: dict[str, object] = {"key": held.key}
-        if method == "lookup" and self._lookup_since:
-            # Only among the objects of the record's current life: a key purged after its
-            # retention and claimed again keeps its payonce_key, and the earlier life's charge
-            # is not this one's.
-            options["since"] = held.created_at
+        options = (
+            lookup_options(held, takes_since=self._lookup_since)
+            if method == "lookup"
+            else {"key": held.key}
+        )
         try:
             answer: GatewayAnswer | None = yield (
                 "gateway",
