@@ -13,6 +13,7 @@
     │   └── LeaseLostError        our lease was taken over; we wrote nothing
     ├── StoreError                                                                     HTTP 503
     │   └── StoreUnavailableError
+    │       └── StoreClosedError  the store object was closed; a new one is needed
     ├── GatewayError
     │   ├── PaymentDeclinedError
     │   ├── GatewayRejectedError
@@ -49,6 +50,7 @@ __all__ = [
     "PaymentDeclinedError",
     "PayonceError",
     "PolicyDeniedError",
+    "StoreClosedError",
     "StoreError",
     "StoreMissingError",
     "StoreUnavailableError",
@@ -206,6 +208,30 @@ class StoreUnavailableError(StoreError):
             "are safe to repeat).",
             operation=operation,
             **fields,
+        )
+
+
+class StoreClosedError(StoreUnavailableError):
+    """The store object was closed (by its owner, or a shutdown) before this operation; it will
+    answer nothing more. Nothing was sent to the gateway by this step.
+
+    A subclass of ``StoreUnavailableError``, so code that handles an outage handles this too;
+    unlike an outage it does not pass: ``Reconciler.run`` ends on it rather than wait.
+
+    Attributes:
+        store: what was closed, e.g. ``PostgresStore``.
+    """
+
+    def __init__(self, *, store: str, operation: str) -> None:
+        StoreError.__init__(
+            self,
+            f"the payonce store failed during {operation}: this {store} was closed, and a closed "
+            "store answers nothing more. Nothing was sent to the payment provider by this step. "
+            "Open a new store (or send the request to an instance that is running), then retry "
+            "the same intent, or run the same operation again if this was not a payment call "
+            "(both are safe to repeat).",
+            store=store,
+            operation=operation,
         )
 
 

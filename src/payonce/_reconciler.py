@@ -37,6 +37,7 @@ from payonce._errors import (
     ConfigurationError,
     IntentError,
     LeaseLostError,
+    StoreClosedError,
     StoreError,
     StoreUnavailableError,
 )
@@ -661,6 +662,8 @@ class Reconciler(_ReconcilerCore):
                 coroutine is refused at its first call).
             StoreError: a store failure that waiting does not mend (credentials refused, tables
                 or keys changed outside payonce) ends the loop.
+            StoreClosedError: the store was closed while the loop ran. Set ``stop`` and let
+                ``run`` return before closing the store it uses.
         """
         self._check_batch(batch)
         _check_on_pass(on_pass)
@@ -668,6 +671,8 @@ class Reconciler(_ReconcilerCore):
         while not stop.is_set():
             try:
                 report = self.run_once(batch)
+            except StoreClosedError:
+                raise  # unlike an outage, this never passes
             except StoreUnavailableError as exc:
                 outages.failed(str(exc))  # an outage passes: keep the loop alive
                 idle = True
@@ -777,6 +782,8 @@ class AsyncReconciler(_ReconcilerCore):
         while not stop.is_set():
             try:
                 report = await self.run_once(batch)
+            except StoreClosedError:
+                raise  # unlike an outage, this never passes
             except StoreUnavailableError as exc:
                 outages.failed(str(exc))
                 idle = True

@@ -260,7 +260,7 @@ def test_a_pool_that_was_never_opened_is_a_configuration_error(database: str, ad
         pool.open()
         store = PostgresStore(pool)  # the same pool, once opened, is taken
         store.close()
-        with pytest.raises(StoreUnavailableError, match="store was closed"):
+        with pytest.raises(StoreUnavailableError, match="PostgresStore was closed"):
             store.get(worker.SCOPE, "k1_absent")  # a store closed itself: as before
     finally:
         pool.close()
@@ -283,7 +283,7 @@ def test_the_async_store_refuses_a_pool_that_was_never_opened_at_open(
             await pool.open()
             assert await store.get(worker.SCOPE, "k1_absent") is None  # opened later: taken
             await store.close()
-            with pytest.raises(StoreUnavailableError, match="store was closed"):
+            with pytest.raises(StoreUnavailableError, match="AsyncPostgresStore was closed"):
                 await store.get(worker.SCOPE, "k1_absent")
         finally:
             await pool.close()

@@ -29,6 +29,7 @@ from payonce import (
     PaymentDeclinedError,
     PayonceError,
     PolicyDeniedError,
+    StoreClosedError,
     StoreError,
     StoreMissingError,
     StoreUnavailableError,
@@ -50,6 +51,7 @@ PARENT: dict[type[PayonceError], type[Exception]] = {
     LeaseLostError: ConflictError,
     StoreError: PayonceError,
     StoreUnavailableError: StoreError,
+    StoreClosedError: StoreUnavailableError,
     GatewayError: PayonceError,
     PaymentDeclinedError: GatewayError,
     GatewayRejectedError: GatewayError,
@@ -71,6 +73,7 @@ HTTP_STATUS: dict[type[PayonceError], int] = {
     LeaseLostError: 409,
     StoreError: 503,
     StoreUnavailableError: 503,
+    StoreClosedError: 503,
     GatewayError: 502,
     PaymentDeclinedError: 402,
     GatewayRejectedError: 422,
@@ -113,6 +116,10 @@ EXAMPLES: dict[type[PayonceError], tuple[PayonceError, dict[str, Any]]] = {
     StoreUnavailableError: (
         StoreUnavailableError("database is locked", operation="claim", attempts=3),
         {"operation": "claim", "attempts": 3},
+    ),
+    StoreClosedError: (
+        StoreClosedError(store="PostgresStore", operation="complete"),
+        {"store": "PostgresStore", "operation": "complete"},
     ),
     GatewayError: (
         GatewayError("gateway said no", key=KEY, code="x", replayed=False),
@@ -261,6 +268,12 @@ NEXT_STEP: dict[type[PayonceError], tuple[str, ...]] = {
     StoreUnavailableError: (
         "retry the same intent",
         "store is reachable",
+        "run the same operation again if this was not a payment call",
+    ),
+    StoreClosedError: (
+        "this PostgresStore was closed",
+        "Open a new store",
+        "retry the same intent",
         "run the same operation again if this was not a payment call",
     ),
     PaymentDeclinedError: ("replays this decline", "another payment method", "new intent"),

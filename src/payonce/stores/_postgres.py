@@ -45,7 +45,12 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Final, TypeVar, cast
 
-from payonce._errors import ConfigurationError, StoreError, StoreUnavailableError
+from payonce._errors import (
+    ConfigurationError,
+    StoreClosedError,
+    StoreError,
+    StoreUnavailableError,
+)
 from payonce._model import Checkpoint, Claimed, Entry, NewRecord, Record, ReplayView, Status
 
 try:
@@ -316,11 +321,8 @@ def _not_autocommit() -> ConfigurationError:
     )
 
 
-def _closed(operation: str) -> StoreUnavailableError:
-    return StoreUnavailableError(
-        "this PostgreSQL store was closed; create a new one to keep using the database",
-        operation=operation,
-    )
+def _closed(operation: str, store: str = "PostgresStore") -> StoreClosedError:
+    return StoreClosedError(store=store, operation=operation)
 
 
 def _validate(min_size: int, max_size: int, timeout: timedelta) -> None:

@@ -158,7 +158,7 @@ class AsyncPostgresStore(Flows):
             if self._opened:
                 return self
             if self._closed:
-                raise _closed("open")
+                raise _closed("open", "AsyncPostgresStore")
             if not self._owned and self._pool.closed:
                 raise _unopened("AsyncConnectionPool", "await pool.open(), or async with pool")
             try:
@@ -221,7 +221,7 @@ class AsyncPostgresStore(Flows):
     ) -> _T:
         """Drive a flow on one pooled connection; retry it whole on 40001/40P01."""
         if self._closed:
-            raise _closed(operation)
+            raise _closed(operation, "AsyncPostgresStore")
         for attempt in range(_ATTEMPTS):
             try:
                 # getconn/putconn, as the sync twin: no commit step on an autocommit connection.
@@ -240,7 +240,11 @@ class AsyncPostgresStore(Flows):
                 if _retryable(exc) and attempt + 1 < _ATTEMPTS:
                     await asyncio.sleep(_backoff(attempt))
                     continue
-                raise (_closed(operation) if self._closed else _translate(exc, operation)) from exc
+                raise (
+                    _closed(operation, "AsyncPostgresStore")
+                    if self._closed
+                    else _translate(exc, operation)
+                ) from exc
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _live(

@@ -30,7 +30,12 @@ from datetime import datetime, timedelta
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
-from payonce._errors import ConfigurationError, StoreError, StoreUnavailableError
+from payonce._errors import (
+    ConfigurationError,
+    StoreClosedError,
+    StoreError,
+    StoreUnavailableError,
+)
 from payonce._model import Checkpoint, Claimed, Entry, NewRecord, Record, ReplayView, Status
 from payonce.stores import _redis_lua as lua
 from payonce.stores._open import _LONGEST_WAIT, _number
@@ -636,10 +641,7 @@ class RedisStore(RedisCore):
 
     def _perform(self, effect: Effect, operation: str) -> Any:
         if self._closed:
-            raise StoreUnavailableError(
-                "this RedisStore was closed; create a new one to keep using Redis",
-                operation=operation,
-            )
+            raise StoreClosedError(store="RedisStore", operation=operation)
         if isinstance(effect, Pause):
             time.sleep(effect.delay.total_seconds())
             return None
@@ -983,10 +985,7 @@ class AsyncRedisStore(RedisCore):
 
     async def _perform(self, effect: Effect, operation: str) -> Any:
         if self._closed:
-            raise StoreUnavailableError(
-                "this AsyncRedisStore was closed; create a new one to keep using Redis",
-                operation=operation,
-            )
+            raise StoreClosedError(store="AsyncRedisStore", operation=operation)
         if isinstance(effect, Pause):
             await asyncio.sleep(effect.delay.total_seconds())
             return None

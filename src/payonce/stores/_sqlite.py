@@ -25,6 +25,7 @@ from payonce._errors import (
     ConfigurationError,
     ConflictError,
     LeaseLostError,
+    StoreClosedError,
     StoreError,
     StoreMissingError,
     StoreUnavailableError,
@@ -659,11 +660,8 @@ def _checkpoint_conflict(number: int) -> ConflictError:
     )
 
 
-def _closed_error(operation: str) -> StoreUnavailableError:
-    return StoreUnavailableError(
-        "this SQLiteStore was closed; create a new one to keep using the database",
-        operation=operation,
-    )
+def _closed_error(operation: str) -> StoreClosedError:
+    return StoreClosedError(store="SQLiteStore", operation=operation)
 
 
 def _missing(path: str) -> StoreMissingError:
