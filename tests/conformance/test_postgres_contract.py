@@ -47,10 +47,20 @@ class TestPostgresStore(StoreContract):
         yield s
         s.close()
 
+    @pytest.fixture
+    def second(self, conninfo: str) -> Iterator[PostgresStore]:
+        s = PostgresStore(conninfo, max_size=POOL)
+        yield s
+        s.close()
+
 
 class TestAsyncPostgresStore(AsyncStoreContract):
     @pytest.fixture
     def astore(self, conninfo: str) -> AsyncPostgresStore:
+        return AsyncPostgresStore(conninfo, max_size=POOL)
+
+    @pytest.fixture
+    def asecond(self, conninfo: str) -> AsyncPostgresStore:
         return AsyncPostgresStore(conninfo, max_size=POOL)
 
 

@@ -29,6 +29,7 @@ from payonce import (
     ConfigurationError,
     Guard,
     Intent,
+    LeaseLostError,
     Status,
     StoreMissingError,
     StoreUnavailableError,
@@ -107,11 +108,21 @@ class TestRedisStore(StoreContract):
     def store(self, local_store: RedisStore) -> RedisStore:
         return local_store
 
+    @pytest.fixture
+    def second(self, local_prefix: str) -> Iterator[RedisStore]:
+        other = RedisStore(LOCAL_URL, prefix=local_prefix)
+        yield other
+        other.close()
+
 
 class TestAsyncRedisStore(AsyncStoreContract):
     @pytest.fixture
     def astore(self, local_astore: AsyncRedisStore) -> AsyncRedisStore:
         return local_astore
+
+    @pytest.fixture
+    def asecond(self, local_prefix: str) -> AsyncRedisStore:
+        return AsyncRedisStore(LOCAL_URL, prefix=local_prefix)
 
 
 class TestRedisClusterStore(StoreContract):
@@ -119,11 +130,59 @@ class TestRedisClusterStore(StoreContract):
     def store(self, cluster_store: RedisStore) -> RedisStore:
         return cluster_store
 
+    @pytest.fixture
+    def second(self, cluster: Cluster, cluster_prefix: str) -> Iterator[RedisStore]:
+        other = RedisStore(f"redis+cluster://127.0.0.1:{cluster.ports[0]}", prefix=cluster_prefix)
+        yield other
+        other.close()
+
 
 class TestAsyncRedisClusterStore(AsyncStoreContract):
     @pytest.fixture
     def astore(self, cluster_astore: AsyncRedisStore) -> AsyncRedisStore:
         return cluster_astore
+
+    @pytest.fixture
+    def asecond(self, cluster: Cluster, cluster_prefix: str) -> AsyncRedisStore:
+        return AsyncRedisStore(
+            f"redis+cluster://127.0.0.1:{cluster.ports[0]}", prefix=cluster_prefix
+        )
+
+
+# -- beyond the contract: the script's own fence ---------------------------------------------------
+
+
+def test_a_write_by_token_loses_to_a_takeover_between_its_read_and_its_script(
+    local_prefix: str,
+) -> None:
+    # C never held the lease, so it writes fenced on the token, status and ledger head it read
+    # (no lease nonce to check). B takes the record over between C's read and C's script: only
+    # the script's compare-and-set can refuse C.
+    t0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    lease = timedelta(seconds=30)
+    a, b, c = (RedisStore(LOCAL_URL, prefix=local_prefix) for _ in range(3))
+    try:
+        new = NewRecord("tenant", "k1_" + "c" * 64, "fp", "{}", "po1_c", "charge", 100, "usd")
+        a.claim(new, now=t0, lease_for=lease)
+        read = c._read
+
+        def read_then_taken_over(bucket: Any, ident: str) -> Any:
+            record = yield from read(bucket, ident)
+            taken = b.takeover(new.scope, new.key, token=1, now=t0 + lease, lease_for=lease)
+            assert taken.lease is not None
+            return record
+
+        c._read = read_then_taken_over  # type: ignore[method-assign]
+        with pytest.raises(LeaseLostError):
+            c.complete(
+                new.scope, new.key, token=1, status=Status.SUCCEEDED, outcome="{}", now=t0 + lease
+            )
+        after = b.get(new.scope, new.key)
+        assert after is not None
+        assert (after.status, after.token, after.outcome) == (Status.CLAIMED, 2, None)
+    finally:
+        for store in (a, b, c):
+            store.close()
 
 
 # -- beyond the contract: start-up checks, layout, the ledger through a guard --------------------

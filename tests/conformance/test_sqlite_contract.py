@@ -19,12 +19,24 @@ class TestSQLiteFileStore(StoreContract):
         yield s
         s.close()
 
+    @pytest.fixture
+    def second(self, tmp_path: Path) -> Iterator[SQLiteStore]:
+        s = SQLiteStore(tmp_path / "contract.db")
+        yield s
+        s.close()
+
 
 class TestSQLiteFileStoreNormal(StoreContract):
     """synchronous=NORMAL changes durability on power loss, never the semantics."""
 
     @pytest.fixture
     def store(self, tmp_path: Path) -> Iterator[SQLiteStore]:
+        s = SQLiteStore(tmp_path / "contract.db", synchronous="NORMAL")
+        yield s
+        s.close()
+
+    @pytest.fixture
+    def second(self, tmp_path: Path) -> Iterator[SQLiteStore]:
         s = SQLiteStore(tmp_path / "contract.db", synchronous="NORMAL")
         yield s
         s.close()
@@ -41,4 +53,8 @@ class TestSQLiteMemoryStore(StoreContract):
 class TestThreadedSQLiteStore(AsyncStoreContract):
     @pytest.fixture
     def astore(self, tmp_path: Path) -> ThreadedAsyncStore:
+        return ThreadedAsyncStore(SQLiteStore(tmp_path / "contract.db"))
+
+    @pytest.fixture
+    def asecond(self, tmp_path: Path) -> ThreadedAsyncStore:
         return ThreadedAsyncStore(SQLiteStore(tmp_path / "contract.db"))

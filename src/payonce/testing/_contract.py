@@ -47,6 +47,17 @@ class StoreContract(_StoreChecks):
     thread-safe: the concurrency checks call it from 16 threads at once.
     """
 
+    @pytest.fixture
+    def second(self, store: Store) -> Store:
+        """A second instance of the store over the same data, as another process opens it.
+
+        The checks of fencing across instances write through both, so that a stale instance's
+        write must be refused by the store itself (its database or script), not by what that
+        instance remembers. Override it for a store that can be opened twice (and close it
+        afterwards); the default, ``store`` itself, checks one instance only.
+        """
+        return store
+
     def test_conforms_to_store_protocol(self, store: Store) -> None:
         assert isinstance(store, Store)
 
@@ -71,6 +82,24 @@ class AsyncStoreContract(_StoreChecks):
                 loop.run(astore.close())
             finally:
                 loop.close()
+
+    @pytest.fixture
+    def asecond(self) -> AsyncStore | None:
+        """As ``StoreContract.second``: another ``AsyncStore`` over the same data as ``astore``,
+        not used yet (the suite closes it on the test's loop), or None to check one instance."""
+        return None
+
+    @pytest.fixture
+    def second(self, store: Store, asecond: AsyncStore | None) -> Iterator[Store]:
+        """``asecond`` behind a blocking facade on the same loop as ``store``."""
+        if asecond is None or not isinstance(store, _BlockingStore):
+            yield store
+            return
+        facade = _BlockingStore(asecond, store.loop)
+        try:
+            yield facade
+        finally:
+            facade.close()
 
     def test_conforms_to_async_store_protocol(self, astore: AsyncStore, store: Store) -> None:
         # ``store`` is requested only so that the teardown closes ``astore`` on its loop.

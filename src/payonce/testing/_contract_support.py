@@ -259,6 +259,11 @@ class _BlockingStore:
         self._astore = astore
         self._loop = loop
 
+    @property
+    def loop(self) -> _LoopThread:
+        """The loop every call is awaited on (a second store of the same test shares it)."""
+        return self._loop
+
     def claim(self, new: NewRecord, *, now: datetime, lease_for: timedelta) -> Claimed:
         return self._loop.run(self._astore.claim(new, now=now, lease_for=lease_for))
 

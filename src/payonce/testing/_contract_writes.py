@@ -166,6 +166,44 @@ class _FencedWriteChecks:
         events = [e.event for e in _entries(store)]
         assert events == [Event.CLAIMED, Event.TAKEN_OVER, Event.SUCCEEDED]
 
+    def test_a_stale_instance_cannot_write_after_another_took_over(
+        self, store: Store, second: Store
+    ) -> None:
+        # Two instances over one store, as two processes: A claimed and remembers the record it
+        # wrote, B took the lapsed lease over. A's late writes are refused by the store itself.
+        new = _new("zombie-instance")
+        _claim(store, new)  # instance A, token 1
+        b = second.takeover(new.scope, new.key, token=1, now=_T0 + _LEASE, lease_for=_LEASE)
+        assert b.lease is not None
+
+        for op in _FENCED_WRITES:
+            with pytest.raises(LeaseLostError):
+                _fenced_write(store, op, new.scope, new.key, token=1, now=_T0 + _LEASE + _SECOND)
+            assert second.get(new.scope, new.key) == b.record
+
+        done = _settle(second, new, Status.SUCCEEDED, token=b.lease.token, now=_T0 + 2 * _LEASE)
+        assert (done.status, done.token, done.outcome) == (Status.SUCCEEDED, 2, _OUTCOME)
+        events = [e.event for e in _entries(second)]
+        assert events == [Event.CLAIMED, Event.TAKEN_OVER, Event.SUCCEEDED]
+
+    def test_a_stale_instance_cannot_take_over_a_record_taken_since(
+        self, store: Store, second: Store
+    ) -> None:
+        # B read the record while A's first lease was live; A's lease lapsed and A itself took
+        # the record over again (token 2). B's takeover, computed from what it read, loses.
+        new = _new("stale-takeover")
+        _claim(store, new)
+        assert second.get(new.scope, new.key) is not None  # B has seen token 1
+        now = _T0 + _LEASE
+        a = store.takeover(new.scope, new.key, token=1, now=now, lease_for=_LEASE)
+        assert a.lease is not None
+
+        b = second.takeover(new.scope, new.key, token=1, now=now + _SECOND, lease_for=_LEASE)
+
+        assert b.lease is None  # A's new lease is live: B gets the record, not a lease
+        assert second.get(new.scope, new.key) == a.record
+        assert [e.event for e in _entries(second)] == [Event.CLAIMED, Event.TAKEN_OVER]
+
     def test_zombie_of_an_earlier_life_cannot_write_after_reclaim(self, store: Store) -> None:
         # A takes the key (token 1), loses it to B (token 2), B releases it, C claims it again:
         # A's late write must still be refused, so C's token must not restart at 1.
