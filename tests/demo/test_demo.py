@@ -143,6 +143,15 @@ def test_a_store_password_never_reaches_the_output() -> None:
     masked = _describe("postgresql://payonce:s3cret@db.internal:5432/payments")
     assert masked == "postgresql://payonce:***@db.internal:5432/payments"
     assert _describe("sqlite:///demo.db") == "sqlite:///demo.db"
+    # In the query string too (before, these were printed as given).
+    assert _describe("postgresql://payonce@db/pay?password=s3cret&sslmode=require") == (
+        "postgresql://payonce@db/pay?password=***&sslmode=require"
+    )
+    assert _describe("redis://db:6379/0?prefix=shop&PassWord=s3cret") == (
+        "redis://db:6379/0?prefix=shop&PassWord=***"
+    )
+    assert "s3cret" not in _describe("postgresql://payonce:s3?cret@db/pay")
+    assert "s3cret" not in _describe("redis://:s3cret@db:6379/0#s3cret")
 
 
 def test_main_prints_json_alone_on_stdout(

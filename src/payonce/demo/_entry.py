@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from payonce import ConfigurationError, PayonceError, SQLiteStore, Store, open_store
 from payonce.demo._console import print_summary, progress_bars
@@ -73,13 +73,23 @@ def _check_report(report: Path | str | None) -> Path:
 
 
 def _describe(url: str) -> str:
-    """The store URL with its password masked (I8)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    port = "" if parts.port is None else f":{parts.port}"
-    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}{port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The store URL with every password masked (I8): the one before the host and any query
+    option whose name holds "pass" (``?password=``, ``?sslpassword=``); no fragment, and no
+    query at all where a '?' inside a password cut the URL short."""
+    parts = urlsplit(url)._replace(fragment="")
+    if parts.password is not None:
+        port = "" if parts.port is None else f":{parts.port}"
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{parts.hostname or ''}{port}")
+    if "@" in parts.query:  # a '?' in a password left unencoded: its tail is in the query
+        parts = parts._replace(query="***")
+    elif parts.query:
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        masked = [(name, "***" if "pass" in name.lower() else value) for name, value in pairs]
+        parts = parts._replace(query=urlencode(masked, safe="*/"))
+    # Not urlunsplit: it drops the empty host of sqlite:///relative.db.
+    return f"{parts.scheme}://{parts.netloc}{parts.path}" + (
+        f"?{parts.query}" if parts.query else ""
+    )
 
 
 def run_demo(
