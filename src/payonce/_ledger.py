@@ -139,6 +139,23 @@ class LedgerReport:
     last_seq: int
 
 
+def _checked_anchor(anchor: object) -> str | None:
+    """``anchor`` in the form checkpoint hashes take (lower-case hex), or a ConfigurationError: a
+    mistyped anchor is a wrong argument, not a sign that the ledger was tampered with."""
+    if anchor is None:
+        return None
+    if isinstance(anchor, str):
+        digits = anchor.strip().lower()
+        if len(digits) == 64 and all(c in "0123456789abcdef" for c in digits):
+            return digits
+    raise ConfigurationError(
+        "the anchor is not a checkpoint hash (64 hexadecimal digits, as `payonce ledger seal` "
+        "and LedgerReport.last_checkpoint.hash give it); nothing was verified. Pass the hash "
+        "you kept outside the store, whole, or verify without an anchor.",
+        option="anchor",
+    )
+
+
 def _verify_checkpoints(checkpoints: list[Checkpoint], anchor: str | None) -> None:
     prev_hash, next_first = GENESIS, 1
     for number, cp in enumerate(checkpoints, start=1):
@@ -217,8 +234,10 @@ def verify_ledger(store: Store, *, anchor: str | None = None) -> LedgerReport:
         LedgerCorruptedError: naming the first bad entry (by ``seq`` and key) and what is wrong.
         ConflictError: (PostgreSQL) the ledger stayed busy with writers past the store's lock
             timeout while the horizon was read; verify again later.
-        ConfigurationError: ``store`` is an AsyncStore (use ``averify_ledger``).
+        ConfigurationError: ``store`` is an AsyncStore (use ``averify_ledger``), or ``anchor``
+            is not a checkpoint hash (64 hexadecimal digits).
     """
+    anchor = _checked_anchor(anchor)
     target = _sync_store(store, "verify_ledger")
     flow = _verify_flow(anchor, gapless=_gapless(target), horizon=has_ledger_horizon(target))
     return _drive(target, flow)
@@ -230,8 +249,9 @@ async def averify_ledger(store: AsyncStore | Store, *, anchor: str | None = None
     Raises:
         LedgerCorruptedError: naming the first bad entry (by ``seq`` and key) and what is wrong.
         ConflictError: as ``verify_ledger``; verify again later.
-        ConfigurationError: ``store`` is not a store.
+        ConfigurationError: ``store`` is not a store, or ``anchor`` is not a checkpoint hash.
     """
+    anchor = _checked_anchor(anchor)
     target = _async_store(store, "averify_ledger")
     flow = _verify_flow(anchor, gapless=_gapless(target), horizon=has_ledger_horizon(target))
     return await _adrive(target, flow)

@@ -76,6 +76,18 @@ def test_verify_with_an_anchor_missing_from_the_store_exits_1(known: Seeded, cli
     assert "anchored checkpoint" in done.stderr
 
 
+def test_verify_with_a_malformed_anchor_is_a_usage_error_not_tampering(
+    known: Seeded, cli: Cli
+) -> None:
+    # Before, a typo in the anchor was reported as an edited ledger (exit 1, "stop writing").
+    for typo in ("not-a-hash", "0" * 63, "g" * 64):
+        done = cli("ledger", "verify", "--anchor", typo, "--store", known.url)
+        assert done.returncode == 2, done.stderr
+        assert "not a checkpoint hash" in done.stderr
+        assert "tamper" not in done.stderr
+        assert "edited" not in done.stderr
+
+
 def test_seal_prints_a_checkpoint_that_verify_accepts_as_anchor(known: Seeded, cli: Cli) -> None:
     entries = json_out(cli("ledger", "verify", "--store", known.url, "--json"))["entries"]
     done = cli("ledger", "seal", "--store", known.url)
@@ -89,6 +101,9 @@ def test_seal_prints_a_checkpoint_that_verify_accepts_as_anchor(known: Seeded, c
     assert checkpoint.hash in done.stdout
     anchored = cli("ledger", "verify", "--anchor", checkpoint.hash, "--store", known.url)
     assert anchored.returncode == 0, anchored.stderr
+    # The same hash in upper case, as some tools copy it, is the same anchor.
+    upper = cli("ledger", "verify", "--anchor", checkpoint.hash.upper(), "--store", known.url)
+    assert upper.returncode == 0, upper.stderr
     again = json_out(cli("ledger", "seal", "--store", known.url, "--json"))
     assert again == {"sealed": False, "verified": True, "checkpoint": None, "checkpoints": 1}
     assert "no ledger entry to seal since checkpoint 1" in cli(

@@ -8,6 +8,8 @@ docs/stores-redis.md describes: the replay costs a provider round trip instead o
 
 from __future__ import annotations
 
+import uuid
+
 import redis
 
 from payonce import Guard, Intent, verify_ledger
@@ -18,7 +20,7 @@ from tests.conftest import SCOPE, SECRET
 from tests.redis_cluster import delete_prefix
 
 INTENT = Intent("charge", 5000, "usd", payment_method="tok_visa", reference="order-r15e")
-PREFIX = "payonce-r15e"
+PREFIX = f"payonce-r15e-{uuid.uuid4().hex[:12]}"  # never another run's keys
 
 
 def test_r15e_data_loss_never_charges_twice_inside_the_provider_window() -> None:
