@@ -72,6 +72,8 @@ _log = logging.getLogger("payonce.reconciler")
 #: The prefix of the reason of every record a pass leaves UNKNOWN: it needs a person (or a later
 #: pass, once the provider can be asked again).
 REVIEW: Final = "review: "
+# The most records one pass may take: a bound a store's scan limit can always hold.
+MOST_BATCH: Final = 100_000
 
 
 @dataclass(slots=True)
@@ -269,8 +271,11 @@ class _ReconcilerCore:
 
     @staticmethod
     def _check_batch(batch: int) -> None:
-        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-            raise ConfigurationError("batch must be a positive integer")
+        if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MOST_BATCH:
+            raise ConfigurationError(
+                f"batch must be a whole number from 1 to {MOST_BATCH:,}: the records one pass "
+                "reads and resolves"
+            )
 
     def _resting(self, record: Record, now: datetime) -> bool:
         """Flagged for review too recently to be asked about again."""

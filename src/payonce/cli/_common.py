@@ -252,8 +252,14 @@ def parse_duration(text: str) -> timedelta:
             "or 3600s (w, d, h, m, s)"
         )
     total = timedelta(0)
-    for amount, unit in parts:
-        total += timedelta(**{_UNITS[unit]: int(amount)})
+    try:
+        for amount, unit in parts:
+            total += timedelta(**{_UNITS[unit]: int(amount)})
+    except OverflowError:
+        raise UsageError(
+            f"{text.strip()[:40]!r} is longer than any duration payonce can count; write a "
+            "shorter one (days count up to 999999999d)"
+        ) from None
     return total
 
 

@@ -163,7 +163,8 @@ def _checkpoint_dict(checkpoint: Checkpoint) -> dict[str, object]:
 @ledger_app.command("tail")
 def tail(
     count: Annotated[
-        int, typer.Option("-n", "--count", min=1, help="How many of the newest entries.")
+        int,
+        typer.Option("-n", "--count", min=1, max=1_000_000, help="How many of the newest entries."),
     ] = 20,
     store_url: StoreOption = DEFAULT_STORE,
     as_json: JsonOption = False,

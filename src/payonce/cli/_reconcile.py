@@ -16,7 +16,7 @@ from rich.table import Table
 
 from payonce._clock import SystemClock
 from payonce._protocols import Gateway, Store
-from payonce._reconciler import Reconciler, ReconcileReport
+from payonce._reconciler import MOST_BATCH, Reconciler, ReconcileReport
 from payonce.cli._common import (
     DEFAULT_STORE,
     EXIT_OK,
@@ -48,7 +48,10 @@ def reconcile(
         bool, typer.Option("--once", help="Run one pass and exit instead of until Ctrl-C.")
     ] = False,
     batch: Annotated[
-        int, typer.Option("--batch", min=1, metavar="N", help="Records per pass, oldest first.")
+        int,
+        typer.Option(
+            "--batch", min=1, max=MOST_BATCH, metavar="N", help="Records per pass, oldest first."
+        ),
     ] = 100,
     gateway: Annotated[
         GatewayName,
@@ -73,6 +76,7 @@ def reconcile(
         typer.Option(
             "--interval",
             min=0.01,
+            max=86_400.0,
             metavar="SECONDS",
             help="Without --once: how long to wait after a pass that found nothing to do.",
         ),

@@ -63,6 +63,13 @@ def open_store(url: str, *, create: bool = True) -> Store:
             f"a store URL looks like one of: {_FORMS}; this one has no '://' after its scheme",
             option="url",
         )
+    if "\x00" in url or not _is_text(url):
+        # Not quoted: it may hold a password. A NUL would end the string early in libpq.
+        raise ConfigurationError(
+            "the store URL holds a NUL character or bytes that are not UTF-8 text; percent-encode "
+            "any byte outside printable UTF-8 (a NUL cannot be part of a store URL)",
+            option="url",
+        )
     try:
         parts = urlsplit(url)
     except ValueError:  # "Invalid IPv6 URL": an unbalanced '[' or ']' in the host
@@ -91,6 +98,16 @@ def open_store(url: str, *, create: bool = True) -> Store:
     raise ConfigurationError(
         f"unknown store URL scheme {parts.scheme!r}; use one of: {_FORMS}", option="url"
     )
+
+
+def _is_text(url: str) -> bool:
+    """Whether ``url`` is UTF-8 text: a command-line argument that is not arrives with lone
+    surrogates (Python's surrogateescape), which no driver can send."""
+    try:
+        url.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _open_sqlite(url: str, create: bool) -> SQLiteStore:
