@@ -184,6 +184,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="callers racing in this process")
     parser.add_argument("--sleep-in-fn", type=float, default=0.0, help="seconds inside the call")
     parser.add_argument("--rounds", type=int, default=1, help="races on fresh keys, stdin-started")
+    worker.store_latency(parser)
     return parser.parse_args(argv)
 
 
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     store = PostgresStore(args.conninfo, min_size=1, max_size=args.threads)
     guard = Guard(
-        store,
+        worker.Slowed(store, args.store_latency) if args.store_latency else store,
         secret=worker.SECRET,
         scope=worker.SCOPE,
         lease=timedelta(seconds=args.lease),

@@ -29,6 +29,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="callers racing in this process")
     parser.add_argument("--sleep-in-fn", type=float, default=0.0, help="seconds inside the call")
     parser.add_argument("--rounds", type=int, default=1, help="races on fresh keys, stdin-started")
+    worker.store_latency(parser)
     return parser.parse_args(argv)
 
 
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     store = RedisStore(args.url, prefix=args.prefix)
     guard = Guard(
-        store,
+        worker.Slowed(store, args.store_latency) if args.store_latency else store,
         secret=worker.SECRET,
         scope=worker.SCOPE,
         lease=timedelta(seconds=args.lease),

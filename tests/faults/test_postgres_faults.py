@@ -336,13 +336,14 @@ def test_concurrent_starters_migrate_once() -> None:
 
 
 def test_r5_sixteen_processes_race_on_one_key(database: str, admin: Admin, tmp_path: Path) -> None:
-    """16 processes x 2 threads race on one key, 20 rounds: one movement and one outcome each."""
+    """16 processes x 2 threads race on one key, 20 rounds, with up to 5 ms of latency injected
+    before every store call: one movement and one outcome each."""
     movements = tmp_path / "movements.txt"
     command = [
         sys.executable, "-m", "tests.faults.pg_worker", f"--conninfo={database}",
         f"--movements={movements}", "--reference=r5-pg", f"--rounds={ROUNDS}",
         f"--threads={THREADS_PER_PROCESS}", f"--sleep-in-fn={SLOW_CALL}", "--lease=30",
-        "--wait=10",
+        "--wait=10", "--store-latency=0.005",
     ]  # fmt: skip
     acknowledged: list[Ack | Outcome] = []
     with ExitStack() as stack:

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,6 +33,7 @@ from payonce import ConfigurationError, Status, StoreUnavailableError, verify_le
 from payonce._model import NewRecord
 from payonce.stores._redis import AsyncRedisStore, RedisStore
 from payonce.stores._redis_core import _ATTEMPTS, _BACKOFF_CAP, Effect, Pause, Script, _ident
+from tests.faults.test_redis_faults import race_processes
 from tests.ledger.test_verify_live import _Busy
 from tests.redis_cluster import HOST, Cluster, delete_prefix, redis_cluster
 
@@ -521,3 +523,17 @@ def test_a_redirect_seen_by_a_plain_client_names_the_cluster_url() -> None:
         assert not isinstance(translated, StoreUnavailableError)
         assert "nothing was written" in str(translated)
         assert "redis+cluster://host:port" in str(translated)
+
+
+# -- the multi-process race (SCENARIOS R5) ---------------------------------------------------------
+
+
+def test_r5_concurrent_duplicates_processes_on_redis_cluster(
+    cluster: Cluster, cluster_client: RedisCluster, tmp_path: Path
+) -> None:
+    """The race of test_redis_faults on the cluster: 16 processes x 2 threads, 20 rounds."""
+    prefix = f"payonce-race-{uuid.uuid4().hex[:12]}"
+    try:
+        race_processes(f"redis+cluster://{HOST}:{cluster.ports[0]}", prefix, tmp_path, "r5-cluster")
+    finally:
+        delete_prefix(cluster_client, prefix)

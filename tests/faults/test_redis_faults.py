@@ -1,7 +1,9 @@
 """Races and outages on Redis (SCENARIOS R5 and the store outage of issue 3).
 
-* 16 processes x 2 threads race on one key of the local Redis, 20 rounds on fresh keys: one
-  movement per key, one outcome byte for byte, every other caller replays or is told to wait.
+* 16 processes x 2 threads race on one key of the local Redis, 20 rounds on fresh keys, with
+  up to 5 ms of latency injected before every store call: one movement per key, one outcome
+  byte for byte, every other caller replays or is told to wait (on Redis Cluster too, from
+  test_redis_cluster_faults).
 * An outage: ``CLIENT PAUSE WRITE`` on a throwaway server while the guard claims, and while it
   records the outcome, with a short socket timeout on the store's client. The caller gets a
   clear ``StoreUnavailableError`` (or, once the call ran, ``OutcomeUnknownError`` caused by it),
@@ -54,6 +56,7 @@ PROCESSES = 16
 THREADS_PER_PROCESS = 2
 ROUNDS = 20
 SLOW_CALL = 0.2  # seconds the provider holds the first call open while duplicates arrive
+STORE_LATENCY = 0.005  # seconds, at most, injected before each store call of the race workers
 LEASE = timedelta(seconds=30)
 SOCKET_TIMEOUT = 0.25  # seconds: how long the store's client waits on a paused server
 PAUSE_MS = 20_000  # an upper bound only: each test unpauses explicitly
@@ -75,34 +78,28 @@ def local_prefix() -> Iterator[str]:
 
 def test_r5_concurrent_duplicates_processes_on_redis(tmp_path: Path, local_prefix: str) -> None:
     """16 processes x 2 threads race on one key in Redis, 20 rounds, each on a fresh key."""
+    race_processes(LOCAL_URL, local_prefix, tmp_path, "r5-redis")
+
+
+def race_processes(url: str, prefix: str, tmp_path: Path, reference: str) -> None:
+    """R5 on the Redis at ``url``: 16 processes x 2 threads race on one key per round, 20 rounds,
+    with up to ``STORE_LATENCY`` injected before every store call of every worker."""
     movements = tmp_path / "movements.txt"
     command = [
-        sys.executable,
-        "-m",
-        "tests.faults.redis_worker",
-        f"--url={LOCAL_URL}",
-        f"--prefix={local_prefix}",
-        f"--movements={movements}",
-        "--reference=r5-redis",
-        f"--rounds={ROUNDS}",
-        f"--threads={THREADS_PER_PROCESS}",
-        f"--sleep-in-fn={SLOW_CALL}",
-        "--lease=30",
-        "--wait=10",
-    ]
+        sys.executable, "-m", "tests.faults.redis_worker", f"--url={url}", f"--prefix={prefix}",
+        f"--movements={movements}", f"--reference={reference}", f"--rounds={ROUNDS}",
+        f"--threads={THREADS_PER_PROCESS}", f"--sleep-in-fn={SLOW_CALL}", "--lease=30",
+        "--wait=10", f"--store-latency={STORE_LATENCY}",
+    ]  # fmt: skip
     acknowledged: list[Ack] = []
     with ExitStack() as stack:
         procs = []
         for n in range(PROCESSES):
             stderr = stack.enter_context((tmp_path / f"worker-{n}.err").open("w"))
             proc = subprocess.Popen(
-                command,
-                cwd=ROOT,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                text=True,
-            )
+                command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=stderr, text=True,
+            )  # fmt: skip
             stack.enter_context(proc)
             stack.callback(proc.kill)  # runs first: a failed round must not leave it blocked
             procs.append(proc)
@@ -121,7 +118,7 @@ def test_r5_concurrent_duplicates_processes_on_redis(tmp_path: Path, local_prefi
         for proc in procs:
             assert proc.wait(timeout=60) == 0
 
-    store = RedisStore(LOCAL_URL, prefix=local_prefix)
+    store = RedisStore(url, prefix=prefix)
     try:
         all_movements = worker.read_movements(movements)
         assert len(all_movements) == ROUNDS

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sys
 import threading
 import time
@@ -41,6 +42,41 @@ SCOPE = "tenant-a"
 CUSTOMER = "cus_worker"
 
 _print_lock = threading.Lock()
+
+
+class Slowed:
+    """``store`` with latency injected before every call: each waits a random 0 to ``most``
+    seconds first, so the racers' store calls interleave in ever other orders (SCENARIOS R5,
+    "with injected store latency"). Everything else is the store's own."""
+
+    def __init__(self, store: Any, most: float) -> None:
+        self._store = store
+        self._most = most
+        self._random = random.Random(os.getpid())  # jitter, not security
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self._store, name)
+        if not callable(target) or name == "close":
+            return target
+
+        def slowed(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                pause = self._random.uniform(0.0, self._most)
+            time.sleep(pause)
+            return target(*args, **kwargs)
+
+        return slowed
+
+
+def store_latency(parser: argparse.ArgumentParser) -> None:
+    """The ``--store-latency`` option of the race workers."""
+    parser.add_argument(
+        "--store-latency",
+        type=float,
+        default=0.0,
+        help="inject up to this many seconds of latency before every store call",
+    )
 
 
 def impatient_guard(store: Any, clock: Clock, *, lease: timedelta, **options: Any) -> Guard:
