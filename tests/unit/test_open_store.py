@@ -453,3 +453,33 @@ def test_create_false_refuses_a_missing_store_and_creates_nothing(
             open_store(url, create=False)
     finally:
         pg_worker.drop_database(name)
+
+
+def test_sqlite_paths_that_are_no_store_say_what_they_are_and_change_nothing(
+    tmp_path: Path,
+) -> None:
+    from payonce import StoreMissingError  # noqa: PLC0415
+
+    # A directory is a wrong path, not an outage to retry (it was SQLITE_CANTOPEN, "retry").
+    for create in (True, False):
+        with pytest.raises(ConfigurationError, match="is a directory") as caught:
+            open_store(f"sqlite:///{tmp_path}", create=create)
+        assert not isinstance(caught.value, StoreMissingError)
+    # Nothing at a path whose directory is missing: no store there (it was "cannot create").
+    with pytest.raises(StoreMissingError, match="no SQLite file with payonce's tables"):
+        open_store(f"sqlite:///{tmp_path}/nosuchdir/x.db", create=False)
+    # A newer schema is named as such, also where a migration is missing too (the next step
+    # was "run payonce migrate", which then said "upgrade payonce"), and a refused open leaves
+    # the file's journal mode as it was.
+    open_store(f"sqlite:///{tmp_path}/newer.db").close()
+    with closing(sqlite3.connect(tmp_path / "newer.db")) as db, db:
+        db.execute("PRAGMA journal_mode = DELETE")
+        db.execute("DELETE FROM payonce_migrations")
+        db.execute("INSERT INTO payonce_migrations VALUES (99, 0)")
+    before = (tmp_path / "newer.db").read_bytes()
+    for create in (False, True):
+        with pytest.raises(ConfigurationError, match=r"schema version 99.*upgrade payonce"):
+            open_store(f"sqlite:///{tmp_path}/newer.db", create=create)
+    with closing(sqlite3.connect(tmp_path / "newer.db")) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+    assert (tmp_path / "newer.db").read_bytes() == before

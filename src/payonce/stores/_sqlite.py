@@ -66,6 +66,7 @@ from payonce.stores._sqlite_sql import (
     _UPDATE_HELD,
     _WAL_RETRY,
     MIGRATIONS,
+    _applied,
     _insert_entry,
     _load,
     _migrate,
@@ -159,16 +160,21 @@ class SQLiteStore:
                 option="busy_timeout",
             )
         self._in_memory = self._path in _IN_MEMORY
+        self._synchronous = mode
+        self._busy_timeout = busy_timeout
+        if not self._in_memory and Path(self._path).is_dir():
+            raise ConfigurationError(
+                f"{self._path!r} is a directory: an SQLite store is a file. Pass the path of a "
+                "file in it, e.g. sqlite:///dir/payonce.db.",
+                option="path",
+            )
+        self._check_file(create)  # before the directory check: nothing there is a missing store
         if not self._in_memory and not Path(self._path).parent.is_dir():
             raise ConfigurationError(
                 f"SQLiteStore cannot create {self._path!r}: its directory does not exist. Create "
                 "the directory first or pass a path inside an existing one.",
                 option="path",
             )
-        self._synchronous = mode
-        self._busy_timeout = busy_timeout
-        if not create:
-            self._check_exists()
         self._faults = faults
         self._closed = False
         # Each connection to ":memory:" is a separate database, so an in-memory store shares one
@@ -193,10 +199,13 @@ class SQLiteStore:
     def __repr__(self) -> str:
         return f"SQLiteStore({self._path!r}, synchronous={self._synchronous!r})"
 
-    def _check_exists(self) -> None:
-        """``create=False``: refuse, before any connection of the store changes the file (its
-        journal mode), a path with no payonce tables; waits for a locked file as a write does."""
+    def _check_file(self, create: bool) -> None:
+        """Refuse, before any connection of the store changes the file (its journal mode), a
+        schema newer than this payonce's and, with ``create=False``, a path with no payonce
+        tables or one that needs a migration; waits for a locked file as a write does."""
         if self._in_memory or not Path(self._path).is_file():
+            if create:
+                return
             raise _missing(self._path)
         try:
             wait = self._busy_timeout.total_seconds()
@@ -205,9 +214,11 @@ class SQLiteStore:
                     "SELECT count(*) FROM sqlite_master WHERE type = 'table' "
                     "AND name = 'payonce_migrations'"
                 ).fetchone()
+                if found:
+                    _applied(conn, create=create)
         except sqlite3.Error as exc:
             raise _translate(exc, "open") from exc
-        if not found:
+        if not found and not create:
             raise _missing(self._path)
 
     # -- connections and transactions ----------------------------------------------------------

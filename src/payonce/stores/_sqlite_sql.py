@@ -160,6 +160,29 @@ _CLAIM_HEAD: Final = (
 _NEXT_SEQ_ONLY: Final = f"SELECT {_NEXT_SEQ}"
 
 
+def _applied(conn: sqlite3.Connection, *, create: bool) -> set[int]:
+    """The schema versions applied to the database ``conn`` opened, or a ConfigurationError for
+    one newer than this payonce knows, or (without ``create``) one that needs a migration. The
+    newer schema is named first: a migration would not help there."""
+    applied = {version for (version,) in conn.execute("SELECT version FROM payonce_migrations")}
+    known = MIGRATIONS[-1][0]
+    if applied and max(applied) > known:
+        raise ConfigurationError(
+            f"this SQLite database has schema version {max(applied)} but this payonce knows only "
+            f"up to {known}: upgrade payonce, or point it at another file.",
+            option="path",
+        )
+    missing = [version for version, _ in MIGRATIONS if version not in applied]
+    if missing and not create:
+        raise ConfigurationError(
+            f"this SQLite database needs payonce schema migration {missing[0]}, and the store "
+            "was opened with create=False, which changes no schema: run `payonce migrate "
+            "--store URL` first.",
+            option="path",
+        )
+    return applied
+
+
 def _migrate(conn: sqlite3.Connection, *, create: bool = True) -> None:
     """Apply the missing migrations (with ``create``; without, refuse a database that needs
     any); ``conn`` holds the write lock (BEGIN IMMEDIATE).
@@ -172,22 +195,7 @@ def _migrate(conn: sqlite3.Connection, *, create: bool = True) -> None:
             "CREATE TABLE IF NOT EXISTS payonce_migrations "
             "(version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)"
         )
-    applied = {version for (version,) in conn.execute("SELECT version FROM payonce_migrations")}
-    known = MIGRATIONS[-1][0]
-    missing = [version for version, _ in MIGRATIONS if version not in applied]
-    if missing and not create:
-        raise ConfigurationError(
-            f"this SQLite database needs payonce schema migration {missing[0]}, and the store "
-            "was opened with create=False, which changes no schema: run `payonce migrate "
-            "--store URL` first.",
-            option="path",
-        )
-    if applied and max(applied) > known:
-        raise ConfigurationError(
-            f"this SQLite database has schema version {max(applied)} but this payonce knows only "
-            f"up to {known}: upgrade payonce, or point it at another file.",
-            option="path",
-        )
+    applied = _applied(conn, create=create)
     for version, script in MIGRATIONS:
         if version in applied:
             continue
