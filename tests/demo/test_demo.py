@@ -201,3 +201,34 @@ def test_main_says_how_to_install_rich_when_it_is_missing(
     monkeypatch.setitem(sys.modules, "rich.console", None)  # makes the import fail
     assert main(["--agents", "3", "--no-progress"]) == 2
     assert "pip install 'payonce[cli]'" in capsys.readouterr().err
+
+
+def test_the_demo_changes_nothing_in_a_store_it_refuses(tmp_path: Path) -> None:
+    # A PostgreSQL store one migration behind: the demo opened it with create=True, which
+    # migrated it, and only then looked whether it was empty.
+    import psycopg  # noqa: PLC0415
+
+    from payonce.stores._postgres_schema import (  # noqa: PLC0415
+        MIGRATION_TABLE,
+        MIGRATIONS,
+        RECORD_MIGRATION,
+    )
+    from tests.faults import pg_worker  # noqa: PLC0415
+
+    name, conninfo = pg_worker.create_database()
+    try:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(MIGRATION_TABLE)
+            conn.execute(MIGRATIONS[0][1])
+            conn.execute(RECORD_MIGRATION, (1,))
+        with pytest.raises(ConfigurationError, match="payonce migrate"):
+            run_demo(
+                store_url=f"postgresql://postgres@127.0.0.1:5432/{name}",
+                report=tmp_path / "r.html",
+                progress=False,
+            )
+        with psycopg.connect(conninfo) as conn:
+            versions = conn.execute("SELECT version FROM payonce_migrations").fetchall()
+        assert versions == [(1,)]
+    finally:
+        pg_worker.drop_database(name)

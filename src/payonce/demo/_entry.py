@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from payonce import ConfigurationError, PayonceError, SQLiteStore, Store, open_store
+from payonce import (
+    ConfigurationError,
+    PayonceError,
+    SQLiteStore,
+    Store,
+    StoreMissingError,
+    open_store,
+)
 from payonce.demo._console import print_summary, progress_bars
 from payonce.demo._figures import flow_kpis, run_figures, timeline
 from payonce.demo._report import write_report
@@ -92,6 +99,15 @@ def _describe(url: str) -> str:
     )
 
 
+def _open_empty(url: str) -> Store:
+    """The store at ``url``, created only where there is none: an existing one is opened as it
+    is (no migration, no layout key written) so that refusing it below changes nothing."""
+    try:
+        return open_store(url, create=False)
+    except StoreMissingError:
+        return open_store(url)
+
+
 def run_demo(
     *,
     agents: int = 40,
@@ -129,7 +145,7 @@ def run_demo(
         if store_url is None:
             store, described = SQLiteStore(Path(scratch) / "demo.db"), "a new SQLite file"
         else:
-            store, described = open_store(store_url), _describe(store_url)
+            store, described = _open_empty(store_url), _describe(store_url)
         try:
             if store.entries(after=0, limit=1):
                 raise ConfigurationError(
