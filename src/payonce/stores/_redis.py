@@ -20,9 +20,11 @@ operations themselves are in ``_redis_core``.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import inspect
 import logging
+import os
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -48,6 +50,7 @@ from payonce.stores._redis_core import (
     Pause,
     RedisCore,
     Script,
+    _check_options,
     text,
 )
 
@@ -74,6 +77,9 @@ _log = logging.getLogger("payonce.stores.redis")
 _T = TypeVar("_T")
 
 _SOCKET_TIMEOUT: Final = 5.0  # seconds; for clients the store builds from a URL
+# The connections a client the store builds from a single server's URL holds at most, unless
+# the URL sets max_connections: redis-py 8's own default.
+_MAX_CONNECTIONS: Final = 100
 # What a pipeline to one Cluster master raises when its slot map is stale: a redirect (MOVED is
 # an ASK), a slot in migration, a node gone, hung (a failover's usual start) or no longer
 # serving the slot.
@@ -207,6 +213,8 @@ def _translate(exc: Exception, operation: str) -> StoreError:
             f"{_USE_CLUSTER_URL}",
             operation=operation,
         )
+    if (exhausted := _pool_exhausted(exc, operation)) is not None:
+        return exhausted
     if _transient(exc, reply):
         code = getattr(exc, "status_code", None) or reply.split(" ", 1)[0]
         if isinstance(exc, rexc.OutOfMemoryError):
@@ -227,6 +235,45 @@ def _translate(exc: Exception, operation: str) -> StoreError:
         "server refuses the scripts; check the server and its keys before retrying.",
         operation=operation,
     )
+
+
+# What redis-py says when a client's pool has no connection to give: a plain pool (or a cluster
+# node's) at its max_connections, as MaxConnectionsError (a bare ConnectionError in older releases);
+# a blocking pool (the store's own on a single server) after waiting its timeout.
+_AT_LIMIT: Final = "Too many connections"
+_NONE_CAME_FREE: Final = "No connection available."
+_FEWER_CALLS: Final = (
+    "raise max_connections in the store URL (?max_connections=N) or on the client you passed, "
+    "or lower the number of concurrent calls, then retry"
+)
+
+
+def _pool_exhausted(exc: Exception, operation: str) -> StoreUnavailableError | None:
+    """A command the client never sent, for want of a connection: not an outage of Redis."""
+    if not isinstance(exc, rexc.ConnectionError):
+        return None
+    if operation in _READS:
+        effect = "it only reads, so nothing changed"
+    else:
+        effect = (
+            "an earlier command of the same operation may have taken effect (payonce resolves "
+            "either case)"
+        )
+    if isinstance(exc, rexc.MaxConnectionsError) or str(exc) == _AT_LIMIT:
+        return StoreUnavailableError(
+            "the Redis client's connection limit was reached (max_connections; per node on "
+            f"Redis Cluster), so this command was NOT sent to Redis; {effect}; {_FEWER_CALLS}",
+            operation=operation,
+        )
+    if str(exc) == _NONE_CAME_FREE:
+        return StoreUnavailableError(
+            "no connection of the Redis client's pool came free in time: all max_connections "
+            "stayed in use (Redis answers slowly or not at all, or more calls run at once than "
+            f"the pool holds), so this command was NOT sent to Redis; {effect}; check that Redis "
+            f"answers, then {_FEWER_CALLS}",
+            operation=operation,
+        )
+    return None
 
 
 def _credentials_error(exc: BaseException) -> ConfigurationError:
@@ -292,6 +339,23 @@ def _connected(url: str) -> Any:
         return _client_from_url(url, asynchronous=False)
     except (rexc.RedisError, rexc.RedisClusterException) as exc:
         raise _opening(exc) from exc
+
+
+def _setup_refusal(exc: Exception) -> Exception:
+    """What a failed PING after a refused CONFIG GET at open means: Redis refused to set up the
+    connection (CLIENT SETNAME of a name with a space, HELLO of a protocol it does not speak, …),
+    which is no refused CONFIG GET that ``allow_unsafe_durability`` would get past; else as at
+    open."""
+    opening = _opening(exc)
+    if isinstance(exc, rexc.ResponseError) and type(opening) is StoreError:
+        return ConfigurationError(
+            "Redis refused to set up the store's connection ("
+            f"{type(exc).__name__}: {str(exc)[:200]}): check the connection options in the "
+            "store URL's query (client_name takes no spaces; protocol, lib_name, username, …) "
+            "or on the client you passed, then open the store again.",
+            option="url",
+        )
+    return opening
 
 
 def _config_refusal(exc: Exception) -> Exception:
@@ -374,29 +438,42 @@ def _client_from_url(url: str, *, asynchronous: bool) -> Any:
         )
     cluster = scheme.lower().endswith("+cluster")
     plain = f"{scheme.lower().removesuffix('+cluster')}://{rest}"
-    _check_url(plain, cluster=cluster, asynchronous=asynchronous)
-    cls: Any
-    if cluster:
-        cls = redis.asyncio.cluster.RedisCluster if asynchronous else redis.cluster.RedisCluster
-    else:
-        cls = redis.asyncio.Redis if asynchronous else redis.Redis
-    options: dict[str, Any] = {}
-    if cluster:
+    given = _check_url(plain, cluster=cluster, asynchronous=asynchronous)
+    # Without a socket timeout a stalled server would hold a claim forever; the URL's own
+    # socket_timeout / socket_connect_timeout query parameters take precedence.
+    options: dict[str, Any] = {
+        "socket_timeout": _SOCKET_TIMEOUT,
+        "socket_connect_timeout": _SOCKET_TIMEOUT,
+    }
+    try:
+        if not cluster:
+            # A blocking pool: a call beyond max_connections waits for a connection to come
+            # back, as long as it would wait for a reply, instead of failing at once (redis-py's
+            # plain pool raises MaxConnectionsError, an outage to the caller, on a healthy Redis:
+            # a burst of concurrent calls then failed claims, and completes after the charge).
+            # The URL's own max_connections is kept; from_pool hands the pool to the client,
+            # which closes it with itself (redis>=5.0.1, as the async client's aclose).
+            wait = float(given.get("socket_timeout", _SOCKET_TIMEOUT))
+            if asynchronous:
+                pool = redis.asyncio.BlockingConnectionPool.from_url(
+                    plain, max_connections=_MAX_CONNECTIONS, timeout=wait, **options
+                )
+                return redis.asyncio.Redis.from_pool(pool)
+            return redis.Redis.from_pool(
+                redis.BlockingConnectionPool.from_url(
+                    plain, max_connections=_MAX_CONNECTIONS, timeout=wait, **options
+                )
+            )
+        # redis-py has no blocking pool for Redis Cluster: a call beyond a node's
+        # max_connections fails at once (see _translate).
         retry = redis.asyncio.retry.Retry if asynchronous else redis.retry.Retry
         options["retry"] = retry(redis.backoff.ExponentialBackoff(), _CLUSTER_RETRIES)
         if int(redis.__version__.split(".")[0]) < 6:
             # Before 6.0 the cluster client counts its attempts here, and ``retry`` is only
             # each connection's.
             options["cluster_error_retry_attempts"] = _CLUSTER_RETRIES
-    try:
-        # Without a socket timeout a stalled server would hold a claim forever; the URL's own
-        # socket_timeout / socket_connect_timeout query parameters take precedence.
-        return cls.from_url(
-            plain,
-            socket_timeout=_SOCKET_TIMEOUT,
-            socket_connect_timeout=_SOCKET_TIMEOUT,
-            **options,
-        )
+        cls = redis.asyncio.cluster.RedisCluster if asynchronous else redis.cluster.RedisCluster
+        return cls.from_url(plain, **options)
     except (ValueError, TypeError) as exc:
         # What _check_url does not foresee (another redis-py release); only the type is shown,
         # since redis-py's text may quote the URL.
@@ -412,14 +489,28 @@ _SCHEMES: Final = frozenset({"redis", "rediss", "unix", "redis+cluster", "rediss
 _KINDS: Final[dict[Any, str]] = {int: "a whole number", float: "a number"}
 
 
-def _check_url(url: str, *, cluster: bool, asynchronous: bool) -> None:
+def _check_url(url: str, *, cluster: bool, asynchronous: bool) -> dict[str, str]:
     """Refuse, before a client is built, a URL redis-py would refuse with a bare ValueError, or
     accept and fail on only later: a query option its connections do not take (a TypeError at
     the first connection; a cluster client drops it silently), a database path that is not a
-    number (read as database 0), a socket timeout that overflows at the first connection.
+    number (read as database 0), a socket timeout that overflows at the first connection, a
+    value of encoding, protocol, ssl_cert_reqs or ssl_ca_certs the first connection would fail
+    on (read as an outage, or a refused CONFIG GET).
 
     No message quotes the URL or a value from it: either may carry a password.
+
+    Returns:
+        The query options, each with its first non-empty value, as redis-py reads them.
     """
+    if "@" in url.partition("?")[2] or "@" in url.partition("#")[2]:
+        # A '?' or '#' in the password ends the host part early: what follows would be read as
+        # query options (or a fragment), the password's tail among them.
+        raise ConfigurationError(
+            "the Redis URL has an '@' after a '?' or '#': a '?' or '#' in a password ends the "
+            "host part early, so percent-encode them in the password as %3F and %23 (and "
+            f"{_ENCODE_ALSO}); an '@' in a query option's value is written %40.",
+            option="url",
+        )
     try:
         parts = urlsplit(url)
     except ValueError:  # "Invalid IPv6 URL"
@@ -434,8 +525,8 @@ def _check_url(url: str, *, cluster: bool, asynchronous: bool) -> None:
     except ValueError:
         raise ConfigurationError(
             "the port of the Redis URL is not a number from 0 to 65535: write "
-            "redis://host:6379/0, and percent-encode a ':' in a password as %3A and a '/' as "
-            "%2F",
+            "redis://host:6379/0, and percent-encode in a password a '?' as %3F and a '#' as "
+            f"%23 (they end the host part early), and {_ENCODE_ALSO}",
             option="url",
         ) from None
     database = unquote(parts.path).replace("/", "") if parts.scheme != "unix" else ""
@@ -450,14 +541,17 @@ def _check_url(url: str, *, cluster: bool, asynchronous: bool) -> None:
     accepted = _url_options(url, asynchronous=asynchronous)
     for name in sorted(query):
         if name not in accepted:
+            # Only a name that looks like one is quoted: anything else may be part of a
+            # password (a '&' or '=' in it, unencoded).
+            shown = repr(name) if _OPTION_NAME.fullmatch(name) else "(not shown)"
             raise ConfigurationError(
-                f"unknown option {name!r} in the Redis URL: the client takes redis-py's "
+                f"unknown option {shown} in the Redis URL: the client takes redis-py's "
                 "connection options there (socket_timeout, socket_connect_timeout, "
                 "client_name, db, max_connections, health_check_interval, ssl_…). payonce's "
                 "own (prefix, buckets, read_first, allow_unsafe_durability) are read from a URL "
                 "only by open_store and --store; RedisStore takes them as keyword arguments. "
-                "Check the spelling.",
-                option=name,
+                "Check the spelling, and percent-encode a '&', '=' or '?' in a password.",
+                option=name if _OPTION_NAME.fullmatch(name) else "url",
             )
     # As redis-py reads them: the first non-empty value of each.
     options = {
@@ -477,11 +571,54 @@ def _check_url(url: str, *, cluster: bool, asynchronous: bool) -> None:
     for name in ("socket_timeout", "socket_connect_timeout"):
         if name in options:
             _number(dict(options), name, "5 (seconds)", float, most=_LONGEST_WAIT)
+    _check_values(options)
     if cluster and int(options.get("db", database or "0")) != 0:
         raise ConfigurationError(
             "Redis Cluster has only database 0: drop the database from the URL "
             "(redis+cluster://host:7000) or write /0",
             option="db",
+        )
+    return options
+
+
+# What a password must have percent-encoded besides '?' and '#'.
+_ENCODE_ALSO: Final = "':', '/', '@', '[', ']' and '%' as %3A, %2F, %40, %5B, %5D and %25"
+# What an option name looks like; anything else in the name's place is not quoted.
+_OPTION_NAME: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
+# The values redis-py's SSL connection takes for ssl_cert_reqs.
+_CERT_REQS: Final = ("none", "optional", "required")
+
+
+def _check_values(options: Mapping[str, str]) -> None:
+    """Refuse a value the first connection would fail on, where the failure would read as
+    something else: an unknown encoding (a bare LookupError), a protocol Redis does not speak
+    (an outage), an ssl_cert_reqs redis-py does not know (a Redis error) or a CA file that is
+    not there (an outage). The value is not quoted: it may carry a password."""
+    if "encoding" in options:
+        try:
+            codecs.lookup(options["encoding"])
+        except LookupError:
+            raise ConfigurationError(
+                "encoding in the Redis URL is not a codec Python knows: use utf-8 (the "
+                "default), or another name codecs.lookup accepts",
+                option="encoding",
+            ) from None
+    if "protocol" in options and int(options["protocol"]) not in (2, 3):  # read above
+        raise ConfigurationError(
+            "protocol in the Redis URL must be 2 (RESP2, the default) or 3 (RESP3)",
+            option="protocol",
+        )
+    if "ssl_cert_reqs" in options and options["ssl_cert_reqs"] not in _CERT_REQS:
+        raise ConfigurationError(
+            "ssl_cert_reqs in the Redis URL must be none, optional or required (the default)",
+            option="ssl_cert_reqs",
+        )
+    if "ssl_ca_certs" in options and not os.path.isfile(options["ssl_ca_certs"]):
+        raise ConfigurationError(
+            "ssl_ca_certs in the Redis URL must be the path of a file of CA certificates (PEM) "
+            "that exists on this machine; check the path (percent-encoded in the URL), or drop "
+            "the option to use the system's CA certificates",
+            option="ssl_ca_certs",
         )
 
 
@@ -505,6 +642,17 @@ def _url_options(url: str, *, asynchronous: bool) -> frozenset[str]:
                 if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
             )
     return frozenset(names - {"self"})
+
+
+def _check_flags(**flags: object) -> None:
+    """Refuse a flag that is not a bool before anything is built: the string "false" is true."""
+    for name, value in flags.items():
+        if type(value) is not bool:
+            raise ConfigurationError(
+                f"{name} must be True or False, not a {type(value).__name__} (a string such as "
+                "'false' would count as true); pass a bool.",
+                option=name,
+            )
 
 
 def _describe(client: Any, url: str | None) -> str:
@@ -589,6 +737,9 @@ class RedisStore(RedisCore):
         allow_unsafe_durability: bool = False,
         create: bool = True,
     ) -> None:
+        # Before any client is built: bad input connects to nothing.
+        _check_flags(allow_unsafe_durability=allow_unsafe_durability, create=create)
+        _check_options(prefix, buckets)
         url = client_or_url if isinstance(client_or_url, str) else None
         client = _connected(url) if url is not None else client_or_url
         cluster = isinstance(client, redis.cluster.RedisCluster)
@@ -624,6 +775,15 @@ class RedisStore(RedisCore):
                 replies.append(self._client.config_get(name, **kwargs))
         except (rexc.RedisError, rexc.RedisClusterException) as exc:
             refused = _config_refusal(exc)
+            # A connection whose setup Redis refused fails every command, CONFIG GET first: a
+            # PING tells it from a refused CONFIG GET (only then, to spare a start the round
+            # trip). A user whose ACL denies PING keeps the refusal.
+            try:
+                self._client.ping(**kwargs)
+            except rexc.NoPermissionError:
+                pass
+            except (rexc.RedisError, rexc.RedisClusterException) as again:
+                raise _setup_refusal(again) from again
         if not self._cluster:
             # Its own call: a server that refuses only this name keeps its durability answers
             # (an outage is raised as one).
@@ -652,6 +812,9 @@ class RedisStore(RedisCore):
                 return self._script(self._client, effect)
             return getattr(self._client, effect.name)(*effect.args, **effect.kwargs)
         except (rexc.RedisError, rexc.RedisClusterException) as exc:
+            if self._closed:
+                # close() ran while the call was in flight: its connection went with the client.
+                raise StoreClosedError(store="RedisStore", operation=operation) from exc
             raise _translate(exc, operation) from exc
 
     def _script(self, client: Any, call: Script) -> Any:
@@ -881,6 +1044,30 @@ class RedisStore(RedisCore):
             self._client.close()
 
 
+# What asyncio and redis.asyncio say of a connection, lock or queue used from an event loop
+# other than the one it was made on (a second asyncio.run with the same store).
+_OTHER_LOOP: Final = re.compile(r"[Ee]vent loop is closed|different (event )?loop")
+
+
+def _other_loop(exc: RuntimeError) -> ConfigurationError | None:
+    """A RuntimeError of a store used from a second event loop, as a ConfigurationError; None
+    for any other RuntimeError."""
+    if not _OTHER_LOOP.search(str(exc)):
+        return None
+    # Not the RuntimeError's text: asyncio puts the repr of a task and a future in it.
+    if "closed" in str(exc):
+        which = "the loop it first ran on is closed"
+    else:
+        which = "its connections belong to a loop that is still running"
+    return ConfigurationError(
+        "this AsyncRedisStore was used from another event loop than the one it first ran on "
+        f"(RuntimeError: {which}): an AsyncRedisStore is bound to the event loop it first ran "
+        "on, as its connections are. Create one store per event loop (e.g. inside "
+        "the coroutine asyncio.run runs, closed at its end), or keep one loop for the process.",
+        option="store",
+    )
+
+
 # -- the async store -------------------------------------------------------------------------------
 
 
@@ -907,6 +1094,9 @@ class AsyncRedisStore(RedisCore):
         allow_unsafe_durability: bool = False,
         create: bool = True,
     ) -> None:
+        # Before any client is built: bad input connects to nothing.
+        _check_flags(allow_unsafe_durability=allow_unsafe_durability, create=create)
+        _check_options(prefix, buckets)
         url = client_or_url if isinstance(client_or_url, str) else None
         client = _client_from_url(url, asynchronous=True) if url is not None else client_or_url
         cluster = isinstance(client, redis.asyncio.cluster.RedisCluster)
@@ -936,11 +1126,17 @@ class AsyncRedisStore(RedisCore):
 
         Raises:
             ConfigurationError: credentials Redis refuses, a Redis that may evict records
-                (unless allowed), or a prefix created by another layout or bucket count.
+                (unless allowed), a prefix created by another layout or bucket count, or a
+                store used from another event loop than the one it first ran on.
             StoreUnavailableError: Redis could not be reached.
         """
-        async with self._starting:
-            await self._checked_start()
+        try:
+            async with self._starting:
+                await self._checked_start()
+        except RuntimeError as exc:
+            if (elsewhere := _other_loop(exc)) is None:
+                raise
+            raise elsewhere from exc
 
     async def _checked_start(self) -> None:
         """``_start``; one at a time (under ``_starting``), since a start that fails closes the
@@ -968,6 +1164,13 @@ class AsyncRedisStore(RedisCore):
                 replies.append(await self._client.config_get(name, **kwargs))
         except (rexc.RedisError, rexc.RedisClusterException) as exc:
             refused = _config_refusal(exc)
+            # See RedisStore._check_durability.
+            try:
+                await self._client.ping(**kwargs)
+            except rexc.NoPermissionError:
+                pass
+            except (rexc.RedisError, rexc.RedisClusterException) as again:
+                raise _setup_refusal(again) from again
         if not self._cluster:
             # See RedisStore._check_durability.
             try:
@@ -996,6 +1199,9 @@ class AsyncRedisStore(RedisCore):
                 return await self._script(self._client, effect)
             return await getattr(self._client, effect.name)(*effect.args, **effect.kwargs)
         except (rexc.RedisError, rexc.RedisClusterException) as exc:
+            if self._closed:
+                # close() ran while the call was in flight: its connection went with the client.
+                raise StoreClosedError(store="AsyncRedisStore", operation=operation) from exc
             raise _translate(exc, operation) from exc
 
     async def _script(self, client: Any, call: Script) -> Any:
@@ -1058,13 +1264,18 @@ class AsyncRedisStore(RedisCore):
             return result
 
     async def _run(self, op: Op[_T], operation: str) -> _T:
-        # A closed store goes straight to _perform, which refuses the operation by its name.
-        if not self._ready and not self._closed:
-            async with self._starting:
-                # Another task's start may have passed meanwhile, or a close.
-                if not self._ready and not self._closed:
-                    await self._checked_start()
-        return await self._drive(op, operation)
+        try:
+            # A closed store goes straight to _perform, which refuses the operation by its name.
+            if not self._ready and not self._closed:
+                async with self._starting:
+                    # Another task's start may have passed meanwhile, or a close.
+                    if not self._ready and not self._closed:
+                        await self._checked_start()
+            return await self._drive(op, operation)
+        except RuntimeError as exc:
+            if (elsewhere := _other_loop(exc)) is None:
+                raise
+            raise elsewhere from exc
 
     async def claim(self, new: NewRecord, *, now: datetime, lease_for: timedelta) -> Claimed:
         """See ``RedisStore.claim``."""

@@ -310,7 +310,8 @@ def _check_options(prefix: str, buckets: int) -> None:
             "'payonce' or 'payonce-staging'; payonce adds its own hash tags.",
             option="prefix",
         )
-    if not isinstance(buckets, int) or not 1 <= buckets <= 16384:
+    # A bool is an int to Python, not a bucket count.
+    if isinstance(buckets, bool) or not isinstance(buckets, int) or not 1 <= buckets <= 16384:
         raise ConfigurationError(
             f"buckets={buckets!r} must be an integer from 1 to 16384 (default 16).",
             option="buckets",
