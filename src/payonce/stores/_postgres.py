@@ -115,6 +115,14 @@ def _backoff(attempt: int) -> float:
 def _translate(exc: psycopg.Error, operation: str) -> StoreError:
     state = exc.sqlstate or ""
     summary = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, psycopg_pool.PoolTimeout):
+        # Not the server's answer: the pool had no connection to hand out in time.
+        return StoreUnavailableError(
+            f"no connection of the store's PostgreSQL pool came free in time ({summary}): every "
+            "connection was in use, or new ones could not reach the server. If the server "
+            "answers, raise the store's max_size or timeout, or lower the concurrency",
+            operation=operation,
+        )
     what = f"PostgreSQL reported {type(exc).__name__}" + (f" ({state})" if state else "")
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError) or (
         state[:2] in _UNAVAILABLE_CLASSES
@@ -147,6 +155,15 @@ def _checked_conninfo(conninfo: object, pool_type: str) -> str:
         raise ConfigurationError(
             f"pass a libpq connection string or URL ('postgresql://app@db/payments'), or an open "
             f"psycopg_pool.{pool_type}; got {type(conninfo).__name__}",
+            option="conninfo_or_pool",
+        )
+    if "\x00" in conninfo:
+        # libpq reads C strings: it would silently cut the string there and could connect to
+        # another database than the one named. Not quoted: the string may hold a password.
+        raise ConfigurationError(
+            "the PostgreSQL connection string holds a NUL character (\\x00), which libpq would "
+            "read as its end, connecting elsewhere than the string names: remove it (check "
+            "where the string is built or read from). Nothing was connected to.",
             option="conninfo_or_pool",
         )
     try:
@@ -256,25 +273,81 @@ def _refused_option(conninfo: str) -> ConfigurationError | None:
     # a socket ('… failed: invalid integer value "x" for connection option "keepalives_idle"').
     if not (says.lstrip().startswith("invalid ") or 'for connection option "' in says):
         return None
-    password = conninfo_to_dict(conninfo).get("password")
-    if password:  # libpq quotes the values it refuses; a password there is not shown
-        says = says.replace(f'"{password}"', '"***"')
     return ConfigurationError(
-        f"the PostgreSQL connection string has an option libpq refuses: {' '.join(says.split())}"
-        ". Correct that option (libpq's documentation lists each option's values) and open the "
-        "store again; nothing was connected to or written.",
+        "the PostgreSQL connection string has an option libpq refuses: "
+        f"{_without_password(says, conninfo)}. Correct that option (libpq's documentation lists "
+        "each option's values) and open the store again; nothing was connected to or written.",
         option="conninfo_or_pool",
     )
 
 
-def _connect_reason(conninfo: str) -> str:
-    """Why the pool could not open: it only reports a timeout, so one direct connection asks
-    libpq for the reason (refused, unknown database or role, authentication failed)."""
+def _without_password(says: str, conninfo: str) -> str:
+    """libpq's text on one line, any quoted password in it masked (libpq quotes the option
+    values it refuses)."""
+    password = conninfo_to_dict(conninfo).get("password")
+    if password:
+        says = says.replace(f'"{password}"', '"***"')
+    return " ".join(says.split())
+
+
+def _probe(conninfo: str) -> psycopg.Error | None:
+    """Why a connection fails, from one direct connection, or None if it succeeds: the pool
+    only reports that it timed out (refused, unknown database or role, authentication failed)."""
     try:
         psycopg.connect(conninfo, connect_timeout=_PROBE_SECONDS).close()
     except psycopg.Error as exc:
-        return _libpq_says(exc)
-    return "it answered only after the pool had given up"
+        return exc
+    return None
+
+
+def _failure_reason(failure: psycopg.Error | None) -> str:
+    """``_unreachable``'s reason for what ``_probe`` found."""
+    if failure is None:
+        return "it answered only after the pool had given up"
+    return _libpq_says(failure)
+
+
+# A server's refusal of the login (28P01 invalid_password, 28000
+# invalid_authorization_specification: an unknown role, no pg_hba.conf entry) or of the database
+# named (3D000 invalid_catalog_name):
+# the connection string is wrong, and waiting or retrying cannot fix it. psycopg has no SQLSTATE
+# for a failed connection (libpq keeps only the text), so libpq's and the server's English texts
+# are matched too; a server answering in another language is still reported as an outage.
+_LOGIN_STATES: Final = frozenset({"28P01", "28000"})
+_DATABASE_STATES: Final = frozenset({"3D000"})
+_LOGIN_TEXTS: Final = re.compile(
+    r"password authentication failed|no password supplied|authentication failed for user"
+    r'|no pg_hba\.conf entry|\brole "[^"]*" does not exist'
+)
+_DATABASE_TEXTS: Final = re.compile(r'\bdatabase "[^"]*" does not exist')
+
+
+def _refused_login(
+    target: str, conninfo: str, failure: psycopg.Error | None
+) -> ConfigurationError | None:
+    """The error for a connection the server refused for its credentials or its database
+    (see ``_LOGIN_STATES``), or None for any other failure."""
+    if failure is None:
+        return None
+    state = failure.sqlstate or ""
+    says = _without_password(str(failure), conninfo)
+    if state in _LOGIN_STATES or (not state and _LOGIN_TEXTS.search(says)):
+        return ConfigurationError(
+            f"PostgreSQL refused to authenticate the connection string's user ({target}): "
+            f"{says}. This is not an outage, and retrying will not help: fix the user and "
+            "password in the connection string (or the role, or the server's pg_hba.conf), then "
+            "open the store again. Nothing was written.",
+            option="conninfo",
+        )
+    if state in _DATABASE_STATES or (not state and _DATABASE_TEXTS.search(says)):
+        return ConfigurationError(
+            f"the database named in the PostgreSQL connection string does not exist ({target}): "
+            f"{says}. This is not an outage, and retrying will not help: fix the database name "
+            "in the connection string, or create that database (CREATE DATABASE, then `payonce "
+            "migrate --store URL`). Nothing was written.",
+            option="conninfo",
+        )
+    return None
 
 
 def _closed_by_server(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
@@ -325,7 +398,30 @@ def _closed(operation: str, store: str = "PostgresStore") -> StoreClosedError:
     return StoreClosedError(store=store, operation=operation)
 
 
-def _validate(min_size: int, max_size: int, timeout: timedelta) -> None:
+def _validate(
+    min_size: int,
+    max_size: int,
+    timeout: timedelta,
+    *,
+    allow_unsafe_durability: bool,
+    create: bool,
+) -> None:
+    """Refuse bad options before anything connects."""
+    for name, size, example in (("min_size", min_size, 1), ("max_size", max_size, 10)):
+        if not isinstance(size, int) or isinstance(size, bool):
+            raise ConfigurationError(
+                f"{name} must be a whole number (int), e.g. {name}={example}; got a "
+                f"{type(size).__name__}. Nothing was connected to.",
+                option=name,
+            )
+    # A string such as "false" would count as true: accept only the two bools.
+    for name, flag in (("allow_unsafe_durability", allow_unsafe_durability), ("create", create)):
+        if type(flag) is not bool:
+            raise ConfigurationError(
+                f"{name} must be True or False; got a {type(flag).__name__} (pass the bool "
+                "itself, not a string such as 'false'). Nothing was connected to.",
+                option=name,
+            )
     if not 0 <= min_size <= max_size or max_size < 1:
         raise ConfigurationError(
             f"min_size={min_size}, max_size={max_size}: need 0 <= min_size <= max_size and "
@@ -335,6 +431,12 @@ def _validate(min_size: int, max_size: int, timeout: timedelta) -> None:
     if not isinstance(timeout, timedelta) or timeout <= timedelta(0):
         raise ConfigurationError(
             "timeout must be a positive timedelta, e.g. timedelta(seconds=30)", option="timeout"
+        )
+    if timeout > _LONGEST_TIMEOUT:
+        raise ConfigurationError(
+            f"timeout must be at most {_LONGEST_TIMEOUT.total_seconds():g} s (a day), as a store "
+            f"URL's timeout option; got {timeout.total_seconds():g} s. Pass a shorter timedelta.",
+            option="timeout",
         )
 
 
@@ -379,6 +481,9 @@ _PROBE_SECONDS: Final = 2  # libpq's smallest connect_timeout
 # whether the connection string is bad input (``_refused_option``); it then waits out the rest
 # of its timeout for a server that may be starting.
 _FIRST_WAIT: Final = timedelta(seconds=1)
+# The longest timeout a store takes: the cap of a store URL's timeout option
+# (``payonce.stores._open``); the pool would overflow converting a much longer one.
+_LONGEST_TIMEOUT: Final = timedelta(seconds=86_400)
 
 
 # -- the sync store --------------------------------------------------------------------------------
@@ -410,8 +515,10 @@ class PostgresStore(Flows):
 
     Raises:
         StoreMissingError: with ``create=False``, a database without payonce's tables.
-        ConfigurationError: bad options, a connection string with an option value libpq
-            refuses (after about a second), unsafe durability settings, a schema newer than this
+        ConfigurationError: bad options (a size that is not an int, a flag that is not a bool,
+            a timeout over a day), a connection string with an option value libpq refuses or
+            holding a NUL, credentials or a database the server refuses (each after about a
+            second), unsafe durability settings, a schema newer than this
             version of payonce, a pool passed in that is not open, or one whose connections are
             not in autocommit or run stricter than READ COMMITTED.
         StoreUnavailableError: the server could not be reached in ``timeout``.
@@ -438,7 +545,13 @@ class PostgresStore(Flows):
         create: bool = True,
     ) -> None:
         super().__init__()
-        _validate(min_size, max_size, timeout)
+        _validate(
+            min_size,
+            max_size,
+            timeout,
+            allow_unsafe_durability=allow_unsafe_durability,
+            create=create,
+        )
         self._read_first = ReadFirst(read_first)
         self._closed = False
         if isinstance(conninfo_or_pool, psycopg_pool.ConnectionPool):
@@ -475,20 +588,25 @@ class PostgresStore(Flows):
         self, conninfo: str, timeout: timedelta, connected: threading.Event | None
     ) -> None:
         """Open the pool this store built, waiting up to ``timeout`` for its ``min_size``
-        connections; a string libpq refuses fails after ``_FIRST_WAIT`` instead.
+        connections; a string libpq refuses, or credentials or a database the server refuses,
+        fail after ``_FIRST_WAIT`` instead.
 
         ``connected`` is set when the pool has set up a first connection (None with min_size 0:
         nothing to wait for, and no early check: a bad value then fails the first call after
         the pool's timeout). Still unset after ``_FIRST_WAIT``, the store asks libpq about the
-        string (``_refused_option``). Waiting on it rather than on the pool keeps the pool open:
-        ``open(wait=True)`` and ``wait`` close a pool that times out.
+        string (``_refused_option``), then connects once itself to see whether the server
+        refuses the login or the database (``_refused_login``). Waiting on it rather than on
+        the pool keeps the pool open: ``open(wait=True)`` and ``wait`` close a pool that times
+        out.
         """
         deadline = time.monotonic() + timeout.total_seconds()
         try:
             self._pool.open(wait=False)
             first = min(timeout, _FIRST_WAIT).total_seconds()
             if connected is not None and not connected.wait(first):
-                refused = _refused_option(conninfo)
+                refused = _refused_option(conninfo) or _refused_login(
+                    self._target, conninfo, _probe(conninfo)
+                )
                 if refused is not None:
                     raise refused
             with contextlib.suppress(psycopg_pool.PoolTimeout):  # it closed the pool
@@ -496,7 +614,11 @@ class PostgresStore(Flows):
                 return
         except psycopg.Error as exc:
             raise _translate(exc, "open") from exc
-        raise _unreachable(self._target, timeout, _connect_reason(conninfo))
+        failure = _probe(conninfo)
+        refused = _refused_login(self._target, conninfo, failure)
+        if refused is not None:
+            raise refused
+        raise _unreachable(self._target, timeout, _failure_reason(failure))
 
     def _run(
         self,

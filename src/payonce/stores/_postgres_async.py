@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Self, TypeVar, cast
 
@@ -35,11 +35,12 @@ from payonce.stores._postgres import (
     _closed,
     _closed_by_server,
     _configure_async,
+    _failure_reason,
     _has_rows,
-    _libpq_says,
     _log,
     _masked,
     _not_autocommit,
+    _refused_login,
     _refused_option,
     _retryable,
     _returned,
@@ -57,14 +58,19 @@ __all__ = ["AsyncPostgresStore"]
 _T = TypeVar("_T")
 
 
-async def _connect_reason(conninfo: str) -> str:
-    """The async twin of ``_postgres._connect_reason``."""
+async def _aprobe(conninfo: str) -> psycopg.Error | None:
+    """The async twin of ``_postgres._probe``."""
     try:
         conn = await psycopg.AsyncConnection.connect(conninfo, connect_timeout=_PROBE_SECONDS)
     except psycopg.Error as exc:
-        return _libpq_says(exc)
+        return exc
     await conn.close()
-    return "it answered only after the pool had given up"
+    return None
+
+
+async def _close_quietly(pool: psycopg_pool.AsyncConnectionPool[Any]) -> None:
+    with contextlib.suppress(psycopg.Error):
+        await pool.close()
 
 
 class AsyncPostgresStore(Flows):
@@ -84,9 +90,10 @@ class AsyncPostgresStore(Flows):
         StoreMissingError: (at ``open``) with ``create=False``, a database without payonce's
             tables.
         ConfigurationError: bad options (at construction); an option value libpq refuses,
-            unsafe durability settings, a newer schema, or a pool that is not open, not in
-            autocommit or runs stricter than READ COMMITTED (at ``open``; a refused ``open``
-            closes the connections of the pool the store built).
+            credentials or a database the server refuses, unsafe durability settings, a newer
+            schema, or a pool that is not open, not in autocommit or runs stricter than READ
+            COMMITTED (at ``open``; a refused ``open`` closes the connections of the pool the
+            store built).
     """
 
     gapless_ledger = False
@@ -108,7 +115,13 @@ class AsyncPostgresStore(Flows):
         create: bool = True,
     ) -> None:
         super().__init__()
-        _validate(min_size, max_size, timeout)
+        _validate(
+            min_size,
+            max_size,
+            timeout,
+            allow_unsafe_durability=allow_unsafe_durability,
+            create=create,
+        )
         self._read_first = ReadFirst(read_first)
         self._closed = False
         self._opened = False
@@ -116,7 +129,7 @@ class AsyncPostgresStore(Flows):
         self._create = create
         self._timeout = timeout
         self._open_lock = asyncio.Lock()
-        self._returning: set[asyncio.Task[None]] = set()  # see _give_back
+        self._detached: set[asyncio.Task[None]] = set()  # see _uncancelled
         self._sizes = (min_size, max_size)
         if isinstance(conninfo_or_pool, psycopg_pool.AsyncConnectionPool):
             self._pool = conninfo_or_pool
@@ -147,9 +160,9 @@ class AsyncPostgresStore(Flows):
         """Open the pool, check durability and migrate, once; later calls return at once.
 
         Raises:
-            ConfigurationError: an option value libpq refuses, unsafe durability settings, a
-                newer schema, or a pool passed in that is not open (``await pool.open()``
-                first).
+            ConfigurationError: an option value libpq refuses, credentials or a database the
+                server refuses, unsafe durability settings, a newer schema, or a pool passed in
+                that is not open (``await pool.open()`` first).
             StoreUnavailableError: the server could not be reached in ``timeout``.
         """
         if self._opened:
@@ -170,9 +183,10 @@ class AsyncPostgresStore(Flows):
                 if self._owned:
                     # Close the connections it opened; a later call opens a new pool and
                     # checks again (the sync store's constructor closes its pool the same way).
-                    with contextlib.suppress(psycopg.Error):
-                        await self._pool.close()
-                    self._pool = self._new_pool(self._conninfo)
+                    # The new pool goes in first: a cancellation (an anyio cancel scope cancels
+                    # every await in it) must not leave the store holding the closed one.
+                    closing, self._pool = self._pool, self._new_pool(self._conninfo)
+                    await self._uncancelled(_close_quietly(closing))
                 raise
             self._opened = True
         return self
@@ -189,6 +203,9 @@ class AsyncPostgresStore(Flows):
                 except TimeoutError:
                     # libpq's check may resolve the host name: off the event loop.
                     refused = await asyncio.to_thread(_refused_option, self._conninfo)
+                    if refused is None:
+                        failure = await _aprobe(self._conninfo)
+                        refused = _refused_login(self._target, self._conninfo, failure)
                     if refused is not None:
                         raise refused from None
             with contextlib.suppress(psycopg_pool.PoolTimeout):  # it closed the pool
@@ -196,8 +213,11 @@ class AsyncPostgresStore(Flows):
                 return
         except psycopg.Error as exc:
             raise _translate(exc, "open") from exc
-        reason = await _connect_reason(self._conninfo)
-        raise _unreachable(self._target, self._timeout, reason)
+        failure = await _aprobe(self._conninfo)
+        refused = _refused_login(self._target, self._conninfo, failure)
+        if refused is not None:
+            raise refused
+        raise _unreachable(self._target, self._timeout, _failure_reason(failure))
 
     async def _run(
         self,
@@ -266,22 +286,27 @@ class AsyncPostgresStore(Flows):
         The pool counts a connection it handed out until it comes back: one whose return was
         cut off by a cancellation (a request's deadline, under load, as ``putconn`` waits for
         the pool's lock) would be lost for good, and after ``max_size`` of them every call
-        would time out waiting for a connection. So the return runs as a task of its own,
-        which a cancellation of the caller does not stop.
+        would time out waiting for a connection. So the return runs uncancelled.
         """
+        pool = self._pool  # the pool it came from, even if open() swaps in another meanwhile
 
         async def give_back() -> None:
             if close:
                 await conn.close()
-            await self._pool.putconn(conn)
+            await pool.putconn(conn)
 
-        task = asyncio.ensure_future(give_back())
-        self._returning.add(task)  # the loop keeps only a weak reference to a task
-        task.add_done_callback(self._given_back)
+        await self._uncancelled(give_back())
+
+    async def _uncancelled(self, work: Coroutine[Any, Any, None]) -> None:
+        """Await ``work`` as a task of its own, which a cancellation of the caller does not
+        stop: the caller stops waiting, the work runs to its end."""
+        task = asyncio.ensure_future(work)
+        self._detached.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(self._finished)
         await asyncio.shield(task)
 
-    def _given_back(self, task: asyncio.Task[None]) -> None:
-        self._returning.discard(task)
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._detached.discard(task)
         if not task.cancelled():
             # Read, so that a failure nobody awaited any more (its caller was cancelled) is not
             # logged as never retrieved; a caller still waiting gets it from the shield.

@@ -526,7 +526,7 @@ def _check_durability(version: str, fsync: str | None, commit: str | None, allow
         return  # every CockroachDB commit is replicated through Raft before it is acknowledged
     problems = []
     if fsync is not None and fsync.lower() == "off":
-        problems.append("fsync is off (set fsync = on in postgreconf)")
+        problems.append("fsync is off (set fsync = on in postgresql.conf)")
     if commit is not None and commit.lower() in _UNSAFE_COMMIT:
         problems.append(
             f"synchronous_commit is {commit} (set it to on, remote_write or remote_apply for "
