@@ -65,7 +65,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from payonce.stores._postgres_schema import MIGRATIONS
-from payonce.stores._postgres_sql import Flow, Flows, Query
+from payonce.stores._postgres_sql import Flow, Flows, Query, lock_millis
 from payonce.stores._read_first import ReadFirst
 
 __all__ = ["MIGRATIONS", "PostgresStore"]
@@ -79,6 +79,7 @@ _RETURNED: Final = "_payonce_returned"  # and when it last went back to the pool
 _PROBE_IDLE: Final = timedelta(milliseconds=100)
 
 _RETRY_STATES: Final = frozenset({"40001", "40P01"})  # serialization failure, deadlock
+_LOCK_NOT_AVAILABLE: Final = "55P03"  # lock_timeout ran out (see _LOCK_WAIT)
 # Connection, resources, operator intervention (shutdown, cancel), system, and a read-only
 # transaction (connected to a standby after a failover): conditions that pass or that an operator
 # fixes, after which the same intent is retried.
@@ -115,6 +116,14 @@ def _backoff(attempt: int) -> float:
 def _translate(exc: psycopg.Error, operation: str) -> StoreError:
     state = exc.sqlstate or ""
     summary = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if state == _LOCK_NOT_AVAILABLE:
+        return StoreUnavailableError(
+            f"a lock held by another database session kept this {operation} waiting past the "
+            "store's lock_timeout, so it did not happen (an open transaction in psql, a "
+            "long-running migration or maintenance on payonce's tables); find that session in "
+            "pg_stat_activity and end its transaction",
+            operation=operation,
+        )
     if isinstance(exc, psycopg_pool.PoolTimeout):
         # Not the server's answer: the pool had no connection to hand out in time.
         return StoreUnavailableError(
@@ -441,16 +450,26 @@ def _validate(
 
 
 async def _configure_async(
-    conn: psycopg.AsyncConnection[Any], connected: asyncio.Event | None = None
+    conn: psycopg.AsyncConnection[Any],
+    connected: asyncio.Event | None = None,
+    lock_wait: timedelta | None = None,
 ) -> None:
     await conn.execute(_SESSION)
+    if lock_wait is not None:
+        await conn.execute(_LOCK_WAIT, (lock_millis(lock_wait),))
     if connected is not None:
         connected.set()
 
 
-def _configure(conn: psycopg.Connection[Any], connected: threading.Event | None = None) -> None:
+def _configure(
+    conn: psycopg.Connection[Any],
+    connected: threading.Event | None = None,
+    lock_wait: timedelta | None = None,
+) -> None:
     """Set up a new pooled connection; ``connected`` is set once one is (see ``_open_owned``)."""
     conn.execute(_SESSION)
+    if lock_wait is not None:
+        conn.execute(_LOCK_WAIT, (lock_millis(lock_wait),))
     if connected is not None:
         connected.set()
 
@@ -458,6 +477,14 @@ def _configure(conn: psycopg.Connection[Any], connected: threading.Event | None 
 # The claim relies on each statement of payonce_claim taking a new snapshot, which is READ
 # COMMITTED; a database whose default is stricter would answer "retry" forever instead.
 _SESSION: Final = "SET default_transaction_isolation TO 'read committed'"
+# How long a statement of the store waits for a row or table lock another session holds (an
+# operator's open transaction, a stuck migration): the store's timeout, unless the role, the
+# database or the connection string set a lock_timeout of their own. Without it a claim or a
+# complete waited for ever, and the pool's connections with it. Past it the write did not
+# happen (55P03), and the caller is told which session to look for.
+_LOCK_WAIT: Final = (
+    "SELECT set_config('lock_timeout', %s, false) WHERE current_setting('lock_timeout') = '0'"
+)
 _KWARGS: Final = {"autocommit": True}
 # libpq defaults for the connections of a pool the store builds; a connection string's own
 # values win. Without them a connection whose peer vanished without a word (a firewall dropping
@@ -566,7 +593,7 @@ class PostgresStore(Flows):
             self._pool = psycopg_pool.ConnectionPool(
                 _with_pool_defaults(conninfo),
                 min_size=min_size, max_size=max_size, open=False, kwargs=_KWARGS,
-                configure=functools.partial(_configure, connected=connected),
+                configure=functools.partial(_configure, connected=connected, lock_wait=timeout),
                 timeout=timeout.total_seconds(), name="payonce",
             )  # fmt: skip
             self._owned = True

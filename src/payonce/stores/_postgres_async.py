@@ -152,7 +152,9 @@ class AsyncPostgresStore(Flows):
         return psycopg_pool.AsyncConnectionPool(
             _with_pool_defaults(conninfo),
             min_size=min_size, max_size=max_size, open=False, kwargs=_KWARGS,
-            configure=functools.partial(_configure_async, connected=self._connected),
+            configure=functools.partial(
+                _configure_async, connected=self._connected, lock_wait=self._timeout
+            ),
             timeout=self._timeout.total_seconds(), name="payonce",
         )  # fmt: skip
 

@@ -191,6 +191,11 @@ class _Remembered:
             self._records.pop((scope, key), None)
 
 
+def lock_millis(wait: timedelta) -> str:
+    """``wait`` as a lock_timeout value: whole milliseconds, at least one (0 waits for ever)."""
+    return f"{max(wait // timedelta(milliseconds=1), 1)}ms"
+
+
 class Flows:
     """Every operation of the store as a flow; shared by both twins."""
 
@@ -456,9 +461,7 @@ class Flows:
         number up to the largest present is final. The lock ends with this transaction's commit,
         right after one ``max(seq)`` index lookup.
         """
-        # Whole milliseconds, at least one: a lock_timeout of 0 would wait forever.
-        millis = max(lock_wait // timedelta(milliseconds=1), 1)
-        yield Query(SET_LOCK_TIMEOUT, (f"{millis}ms",))
+        yield Query(SET_LOCK_TIMEOUT, (lock_millis(lock_wait),))
         try:
             ((horizon,),) = yield Query(SELECT_HORIZON)
         except psycopg.errors.ReadOnlySqlTransaction as exc:
