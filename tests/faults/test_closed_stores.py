@@ -9,7 +9,6 @@ waiting for ever.
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -34,6 +33,7 @@ from payonce.stores._threaded import ThreadedAsyncStore
 from payonce.testing import ManualClock
 from tests.conftest import SCOPE, SECRET, make_store
 from tests.faults import pg_worker
+from tests.reconciler.test_reconciler import _StopAfterWaits
 
 INTENT = Intent("charge", 5000, "usd", payment_method="tok_visa", reference="order-closed")
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -106,21 +106,6 @@ def test_a_closed_async_store_says_so_and_nothing_is_called(
     error, name = asyncio.run(main())
     _says_closed(error, name, "replay_view")
     assert calls == []
-
-
-class _StopAfterWaits(threading.Event):
-    """A stop event whose ``waits``-th wait sets it; earlier waits return at once (before, a
-    closed store kept the loop waiting it out until this stopped it)."""
-
-    def __init__(self, waits: int) -> None:
-        super().__init__()
-        self.left = waits
-
-    def wait(self, timeout: float | None = None) -> bool:
-        self.left -= 1
-        if self.left == 0:
-            self.set()
-        return self.is_set()
 
 
 class _AsyncStopAfterWaits(asyncio.Event):
