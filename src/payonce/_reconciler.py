@@ -317,6 +317,8 @@ class _ReconcilerCore:
                 acted += 1
                 try:
                     yield from self._resolve(record, report)
+                except StoreClosedError:
+                    raise  # no later pass can go on either: the run ends (see run)
                 except StoreUnavailableError as exc:
                     # The next record's takeover would fail the same way, and a provider answer
                     # could not be written: stop here and keep what was resolved so far.

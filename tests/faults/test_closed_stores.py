@@ -141,3 +141,34 @@ def test_the_async_reconciler_loop_ends_on_a_closed_store(tmp_path: Path) -> Non
         return caught.value
 
     _says_closed(asyncio.run(main()), "SQLiteStore", "scan")
+
+
+class _ClosingLookup(SimulatedGateway):
+    """A provider lookup during which the store is closed (a shutdown under a running pass)."""
+
+    def __init__(self, store: SQLiteStore, clock: ManualClock) -> None:
+        super().__init__(idempotent=True, clock=clock)
+        self.store = store
+
+    def lookup(self, *args: Any, **kwargs: Any) -> Any:
+        self.store.close()
+        return super().lookup(*args, **kwargs)
+
+
+def test_the_reconciler_loop_ends_at_once_when_the_store_closes_during_a_pass(
+    tmp_path: Path,
+) -> None:
+    # Before, the pass was cut short as by an outage, the loop waited an interval, and only the
+    # next pass's scan ended it.
+    from tests.reconciler.test_reconciler import LEASE, _crashed_after_claim  # noqa: PLC0415
+
+    clock = ManualClock()
+    store = SQLiteStore(tmp_path / "r.db")
+    gateway = _ClosingLookup(store, clock)
+    _crashed_after_claim(store, clock, gateway)
+    clock.advance(LEASE)
+    stop = _StopAfterWaits(3)
+    reconciler = Reconciler(store, gateway, clock=clock, lease=LEASE)
+    with pytest.raises(StoreClosedError):
+        reconciler.run(stop, interval=timedelta(seconds=1), batch=5)
+    assert stop.left == 3  # it never waited
