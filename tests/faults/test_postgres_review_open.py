@@ -1,6 +1,8 @@
-"""Opening a PostgreSQL store with input no server can accept: refused credentials or database
+"""Opening a PostgreSQL store with input no server can accept: refused credentials
 (``ConfigurationError`` after the first second, not an outage waited out for the whole timeout),
-option values of the wrong type, an overlong timeout and a NUL in the connection string.
+a role or database that does not exist (``ConfigurationError`` once the timeout has passed: one
+may be created meanwhile), option values of the wrong type, an overlong timeout and a NUL in the
+connection string.
 
 Wrong and missing passwords need a server that asks for one: the loopback server trusts every
 role, so those tests start a private cluster with scram-sha-256 authentication on a free
@@ -27,7 +29,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from payonce import ConfigurationError, StoreUnavailableError
-from payonce.stores._postgres import PostgresStore
+from payonce.stores._postgres import PostgresStore, _refused_login
 from payonce.stores._postgres_async import AsyncPostgresStore
 from tests.faults import pg_worker
 
@@ -165,26 +167,58 @@ def database() -> Iterator[str]:
         pg_worker.drop_database(name)
 
 
+# A role or database that does not exist may be created meanwhile (an init job): the store waits
+# out its timeout for it, as for a server that is starting, and only then refuses the name.
+
+
+def _missing(open_store: Callable[[str, timedelta], None], conninfo: str) -> ConfigurationError:
+    with pytest.raises(ConfigurationError) as caught:
+        open_store(conninfo, timedelta(seconds=1.5))
+    assert caught.value.option == "conninfo"
+    return caught.value
+
+
 @OPENS
 def test_an_unknown_role_is_a_configuration_error(
-    database: str, open_store: Callable[[str], None]
+    database: str, open_store: Callable[[str, timedelta], None]
 ) -> None:
     conninfo = make_conninfo(database, user="payonce_review_no_such_role", password=WRONG)
-    message = str(_refusal(open_store, conninfo))
+    message = str(_missing(open_store, conninfo))
     assert 'role "payonce_review_no_such_role" does not exist' in message, message
-    assert "fix the user and password" in message
+    assert "create that role or database" in message
     assert WRONG not in message
 
 
 @OPENS
 def test_an_unknown_database_is_a_configuration_error(
-    database: str, open_store: Callable[[str], None]
+    database: str, open_store: Callable[[str, timedelta], None]
 ) -> None:
     conninfo = make_conninfo(database, dbname="payonce_review_no_such_db", password=WRONG)
-    message = str(_refusal(open_store, conninfo))
+    message = str(_missing(open_store, conninfo))
     assert 'database "payonce_review_no_such_db" does not exist' in message, message
-    assert "create that database" in message
+    assert "create that role or database" in message
     assert WRONG not in message
+
+
+@pytest.mark.parametrize(
+    ("says", "at_first", "at_end"),
+    [
+        ('FATAL:  password authentication failed for user "app"', True, True),
+        ('FATAL:  database "pay" does not exist', False, True),
+        ('FATAL:  role "app" does not exist', False, True),
+        # An LDAP, RADIUS or PAM server that is down fails the login this way: it may pass.
+        ('FATAL:  LDAP authentication failed for user "app"', False, False),
+        ("Connection refused", False, False),
+    ],
+    ids=["password", "database", "role", "ldap", "refused"],
+)
+def test_which_refusals_are_final_and_when(says: str, at_first: bool, at_end: bool) -> None:
+    # Refused at the first second, a database or role an init job creates a moment later
+    # failed the open; an LDAP outage was called a configuration error.
+    failure = psycopg.OperationalError(f"connection failed: {says}")
+    for waited, refused in ((False, at_first), (True, at_end)):
+        error = _refused_login("host=db", "host=db password=pw", failure, waited=waited)
+        assert (error is not None) is refused, (says, waited)
 
 
 @OPENS

@@ -145,6 +145,13 @@ def _translate(exc: psycopg.Error, operation: str) -> StoreError:
     )
 
 
+def _not_run(error: StoreUnavailableError) -> bool:
+    """Whether the server answered that the write did not run (its lock wait ran out): then
+    there is no lost answer to look for, and the lost-answer read would wait on that lock too."""
+    cause = error.__cause__
+    return isinstance(cause, psycopg.Error) and cause.sqlstate == _LOCK_NOT_AVAILABLE
+
+
 def _masked(conninfo: str) -> str:
     """The connection target without secrets, for repr (never the password)."""
     if not conninfo:
@@ -316,26 +323,27 @@ def _failure_reason(failure: psycopg.Error | None) -> str:
     return _libpq_says(failure)
 
 
-# A server's refusal of the login (28P01 invalid_password, 28000
-# invalid_authorization_specification: an unknown role, no pg_hba.conf entry) or of the database
-# named (3D000 invalid_catalog_name):
-# the connection string is wrong, and waiting or retrying cannot fix it. psycopg has no SQLSTATE
-# for a failed connection (libpq keeps only the text), so libpq's and the server's English texts
-# are matched too; a server answering in another language is still reported as an outage.
-_LOGIN_STATES: Final = frozenset({"28P01", "28000"})
-_DATABASE_STATES: Final = frozenset({"3D000"})
+# A server's refusal of the login or of the database named: the connection string is wrong.
+# psycopg has no SQLSTATE for a failed connection (libpq keeps only the text), so libpq's and the
+# server's English texts are matched too; a server answering in another language is reported as
+# an outage. A wrong or missing password, or no pg_hba.conf entry, is refused at once. A role or
+# database that does not exist yet may be created meanwhile (an init job), and a failure of an
+# external authentication service (LDAP, RADIUS, PAM: "authentication failed for user") may pass:
+# the first are refused only once the whole timeout has passed, the last are outages.
+_LOGIN_STATES: Final = frozenset({"28P01"})  # invalid_password
 _LOGIN_TEXTS: Final = re.compile(
-    r"password authentication failed|no password supplied|authentication failed for user"
-    r'|no pg_hba\.conf entry|\brole "[^"]*" does not exist'
+    r"password authentication failed|no password supplied|no pg_hba\.conf entry"
 )
-_DATABASE_TEXTS: Final = re.compile(r'\bdatabase "[^"]*" does not exist')
+_MISSING_STATES: Final = frozenset({"3D000"})  # invalid_catalog_name
+_MISSING_TEXTS: Final = re.compile(r'\b(?:role|database) "[^"]*" does not exist')
 
 
 def _refused_login(
-    target: str, conninfo: str, failure: psycopg.Error | None
+    target: str, conninfo: str, failure: psycopg.Error | None, *, waited: bool
 ) -> ConfigurationError | None:
-    """The error for a connection the server refused for its credentials or its database
-    (see ``_LOGIN_STATES``), or None for any other failure."""
+    """The error for a connection the server refused for its credentials or (once the store
+    ``waited`` its whole timeout) for a role or database that does not exist (see
+    ``_LOGIN_TEXTS``), or None for any other failure."""
     if failure is None:
         return None
     state = failure.sqlstate or ""
@@ -348,12 +356,12 @@ def _refused_login(
             "open the store again. Nothing was written.",
             option="conninfo",
         )
-    if state in _DATABASE_STATES or (not state and _DATABASE_TEXTS.search(says)):
+    if waited and (state in _MISSING_STATES or (not state and _MISSING_TEXTS.search(says))):
         return ConfigurationError(
-            f"the database named in the PostgreSQL connection string does not exist ({target}): "
-            f"{says}. This is not an outage, and retrying will not help: fix the database name "
-            "in the connection string, or create that database (CREATE DATABASE, then `payonce "
-            "migrate --store URL`). Nothing was written.",
+            f"the role or the database named in the PostgreSQL connection string does not exist "
+            f"({target}): {says}. Fix the name in the connection string, or create that role or "
+            "database (CREATE DATABASE, then `payonce migrate --store URL`), then open the store "
+            "again. Nothing was written.",
             option="conninfo",
         )
     return None
@@ -632,7 +640,7 @@ class PostgresStore(Flows):
             first = min(timeout, _FIRST_WAIT).total_seconds()
             if connected is not None and not connected.wait(first):
                 refused = _refused_option(conninfo) or _refused_login(
-                    self._target, conninfo, _probe(conninfo)
+                    self._target, conninfo, _probe(conninfo), waited=False
                 )
                 if refused is not None:
                     raise refused
@@ -642,7 +650,7 @@ class PostgresStore(Flows):
         except psycopg.Error as exc:
             raise _translate(exc, "open") from exc
         failure = _probe(conninfo)
-        refused = _refused_login(self._target, conninfo, failure)
+        refused = _refused_login(self._target, conninfo, failure, waited=True)
         if refused is not None:
             raise refused
         raise _unreachable(self._target, timeout, _failure_reason(failure))
@@ -711,7 +719,7 @@ class PostgresStore(Flows):
         try:
             return self._run(operation, lambda: flow(sent))
         except StoreUnavailableError as error:
-            if self._closed or not sent:
+            if self._closed or not sent or _not_run(error):
                 raise
             try:
                 done, record = self._read_landed(

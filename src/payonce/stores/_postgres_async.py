@@ -40,6 +40,7 @@ from payonce.stores._postgres import (
     _log,
     _masked,
     _not_autocommit,
+    _not_run,
     _refused_login,
     _refused_option,
     _retryable,
@@ -207,7 +208,9 @@ class AsyncPostgresStore(Flows):
                     refused = await asyncio.to_thread(_refused_option, self._conninfo)
                     if refused is None:
                         failure = await _aprobe(self._conninfo)
-                        refused = _refused_login(self._target, self._conninfo, failure)
+                        refused = _refused_login(
+                            self._target, self._conninfo, failure, waited=False
+                        )
                     if refused is not None:
                         raise refused from None
             with contextlib.suppress(psycopg_pool.PoolTimeout):  # it closed the pool
@@ -216,7 +219,7 @@ class AsyncPostgresStore(Flows):
         except psycopg.Error as exc:
             raise _translate(exc, "open") from exc
         failure = await _aprobe(self._conninfo)
-        refused = _refused_login(self._target, self._conninfo, failure)
+        refused = _refused_login(self._target, self._conninfo, failure, waited=True)
         if refused is not None:
             raise refused
         raise _unreachable(self._target, self._timeout, _failure_reason(failure))
@@ -328,7 +331,7 @@ class AsyncPostgresStore(Flows):
         try:
             return await self._run(operation, lambda: flow(sent))
         except StoreUnavailableError as error:
-            if self._closed or not sent:
+            if self._closed or not sent or _not_run(error):
                 raise
             try:
                 done, record = await self._read_landed(

@@ -489,7 +489,11 @@ class Flows:
         ((server, fsync, commit, isolation),) = yield Query(DURABILITY)
         _check_durability(str(server), fsync, commit, allow_unsafe_durability)
         _check_isolation(str(server), isolation)
-        # Concurrent starters queue here; each re-reads the applied versions under the lock.
+        # Concurrent starters queue here; each re-reads the applied versions under the lock. A
+        # migration may take longer than the store's lock_timeout (set on the pool's
+        # connections for the writes): this transaction waits for it without a bound, as a
+        # starter must, not fail telling to end the migrating session.
+        yield Query(SET_LOCK_TIMEOUT, ("0",))
         yield Query(LOCK_MIGRATIONS, (MIGRATION_LOCK,))
         ((has_table,),) = yield Query(HAS_MIGRATION_TABLE)
         if not has_table and create:
