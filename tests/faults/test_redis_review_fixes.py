@@ -29,12 +29,13 @@ from payonce import (
     ConfigurationError,
     Guard,
     Intent,
+    PayonceError,
     StoreClosedError,
     StoreUnavailableError,
 )
 from payonce.stores._redis import AsyncRedisStore, RedisStore, _translate
 from payonce.testing import ManualClock
-from tests.redis_cluster import delete_prefix, redis_cluster
+from tests.redis_cluster import delete_prefix, redis_cluster, redis_server
 
 LOCAL_URL: Final = "redis://127.0.0.1:6379/0"
 SECRET: Final = b"payonce-review-redis-secret-0123456789"
@@ -311,3 +312,22 @@ def test_bool_bucket_count_is_refused(make: Any, prefix: str) -> None:
     with pytest.raises(ConfigurationError) as caught:
         make(LOCAL_URL, prefix=prefix, buckets=True)
     assert caught.value.to_dict()["option"] == "buckets"
+
+
+# -- a password Redis quotes back ------------------------------------------------------------------
+
+
+def test_a_password_redis_quotes_back_is_never_shown() -> None:
+    # A Redis without HELLO (as before 6) answers the HELLO 3 AUTH of ?protocol=3 with "unknown
+    # command 'HELLO', with args beginning with: '3' 'AUTH' 'default' '<password>'".
+    secret = "Sup3r-quoted-secret"  # noqa: S105 - a throwaway server's password
+    with redis_server("--requirepass", secret, "--rename-command", "HELLO", '""') as port:
+        url = f"redis://:{secret}@127.0.0.1:{port}/0?protocol=3"
+        with pytest.raises(PayonceError) as caught:
+            RedisStore(url, prefix=f"payonce-review-{uuid.uuid4().hex[:8]}").close()
+    assert secret not in str(caught.value)
+    assert "unknown command 'HELLO'" in str(caught.value)
+    error = rexc.ResponseError(
+        f"unknown command 'HELLO', with args beginning with: '3' 'AUTH' 'default' '{secret}' "
+    )
+    assert secret not in str(_translate(error, "claim"))

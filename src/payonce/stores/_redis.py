@@ -189,11 +189,21 @@ _READS: Final = frozenset(
 )
 
 
+# Redis's answer to a command it does not know quotes the command's first arguments: for a HELLO
+# sent at connect (protocol=3 to a Redis before 6) those are AUTH, the user and the password.
+_QUOTED_ARGS: Final = re.compile(r",? with args beginning with:.*", re.DOTALL)
+
+
+def _unquoted(reply: str) -> str:
+    """A Redis error's text without the arguments Redis quotes back (I8)."""
+    return _QUOTED_ARGS.sub("", reply)
+
+
 def _translate(exc: Exception, operation: str) -> StoreError:
     name = type(exc).__name__
     # Redis's own words first: a pipeline's annotation (the command, cut) would push them
     # past the length shown.
-    reply = str(exc)
+    reply = _unquoted(str(exc))
     if annotated := _PIPELINE_ERROR.match(reply):
         reply = annotated["args"] or reply[annotated.end() :]
     if _refused_credentials(exc):
@@ -244,7 +254,7 @@ _AT_LIMIT: Final = "Too many connections"
 _NONE_CAME_FREE: Final = "No connection available."
 _FEWER_CALLS: Final = (
     "raise max_connections in the store URL (?max_connections=N) or on the client you passed, "
-    "or lower the number of concurrent calls, then retry"
+    "or lower the number of concurrent calls"
 )
 
 
@@ -350,8 +360,8 @@ def _setup_refusal(exc: Exception) -> Exception:
     if isinstance(exc, rexc.ResponseError) and type(opening) is StoreError:
         return ConfigurationError(
             "Redis refused to set up the store's connection ("
-            f"{type(exc).__name__}: {str(exc)[:200]}): check the connection options in the "
-            "store URL's query (client_name takes no spaces; protocol, lib_name, username, …) "
+            f"{type(exc).__name__}: {_unquoted(str(exc))[:200]}): check the connection options in "
+            "the store URL's query (client_name takes no spaces; protocol, lib_name, username, …) "
             "or on the client you passed, then open the store again.",
             option="url",
         )
