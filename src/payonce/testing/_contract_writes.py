@@ -147,8 +147,8 @@ class _FencedWriteChecks:
 
     def test_zombie_holder_cannot_write_after_takeover(self, store: Store, second: Store) -> None:
         # A claimed and remembers the record it wrote; B took the lapsed lease over. With a
-        # ``second`` instance (as a second process) A's late writes must be refused by the store
-        # itself, not by what A remembers.
+        # ``second`` instance (as a second process), A's late writes go through an instance that
+        # never saw the takeover.
         new = _new("zombie")
         _claim(store, new)  # holder A, token 1
         b = second.takeover(new.scope, new.key, token=1, now=_T0 + _LEASE, lease_for=_LEASE)
