@@ -179,23 +179,18 @@ def _missing(open_store: Callable[[str, timedelta], None], conninfo: str) -> Con
 
 
 @OPENS
-def test_an_unknown_role_is_a_configuration_error(
-    database: str, open_store: Callable[[str, timedelta], None]
+@pytest.mark.parametrize(
+    ("field", "name"),
+    [("user", "payonce_review_no_such_role"), ("dbname", "payonce_review_no_such_db")],
+    ids=["role", "database"],
+)
+def test_an_unknown_role_or_database_is_a_configuration_error(
+    database: str, open_store: Callable[[str, timedelta], None], field: str, name: str
 ) -> None:
-    conninfo = make_conninfo(database, user="payonce_review_no_such_role", password=WRONG)
+    conninfo = make_conninfo(database, password=WRONG, **{field: name})
     message = str(_missing(open_store, conninfo))
-    assert 'role "payonce_review_no_such_role" does not exist' in message, message
-    assert "create that role or database" in message
-    assert WRONG not in message
-
-
-@OPENS
-def test_an_unknown_database_is_a_configuration_error(
-    database: str, open_store: Callable[[str, timedelta], None]
-) -> None:
-    conninfo = make_conninfo(database, dbname="payonce_review_no_such_db", password=WRONG)
-    message = str(_missing(open_store, conninfo))
-    assert 'database "payonce_review_no_such_db" does not exist' in message, message
+    kind = "role" if field == "user" else "database"
+    assert f'{kind} "{name}" does not exist' in message, message
     assert "create that role or database" in message
     assert WRONG not in message
 
