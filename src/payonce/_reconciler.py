@@ -285,7 +285,9 @@ class _ReconcilerCore:
             and now - record.updated_at < self.recheck
         )
 
-    def _pass(self, batch: int) -> _Pass:
+    def _pass(self, batch: int, closed: list[StoreClosedError] | None = None) -> _Pass:
+        """One pass; a store closed during it cuts it short as an outage does, and is added to
+        ``closed`` (``run`` then ends, ``run_once`` returns the report)."""
         report = ReconcileReport()
         now = self.clock.now()
         # The scan is oldest first and records resting in review stay due, so a backlog of
@@ -317,13 +319,13 @@ class _ReconcilerCore:
                 acted += 1
                 try:
                     yield from self._resolve(record, report)
-                except StoreClosedError:
-                    raise  # no later pass can go on either: the run ends (see run)
                 except StoreUnavailableError as exc:
                     # The next record's takeover would fail the same way, and a provider answer
                     # could not be written: stop here and keep what was resolved so far.
                     report.skipped += 1
                     report.interrupted = str(exc)
+                    if closed is not None and isinstance(exc, StoreClosedError):
+                        closed.append(exc)
                     break
             else:
                 report.scanned -= 1  # past this pass's batch: the next pass takes it
@@ -676,8 +678,9 @@ class Reconciler(_ReconcilerCore):
         _check_on_pass(on_pass)
         outages = _OutageLog()
         while not stop.is_set():
+            closed: list[StoreClosedError] = []
             try:
-                report = self.run_once(batch)
+                report: ReconcileReport = self._drive(self._pass(batch, closed))
             except StoreClosedError:
                 raise  # unlike an outage, this never passes
             except StoreUnavailableError as exc:
@@ -686,6 +689,8 @@ class Reconciler(_ReconcilerCore):
             else:
                 if on_pass is not None:
                     _hand_over(on_pass, report)
+                if closed:
+                    raise closed[0]  # after its report: what the pass resolved is handed over
                 idle = outages.after(report)
             if idle:
                 stop.wait(interval.total_seconds())
@@ -787,8 +792,9 @@ class AsyncReconciler(_ReconcilerCore):
         _check_on_pass(on_pass)
         outages = _OutageLog()
         while not stop.is_set():
+            closed: list[StoreClosedError] = []
             try:
-                report = await self.run_once(batch)
+                report: ReconcileReport = await self._drive(self._pass(batch, closed))
             except StoreClosedError:
                 raise  # unlike an outage, this never passes
             except StoreUnavailableError as exc:
@@ -797,6 +803,8 @@ class AsyncReconciler(_ReconcilerCore):
             else:
                 if on_pass is not None:
                     _hand_over(on_pass, report)
+                if closed:
+                    raise closed[0]  # after its report, as Reconciler.run
                 idle = outages.after(report)
             if idle:
                 with contextlib.suppress(TimeoutError):

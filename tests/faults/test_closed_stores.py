@@ -23,6 +23,7 @@ from payonce import (
     Guard,
     Intent,
     Reconciler,
+    ReconcileReport,
     SQLiteStore,
     StoreClosedError,
     StoreUnavailableError,
@@ -169,6 +170,24 @@ def test_the_reconciler_loop_ends_at_once_when_the_store_closes_during_a_pass(
     clock.advance(LEASE)
     stop = _StopAfterWaits(3)
     reconciler = Reconciler(store, gateway, clock=clock, lease=LEASE)
+    passes: list[ReconcileReport] = []
     with pytest.raises(StoreClosedError):
-        reconciler.run(stop, interval=timedelta(seconds=1), batch=5)
+        reconciler.run(stop, interval=timedelta(seconds=1), batch=5, on_pass=passes.append)
     assert stop.left == 3  # it never waited
+    assert len(passes) == 1  # the pass cut short was handed over first
+    assert passes[0].interrupted is not None
+
+
+def test_run_once_reports_a_pass_the_closing_store_cut_short(tmp_path: Path) -> None:
+    # run_once keeps its contract: the report of what was resolved, with interrupted set.
+    from tests.reconciler.test_reconciler import LEASE, _crashed_after_claim  # noqa: PLC0415
+
+    clock = ManualClock()
+    store = SQLiteStore(tmp_path / "r.db")
+    gateway = _ClosingLookup(store, clock)
+    _crashed_after_claim(store, clock, gateway)
+    clock.advance(LEASE)
+    report = Reconciler(store, gateway, clock=clock, lease=LEASE).run_once(batch=5)
+    assert report.interrupted is not None
+    assert "was closed" in report.interrupted
+    assert report.skipped == 1

@@ -131,6 +131,36 @@ def test_a_write_refused_for_a_table_lock_is_not_read_back(
         store.close()
 
 
+def test_the_async_store_does_not_read_back_a_write_refused_for_a_table_lock(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario() -> StoreUnavailableError:
+        store = AsyncPostgresStore(database, timeout=WAIT)
+        try:
+            await store.claim(NEW, now=T0, lease_for=LEASE)
+            holder = psycopg.connect(database)
+            try:
+                holder.execute("LOCK TABLE payonce_records IN ACCESS EXCLUSIVE MODE")
+                with pytest.raises(StoreUnavailableError) as caught:
+                    await store.complete(
+                        NEW.scope, NEW.key, token=1, status=Status.SUCCEEDED, outcome="{}", now=T0
+                    )
+            finally:
+                holder.close()
+            return caught.value
+        finally:
+            await store.close()
+
+    read_back: list[str] = []
+
+    async def landed(*args: object, **kwargs: object) -> None:
+        read_back.append("read")
+
+    monkeypatch.setattr(AsyncPostgresStore, "_read_landed", landed)
+    _says_locked(asyncio.run(scenario()))
+    assert read_back == []
+
+
 def test_opening_waits_for_a_migration_longer_than_the_lock_timeout(database: str) -> None:
     # Every open takes the migration lock; another instance migrating holds it. Before, a
     # starter gave up after its lock_timeout, told to end the migrating session.

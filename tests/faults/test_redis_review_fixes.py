@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import traceback
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -326,6 +327,8 @@ def test_a_password_redis_quotes_back_is_never_shown() -> None:
         with pytest.raises(PayonceError) as caught:
             RedisStore(url, prefix=f"payonce-review-{uuid.uuid4().hex[:8]}").close()
     assert secret not in str(caught.value)
+    # Nor in a traceback or logging.exception, which print the chained cause too.
+    assert secret not in "".join(traceback.format_exception(caught.value))
     assert "unknown command 'HELLO'" in str(caught.value)
     error = rexc.ResponseError(
         f"unknown command 'HELLO', with args beginning with: '3' 'AUTH' 'default' '{secret}' "

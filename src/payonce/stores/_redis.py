@@ -199,6 +199,12 @@ def _unquoted(reply: str) -> str:
     return _QUOTED_ARGS.sub("", reply)
 
 
+def _cause(exc: BaseException) -> BaseException | None:
+    """``exc`` to chain to payonce's error, or None where its text quotes a command's arguments
+    (they may hold a password): a traceback or ``logging.exception`` prints the cause too."""
+    return None if _QUOTED_ARGS.search(str(exc)) else exc
+
+
 def _translate(exc: Exception, operation: str) -> StoreError:
     name = type(exc).__name__
     # Redis's own words first: a pipeline's annotation (the command, cut) would push them
@@ -348,7 +354,7 @@ def _connected(url: str) -> Any:
     try:
         return _client_from_url(url, asynchronous=False)
     except (rexc.RedisError, rexc.RedisClusterException) as exc:
-        raise _opening(exc) from exc
+        raise _opening(exc) from _cause(exc)
 
 
 def _setup_refusal(exc: Exception) -> Exception:
@@ -375,7 +381,7 @@ def _config_refusal(exc: Exception) -> Exception:
     opening = _opening(exc)
     if isinstance(exc, rexc.ResponseError) and type(opening) is StoreError:
         return exc
-    raise opening from exc
+    raise opening from _cause(exc)
 
 
 def _durability(
@@ -793,7 +799,7 @@ class RedisStore(RedisCore):
             except rexc.NoPermissionError:
                 pass
             except (rexc.RedisError, rexc.RedisClusterException) as again:
-                raise _setup_refusal(again) from again
+                raise _setup_refusal(again) from _cause(again)
         if not self._cluster:
             # Its own call: a server that refuses only this name keeps its durability answers
             # (an outage is raised as one).
@@ -824,8 +830,8 @@ class RedisStore(RedisCore):
         except (rexc.RedisError, rexc.RedisClusterException) as exc:
             if self._closed:
                 # close() ran while the call was in flight: its connection went with the client.
-                raise StoreClosedError(store="RedisStore", operation=operation) from exc
-            raise _translate(exc, operation) from exc
+                raise StoreClosedError(store="RedisStore", operation=operation) from _cause(exc)
+            raise _translate(exc, operation) from _cause(exc)
 
     def _script(self, client: Any, call: Script) -> Any:
         """Run one script: EVALSHA, loaded and sent again on NOSCRIPT (redis-py's Script); if
@@ -1180,7 +1186,7 @@ class AsyncRedisStore(RedisCore):
             except rexc.NoPermissionError:
                 pass
             except (rexc.RedisError, rexc.RedisClusterException) as again:
-                raise _setup_refusal(again) from again
+                raise _setup_refusal(again) from _cause(again)
         if not self._cluster:
             # See RedisStore._check_durability.
             try:
@@ -1211,8 +1217,10 @@ class AsyncRedisStore(RedisCore):
         except (rexc.RedisError, rexc.RedisClusterException) as exc:
             if self._closed:
                 # close() ran while the call was in flight: its connection went with the client.
-                raise StoreClosedError(store="AsyncRedisStore", operation=operation) from exc
-            raise _translate(exc, operation) from exc
+                raise StoreClosedError(store="AsyncRedisStore", operation=operation) from _cause(
+                    exc
+                )
+            raise _translate(exc, operation) from _cause(exc)
 
     async def _script(self, client: Any, call: Script) -> Any:
         """One script; see ``RedisStore._script``."""
