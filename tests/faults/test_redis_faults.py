@@ -23,7 +23,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
@@ -48,7 +47,7 @@ from payonce.testing import ManualClock
 from tests.faults import worker
 from tests.faults.history import Ack, check_history
 from tests.faults.test_races import _check_round, _results
-from tests.redis_cluster import delete_prefix, redis_server
+from tests.redis_cluster import redis_server
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL_URL = "redis://127.0.0.1:6379/0"
@@ -61,19 +60,6 @@ LEASE = timedelta(seconds=30)
 SOCKET_TIMEOUT = 0.25  # seconds: how long the store's client waits on a paused server
 PAUSE_MS = 20_000  # an upper bound only: each test unpauses explicitly
 _T = datetime(2026, 6, 1, 12, 0, 5, tzinfo=UTC)
-
-
-@pytest.fixture
-def local_prefix() -> Iterator[str]:
-    client = redis.Redis.from_url(LOCAL_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError as exc:
-        pytest.fail(f"the local Redis at {LOCAL_URL} is not running (never skipped): {exc}")
-    prefix = f"payonce-race-{uuid.uuid4().hex[:12]}"
-    yield prefix
-    delete_prefix(client, prefix)
-    client.close()
 
 
 def test_r5_concurrent_duplicates_processes_on_redis(tmp_path: Path, local_prefix: str) -> None:

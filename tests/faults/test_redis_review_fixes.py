@@ -16,7 +16,6 @@ import asyncio
 import threading
 import traceback
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
@@ -36,7 +35,7 @@ from payonce import (
 )
 from payonce.stores._redis import AsyncRedisStore, RedisStore, _translate
 from payonce.testing import ManualClock
-from tests.redis_cluster import delete_prefix, redis_cluster, redis_server
+from tests.redis_cluster import redis_cluster, redis_server
 
 LOCAL_URL: Final = "redis://127.0.0.1:6379/0"
 SECRET: Final = b"payonce-review-redis-secret-0123456789"
@@ -46,16 +45,9 @@ LIMIT: Final = 4  # max_connections, far below CALLS
 
 
 @pytest.fixture
-def prefix() -> Iterator[str]:
-    client = redis.Redis.from_url(LOCAL_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError as exc:
-        pytest.fail(f"the local Redis at {LOCAL_URL} is not running (never skipped): {exc}")
-    name = f"payonce-review-{uuid.uuid4().hex[:12]}"
-    yield name
-    delete_prefix(client, name)
-    client.close()
+def prefix(local_prefix: str) -> str:
+    """A fresh prefix on the local Redis (tests/faults/conftest.py)."""
+    return local_prefix
 
 
 def _intent(i: int) -> Intent:
